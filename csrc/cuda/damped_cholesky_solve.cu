@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// CUDA kernel of damped_cholesky_solve: W = A + lam diag(d) in one workspace, cuSOLVER potrf + potrs on the
+// current stream, workspace from the caching allocator, info left on the device (no host sync here).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "cuda/cusolver_handle.h"
+#include "ops.h"
+
+namespace marquardt {
+namespace {
+
+template <typename T>
+struct Solver;
+template <>
+struct Solver<float> {
+  static cusolverStatus_t buffer(cusolverDnHandle_t h, cublasFillMode_t u, int n, float* a, int lda, int* lw) {
+    return cusolverDnSpotrf_bufferSize(h, u, n, a, lda, lw);
+  }
+  static cusolverStatus_t potrf(cusolverDnHandle_t h, cublasFillMode_t u, int n, float* a, int lda, float* w,
+                                int lw, int* info) {
+    return cusolverDnSpotrf(h, u, n, a, lda, w, lw, info);
+  }
+  static cusolverStatus_t potrs(cusolverDnHandle_t h, cublasFillMode_t u, int n, int k, const float* a, int lda,
+                                float* b, int ldb, int* info) {
+    return cusolverDnSpotrs(h, u, n, k, a, lda, b, ldb, info);
+  }
+};
+template <>
+struct Solver<double> {
+  static cusolverStatus_t buffer(cusolverDnHandle_t h, cublasFillMode_t u, int n, double* a, int lda, int* lw) {
+    return cusolverDnDpotrf_bufferSize(h, u, n, a, lda, lw);
+  }
+  static cusolverStatus_t potrf(cusolverDnHandle_t h, cublasFillMode_t u, int n, double* a, int lda, double* w,
+                                int lw, int* info) {
+    return cusolverDnDpotrf(h, u, n, a, lda, w, lw, info);
+  }
+  static cusolverStatus_t potrs(cusolverDnHandle_t h, cublasFillMode_t u, int n, int k, const double* a, int lda,
+                                double* b, int ldb, int* info) {
+    return cusolverDnDpotrs(h, u, n, k, a, lda, b, ldb, info);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cuda(const at::Tensor& A, const at::Tensor& d, double lam,
+                                                              const at::Tensor& B) {
+  check_damped_cholesky_solve_args(A, d, lam, B);
+  TORCH_INTERNAL_ASSERT(A.device().is_cuda());
+  const c10::cuda::OptionalCUDAGuard guard(A.device());
+  const int64_t n = A.size(0);
+  const int64_t k = B.dim() == 1 ? 1 : B.size(1);
+  TORCH_CHECK(n <= INT32_MAX && k <= INT32_MAX, "marquardt::damped_cholesky_solve: n and k must fit in int32");
+
+  at::Tensor W = A.clone(at::MemoryFormat::Contiguous);  // the one n x n workspace
+  W.diagonal().add_(d, lam);
+  at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).contiguous();  // column-major right-hand sides
+  at::Tensor info = at::zeros({}, A.options().dtype(at::kInt));
+  at::Tensor info_potrs = at::empty({}, A.options().dtype(at::kInt));
+  cusolverDnHandle_t handle = current_cusolver_handle();
+  // Row-major upper triangle == column-major lower triangle.
+  const cublasFillMode_t uplo = CUBLAS_FILL_MODE_LOWER;
+  const int ni = static_cast<int>(n), ki = static_cast<int>(k);
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "damped_cholesky_solve_cuda", [&] {
+    int lwork = 0;
+    MARQUARDT_CUSOLVER_CHECK(Solver<scalar_t>::buffer(handle, uplo, ni, W.data_ptr<scalar_t>(), ni, &lwork));
+    at::Tensor work = at::empty({std::max(lwork, 1)}, W.options());
+    MARQUARDT_CUSOLVER_CHECK(Solver<scalar_t>::potrf(handle, uplo, ni, W.data_ptr<scalar_t>(), ni,
+                                                     work.data_ptr<scalar_t>(), lwork, info.data_ptr<int>()));
+    // potrs runs even when potrf failed (checking would need a sync); X is unspecified then, as documented.
+    MARQUARDT_CUSOLVER_CHECK(Solver<scalar_t>::potrs(handle, uplo, ni, ki, W.const_data_ptr<scalar_t>(), ni,
+                                                     Xt.data_ptr<scalar_t>(), ni, info_potrs.data_ptr<int>()));
+  });
+  at::Tensor X = B.dim() == 1 ? Xt.squeeze(0) : Xt.t().contiguous();
+  return {X, info};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(marquardt, CUDA, m) { m.impl("damped_cholesky_solve", &damped_cholesky_solve_cuda); }
+
+}  // namespace marquardt

@@ -1,0 +1,72 @@
+"""Typed wrappers over the native ops ``torch.ops.marquardt.*``.
+
+These are the three hot pieces of a Levenberg-Marquardt iteration (see csrc/ops.h for the full contracts):
+
+* :func:`jtj_accumulate_` streams Jacobian row chunks into the curvature ``A += alpha JᵀJ`` (and the
+  gradient ``g += alpha Jᵀr``), computing one triangle only.
+* :func:`max_diag_update_` keeps the running maximum diagonal ``d = max(d, diag(A), floor)`` used as the
+  damping matrix DᵀD = diag(d).
+* :func:`damped_cholesky_solve` solves ``(A + lam diag(d)) X = B`` without touching ``A``, reporting an
+  indefinite damped matrix through ``info > 0`` instead of raising.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _loader  # noqa: F401  (loads the op library)
+
+__all__ = ["jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve"]
+
+
+def jtj_accumulate_(
+    A: torch.Tensor,
+    J: torch.Tensor,
+    r: torch.Tensor | None = None,
+    g: torch.Tensor | None = None,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """In place: ``A += alpha * Jᵀ J`` and, when ``r`` and ``g`` are given, ``g += alpha * Jᵀ r``.
+
+    Args:
+        A: ``[n, n]`` contiguous symmetric matrix, float32 or float64. Only its upper triangle is read; on
+            return the whole matrix is symmetric.
+        J: ``[rows, n]`` chunk of Jacobian rows (rows >= 1), same dtype and device as ``A``.
+        r: ``[rows]`` residuals matching the rows of ``J``, or None.
+        g: ``[n]`` contiguous gradient accumulator, or None (given together with ``r``).
+        alpha: scale of the contribution (for example ``1/N`` for a mean loss).
+
+    Returns:
+        ``A``, updated.
+    """
+    torch.ops.marquardt.jtj_accumulate_.default(A, J, r, g, float(alpha))
+    return A
+
+
+def max_diag_update_(d: torch.Tensor, A: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """In place: ``d = max(d, diag(A), floor)`` elementwise (the running maximum-diagonal damping).
+
+    NaN diagonal entries of ``A`` are ignored. Returns ``d``.
+    """
+    torch.ops.marquardt.max_diag_update_.default(d, A, float(floor))
+    return d
+
+
+def damped_cholesky_solve(
+    A: torch.Tensor, d: torch.Tensor, lam: float, B: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``(A + lam * diag(d)) X = B`` by Cholesky without modifying ``A``.
+
+    Args:
+        A: ``[n, n]`` symmetric matrix (upper triangle read).
+        d: ``[n]`` damping diagonal.
+        lam: damping strength, finite and >= 0.
+        B: ``[n]`` or ``[n, k]`` right-hand sides.
+
+    Returns:
+        ``(X, info)``: ``X`` has the shape of ``B``; ``info`` is an int32 scalar tensor on ``A``'s device,
+        0 on success and > 0 if the damped matrix is not positive definite (then ``X`` is unspecified).
+        Reading ``info`` (``int(info)``) is the only host synchronisation on the GPU.
+    """
+    X, info = torch.ops.marquardt.damped_cholesky_solve.default(A, d, float(lam), B)
+    return X, info
