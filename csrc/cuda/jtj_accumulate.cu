@@ -14,6 +14,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "ops.h"
 
 namespace marquardt {
@@ -48,8 +51,8 @@ __device__ __forceinline__ void load_panel(T (&dst)[Vec<T>::width], const T* __r
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 2)
+template <typename T, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     syrk_upper_kernel(T* __restrict__ A, const T* __restrict__ J, const T* __restrict__ r, T* __restrict__ g,
                       int64_t rows, int n, int nb, int64_t rows_per_split, T alpha, bool atomic, bool vec_ok) {
   constexpr int V = Vec<T>::width;
@@ -177,6 +180,14 @@ __global__ void mirror_upper_kernel(T* __restrict__ A, int n) {
   }
 }
 
+int syrk_blocks_per_sm() {
+  static const int value = [] {
+    const char* env = std::getenv("MARQUARDT_SYRK_BLOCKS_PER_SM");
+    return env != nullptr && std::string(env) == "1" ? 1 : 2;
+  }();
+  return value;
+}
+
 void jtj_accumulate_cuda(const at::Tensor& A, const at::Tensor& J, const std::optional<at::Tensor>& r,
                          const std::optional<at::Tensor>& g, double alpha) {
   check_jtj_accumulate_args(A, J, r, g);
@@ -204,7 +215,11 @@ void jtj_accumulate_cuda(const at::Tensor& A, const at::Tensor& J, const std::op
     const bool vec_ok = n % Vec<scalar_t>::width == 0 &&
                         reinterpret_cast<uintptr_t>(Jc.const_data_ptr()) % 16 == 0;
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
-    syrk_upper_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    // Two blocks per SM cap the float kernel at 128 registers (a few bytes spill); one block per SM lets it
+    // keep everything in registers at half the occupancy. MARQUARDT_SYRK_BLOCKS_PER_SM=1 picks the latter
+    // (kept selectable for tuning on new GPUs; see benchmarks/gpu_check.sh).
+    auto kernel = syrk_blocks_per_sm() == 1 ? syrk_upper_kernel<scalar_t, 1> : syrk_upper_kernel<scalar_t, 2>;
+    kernel<<<grid, kThreads, 0, stream>>>(
         A.data_ptr<scalar_t>(), Jc.const_data_ptr<scalar_t>(), r.has_value() ? rc.const_data_ptr<scalar_t>() : nullptr,
         g.has_value() ? g->data_ptr<scalar_t>() : nullptr, rows, n, nb, rows_per_split, static_cast<scalar_t>(alpha),
         splits > 1, vec_ok);
