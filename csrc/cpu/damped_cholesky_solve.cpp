@@ -54,7 +54,8 @@ std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cpu(const at::Tensor& A
   at::Tensor W = A.clone(at::MemoryFormat::Contiguous);  // the one n x n workspace
   W.diagonal().add_(d, lam);
   // X is stored column-major ([k, n] row-major), as LAPACK wants the right-hand sides.
-  at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).contiguous();
+  // A copy even when B is already laid out right: B is an input and must not be overwritten.
+  at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).clone(at::MemoryFormat::Contiguous);
   int info = 0;
   bool lapack = false;
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "damped_cholesky_solve_cpu", [&] {

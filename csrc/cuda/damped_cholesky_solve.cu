@@ -54,7 +54,8 @@ std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cuda(const at::Tensor& 
 
   at::Tensor W = A.clone(at::MemoryFormat::Contiguous);  // the one n x n workspace
   W.diagonal().add_(d, lam);
-  at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).contiguous();  // column-major right-hand sides
+  // A copy even when B is already laid out right: B is an input and must not be overwritten.
+  at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).clone(at::MemoryFormat::Contiguous);
   at::Tensor info = at::zeros({}, A.options().dtype(at::kInt));
   at::Tensor info_potrs = at::empty({}, A.options().dtype(at::kInt));
   cusolverDnHandle_t handle = current_cusolver_handle();

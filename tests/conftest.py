@@ -1,0 +1,29 @@
+"""Shared fixtures: devices (cpu, plus cuda when a GPU and a CUDA build are present) and seeding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import marquardt
+
+HAS_CUDA = torch.cuda.is_available() and marquardt.WITH_CUDA
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of marquardt")

@@ -1,0 +1,38 @@
+"""The package under test is the installed wheel, built against this torch."""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+
+import marquardt
+
+
+def test_tests_run_against_installed_package():
+    source_tree = pathlib.Path(__file__).resolve().parents[1] / "python"
+    assert source_tree not in pathlib.Path(marquardt.__file__).resolve().parents
+
+
+def test_built_against_running_torch():
+    assert marquardt.BUILT_WITH_TORCH == torch.__version__
+
+
+def test_ops_registered_for_cpu():
+    for name in ("jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve"):
+        op = getattr(torch.ops.marquardt, name).default
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
+
+
+def test_version_mismatch_is_refused(monkeypatch):
+    import importlib
+
+    import pytest
+
+    from marquardt import _build_info, _loader
+
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "0.0.1")
+    with pytest.raises(ImportError, match=r"built against torch 0.0.1 .* Rebuild"):
+        importlib.reload(_loader)
+    monkeypatch.undo()
+    importlib.reload(_loader)
