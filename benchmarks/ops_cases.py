@@ -1,0 +1,92 @@
+"""The op benchmark cases: each native op beside its plain-torch twins, on the same inputs.
+
+Used by both the pytest-benchmark microbenchmarks (benchmarks/micro) and the side-by-side ratio script
+(benchmarks/compare_ops.py), so the two always time the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from marquardt import ops
+
+
+@dataclass
+class Case:
+    name: str
+    flops: float  # useful flops of the operation (rows*n^2 for JᵀJ, n^3/3 for Cholesky)
+    ours: str
+    candidates: dict[str, Callable[[], object]]
+
+
+def jtj_case(rows: int, n: int, dtype: torch.dtype, device: str) -> Case:
+    J = torch.randn(rows, n, dtype=dtype, device=device)
+    A = torch.zeros(n, n, dtype=dtype, device=device)
+
+    def ours():
+        A.zero_()
+        return ops.jtj_accumulate_(A, J)
+
+    def matmul():
+        return J.T @ J
+
+    def addmm():
+        A.zero_()
+        return A.addmm_(J.T, J)
+
+    return Case(
+        name=f"jtj rows={rows} n={n} {str(dtype).removeprefix('torch.')}",
+        flops=float(rows) * n * n,
+        ours="jtj_accumulate_",
+        candidates={"jtj_accumulate_": ours, "J.T @ J": matmul, "addmm_": addmm},
+    )
+
+
+def solve_case(n: int, dtype: torch.dtype, device: str, lam: float = 1e-2, k: int = 1) -> Case:
+    M = torch.randn(n, n, dtype=dtype, device=device)
+    A = M @ M.T / n
+    d = torch.rand(n, dtype=dtype, device=device) + 0.5
+    B = torch.randn(n, k, dtype=dtype, device=device)
+
+    def ours():
+        X, info = ops.damped_cholesky_solve(A, d, lam, B)
+        return X
+
+    def linalg_solve():
+        return torch.linalg.solve(A + lam * torch.diag(d), B)
+
+    def cholesky_then_solve():
+        L = torch.linalg.cholesky(A + lam * torch.diag(d))
+        return torch.cholesky_solve(B, L)
+
+    return Case(
+        name=f"solve n={n} {str(dtype).removeprefix('torch.')}",
+        flops=n**3 / 3.0,
+        ours="damped_cholesky_solve",
+        candidates={
+            "damped_cholesky_solve": ours,
+            "linalg.solve": linalg_solve,
+            "cholesky+cholesky_solve": cholesky_then_solve,
+        },
+    )
+
+
+def gemm_rate(n: int, dtype: torch.dtype, device: str, sync: Callable[[], None]) -> float:
+    """Measured square GEMM rate in flop/s (the machine's ceiling for the same precision)."""
+    import time
+
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    sync()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 2.0 * n**3 / times[len(times) // 2]
