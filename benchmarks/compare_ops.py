@@ -48,7 +48,7 @@ def cpu_cases() -> list[Case]:
     ]
 
 
-def gpu_cases(quick: bool) -> list[Case]:
+def gpu_cases(quick: bool, jtj_only: bool = False) -> list[Case]:
     rows_list = [8192] if quick else [8192, 65536]
     ns = [1024, 4096] if quick else [1024, 4096, 8192]
     cases = []
@@ -59,6 +59,8 @@ def gpu_cases(quick: bool) -> list[Case]:
                 if dtype == torch.float32:
                     add_tf32_and_syrk(case, rows, n)
                 cases.append(case)
+    if jtj_only:
+        return cases
     for dtype in (torch.float32, torch.float64):
         for n in ns:
             cases.append(solve_case(n, dtype, "cuda"))
@@ -82,11 +84,11 @@ def add_tf32_and_syrk(case: Case, rows: int, n: int) -> None:
         from cupy import cublas
 
         Jc = cupy.from_dlpack(J)
-        out = cupy.zeros((n, n), dtype=cupy.float32)
+        out = cupy.zeros((n, n), dtype=cupy.float32, order="F")
 
         def syrk():
             # J row-major is Jᵀ column-major; cuBLAS SYRK of it computes JᵀJ (one triangle).
-            return cublas.syrk(Jc, trans="T", out=out, alpha=1.0, beta=0.0, lower=False)
+            return cublas.syrk("T", Jc, out=out, alpha=1.0, beta=0.0, lower=False)
 
         syrk()
         case.candidates["cuBLAS syrk (CuPy)"] = syrk
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller GPU sweep")
+    parser.add_argument("--jtj-only", action="store_true", help="GPU: only the JᵀJ cases")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target ratio is missed")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description(args.device)
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
-        cases, targets = gpu_cases(args.quick), GPU_TARGETS
+        cases, targets = gpu_cases(args.quick, args.jtj_only), GPU_TARGETS
         rate32 = gemm_rate(8192, torch.float32, "cuda", lambda: sync("cuda"))
         rate64 = gemm_rate(8192, torch.float64, "cuda", lambda: sync("cuda"))
     else:

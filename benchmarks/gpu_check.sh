@@ -50,9 +50,12 @@ if [ -n "${GPU_EXTRA:-}" ]; then
   timeout 200 bash -c "$GPU_EXTRA" 2>&1 | tee "$OUT/extra.log" | tail -30
 fi
 
-step "SYRK kernel variant: one block per SM (quick sweep)"
-MARQUARDT_SYRK_BLOCKS_PER_SM=1 timeout 120 $PY benchmarks/compare_ops.py --device cuda --quick --repeats 3 \
-  --json "$OUT/ops_gpu_1block.json" 2>&1 | grep -E "jtj_accumulate_|J.T @ J  " | tee "$OUT/variant.log"
+step "SYRK kernel variants (quick sweep; default: 2 blocks/SM, slab 8, float64 on cuBLAS tiles)"
+for variant in "MARQUARDT_SYRK_BLOCKS_PER_SM=1" "MARQUARDT_SYRK_SLAB=16" "MARQUARDT_SYRK_BLOCKS_PER_SM=1 MARQUARDT_SYRK_SLAB=16" "MARQUARDT_SYRK_F64=own"; do
+  echo "--- $variant"
+  env $variant timeout 100 $PY benchmarks/compare_ops.py --device cuda --quick --repeats 3 --jtj-only 2>&1 \
+    | grep -E "jtj_accumulate_|J.T @ J  " | tee -a "$OUT/variants.log"
+done
 
 step "microbenchmarks: ours vs cuBLAS/cuSOLVER"
 quick=()

@@ -3,6 +3,7 @@
 // A += alpha JᵀJ are computed (about half the flops of a GEMM); a second small kernel mirrors the upper
 // triangle into the lower one. Both operands of a tile are row panels of J itself (column blocks bi and bj),
 // so every global load is a coalesced vector load of one row of J and no transposition is needed.
+// float64 goes through cuBLAS GEMM tiles by default instead (see jtj_accumulate_cuda).
 //
 // Tiling: 256 threads compute a BM x BM tile (BM = 128 for float, 64 for double), each thread a
 // 2V x 2V sub-tile (V = elements per 16-byte vector), over row slabs of depth 8 double-buffered in shared
@@ -18,6 +19,7 @@
 #include <string>
 
 #include "ops.h"
+#include "syrk_on_gemm.h"
 
 namespace marquardt {
 namespace {
@@ -36,7 +38,7 @@ struct Vec<double> {
 };
 
 constexpr int kThreads = 256;
-constexpr int kSlab = 8;  // rows of J per shared-memory slab
+constexpr int kLoadRows = kThreads / 32;  // rows of a slab loaded in one pass (32 threads per row)
 
 template <typename T>
 __device__ __forceinline__ void load_panel(T (&dst)[Vec<T>::width], const T* __restrict__ J, int64_t k, int64_t k_end,
@@ -51,7 +53,8 @@ __device__ __forceinline__ void load_panel(T (&dst)[Vec<T>::width], const T* __r
   }
 }
 
-template <typename T, int kMinBlocks>
+// kSlab: rows of J per shared-memory slab (8 or 16); kMinBlocks: blocks per SM the registers must allow.
+template <typename T, int kMinBlocks, int kSlab>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     syrk_upper_kernel(T* __restrict__ A, const T* __restrict__ J, const T* __restrict__ r, T* __restrict__ g,
                       int64_t rows, int n, int nb, int64_t rows_per_split, T alpha, bool atomic, bool vec_ok) {
@@ -92,16 +95,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     for (int j = 0; j < TM; ++j) acc[i][j] = T(0);
   T g_acc = T(0);
 
-  T ra[V], rb[V];
+  constexpr int kLoads = kSlab / kLoadRows;
+  T ra[kLoads][V], rb[kLoads][V];
   T rr = T(0);
   auto fetch = [&](int64_t k0) {
-    load_panel<T>(ra, J, k0 + load_row, k_end, colA, n, vec_ok);
-    if (!diag) load_panel<T>(rb, J, k0 + load_row, k_end, colB, n, vec_ok);
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      load_panel<T>(ra[l], J, k0 + load_row + l * kLoadRows, k_end, colA, n, vec_ok);
+      if (!diag) load_panel<T>(rb[l], J, k0 + load_row + l * kLoadRows, k_end, colB, n, vec_ok);
+    }
     if (want_g && tid < kSlab) rr = (k0 + tid < k_end) ? r[k0 + tid] : T(0);
   };
   auto stash = [&](int buf) {
-    *reinterpret_cast<VT*>(&As[buf][load_row][load_col]) = *reinterpret_cast<VT*>(ra);
-    if (!diag) *reinterpret_cast<VT*>(&Bs[buf][load_row][load_col]) = *reinterpret_cast<VT*>(rb);
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      *reinterpret_cast<VT*>(&As[buf][load_row + l * kLoadRows][load_col]) = *reinterpret_cast<VT*>(ra[l]);
+      if (!diag) *reinterpret_cast<VT*>(&Bs[buf][load_row + l * kLoadRows][load_col]) = *reinterpret_cast<VT*>(rb[l]);
+    }
     if (want_g && tid < kSlab) Rs[buf][tid] = rr;
   };
 
@@ -180,12 +190,41 @@ __global__ void mirror_upper_kernel(T* __restrict__ A, int n) {
   }
 }
 
-int syrk_blocks_per_sm() {
-  static const int value = [] {
-    const char* env = std::getenv("MARQUARDT_SYRK_BLOCKS_PER_SM");
-    return env != nullptr && std::string(env) == "1" ? 1 : 2;
+// Kernel variants, selectable for tuning on a new GPU (benchmarks/gpu_check.sh times them side by side):
+//   MARQUARDT_SYRK_BLOCKS_PER_SM=1|2 (default 2): two blocks per SM cap the float kernel at 128 registers
+//     (a few bytes spill); one block per SM keeps everything in registers at half the occupancy.
+//   MARQUARDT_SYRK_SLAB=8|16 (default 8): rows of J per shared-memory slab (fewer barriers with 16).
+//   MARQUARDT_SYRK_F64=cublas|own (default cublas): float64 through cuBLAS DGEMM tiles or our kernel.
+struct SyrkConfig {
+  int blocks_per_sm = 2;
+  int slab = 8;
+  bool f64_on_cublas = true;
+};
+
+const SyrkConfig& syrk_config() {
+  static const SyrkConfig config = [] {
+    SyrkConfig c;
+    auto env = [](const char* name) { const char* v = std::getenv(name); return std::string(v ? v : ""); };
+    if (env("MARQUARDT_SYRK_BLOCKS_PER_SM") == "1") c.blocks_per_sm = 1;
+    if (env("MARQUARDT_SYRK_SLAB") == "16") c.slab = 16;
+    if (env("MARQUARDT_SYRK_F64") == "own") c.f64_on_cublas = false;
+    return c;
   }();
-  return value;
+  return config;
+}
+
+template <typename T>
+auto pick_kernel(const SyrkConfig& c) {
+  if (c.blocks_per_sm == 1) return c.slab == 16 ? syrk_upper_kernel<T, 1, 16> : syrk_upper_kernel<T, 1, 8>;
+  return c.slab == 16 ? syrk_upper_kernel<T, 2, 16> : syrk_upper_kernel<T, 2, 8>;
+}
+
+template <typename T>
+void launch_mirror(const at::Tensor& A, cudaStream_t stream) {
+  const int n = static_cast<int>(A.size(0));
+  const int nt = (n + 31) / 32;
+  mirror_upper_kernel<T><<<dim3(nt, nt), dim3(32, 8), 0, stream>>>(A.data_ptr<T>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void jtj_accumulate_cuda(const at::Tensor& A, const at::Tensor& J, const std::optional<at::Tensor>& r,
@@ -199,8 +238,19 @@ void jtj_accumulate_cuda(const at::Tensor& A, const at::Tensor& J, const std::op
   TORCH_CHECK(A.size(0) <= INT32_MAX, "marquardt::jtj_accumulate_: n must fit in int32");
   const int n = static_cast<int>(A.size(0));
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const SyrkConfig& config = syrk_config();
 
+  if (A.scalar_type() == at::kDouble && config.f64_on_cublas) {
+    // H100-class GPUs run float64 GEMMs on tensor cores (DMMA), which only cuBLAS reaches here; our FFMA
+    // kernel managed about half of cuBLAS's DGEMM rate (BENCHMARKS.md). So for float64 the triangle is
+    // formed from cuBLAS GEMM tiles (recursive halving, leaves of 512), then mirrored by our kernel.
+    syrk_upper_recursive(A, Jc, alpha, /*leaf=*/512);
+    if (r.has_value()) g->addmv_(Jc.t(), rc, 1.0, alpha);
+    launch_mirror<double>(A, stream);
+    return;
+  }
+
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "jtj_accumulate_cuda", [&] {
     constexpr int BM = 32 * Vec<scalar_t>::width;
     const int nb = (n + BM - 1) / BM;
@@ -210,23 +260,17 @@ void jtj_accumulate_cuda(const at::Tensor& A, const at::Tensor& J, const std::op
     splits = std::min<int64_t>(splits, std::max<int64_t>(1, rows / 512));
     splits = std::min<int64_t>(splits, 65535);
     int64_t rows_per_split = (rows + splits - 1) / splits;
-    rows_per_split = (rows_per_split + kSlab - 1) / kSlab * kSlab;
+    rows_per_split = (rows_per_split + config.slab - 1) / config.slab * config.slab;
     splits = (rows + rows_per_split - 1) / rows_per_split;
     const bool vec_ok = n % Vec<scalar_t>::width == 0 &&
                         reinterpret_cast<uintptr_t>(Jc.const_data_ptr()) % 16 == 0;
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
-    // Two blocks per SM cap the float kernel at 128 registers (a few bytes spill); one block per SM lets it
-    // keep everything in registers at half the occupancy. MARQUARDT_SYRK_BLOCKS_PER_SM=1 picks the latter
-    // (kept selectable for tuning on new GPUs; see benchmarks/gpu_check.sh).
-    auto kernel = syrk_blocks_per_sm() == 1 ? syrk_upper_kernel<scalar_t, 1> : syrk_upper_kernel<scalar_t, 2>;
-    kernel<<<grid, kThreads, 0, stream>>>(
+    pick_kernel<scalar_t>(config)<<<grid, kThreads, 0, stream>>>(
         A.data_ptr<scalar_t>(), Jc.const_data_ptr<scalar_t>(), r.has_value() ? rc.const_data_ptr<scalar_t>() : nullptr,
         g.has_value() ? g->data_ptr<scalar_t>() : nullptr, rows, n, nb, rows_per_split, static_cast<scalar_t>(alpha),
         splits > 1, vec_ok);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int nt = (n + 31) / 32;
-    mirror_upper_kernel<scalar_t><<<dim3(nt, nt), dim3(32, 8), 0, stream>>>(A.data_ptr<scalar_t>(), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_mirror<scalar_t>(A, stream);
   });
 }
 
