@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from . import ops
 from ._loader import BUILT_WITH_TORCH, WITH_CUDA
+from .optim.fit import FitResult, fit
+from .optim.levenberg_marquardt import LevenbergMarquardt, StepResult
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "WITH_CUDA", "BUILT_WITH_TORCH", "__version__"]
+__all__ = [
+    "LevenbergMarquardt",
+    "StepResult",
+    "fit",
+    "FitResult",
+    "ops",
+    "WITH_CUDA",
+    "BUILT_WITH_TORCH",
+    "__version__",
+]

@@ -1,0 +1,190 @@
+"""Jacobian engines: chunks of generalized Jacobian rows 𝒥 = Wᵀ J_z for any ``nn.Module``.
+
+Three engines, all returning the same rows (tests/curvature checks them against each other and against
+``torch.func.jacrev``):
+
+* :class:`FastPathJacobian` - for models whose trainable parameters all live in ``Linear``/``Conv1d``/``Conv2d``
+  layers (any parameter-free modules in between: activations, pooling, flatten, RReLU, dropout). One forward
+  pass with hooks records each layer's input aᵢ; then one backward pass per column k of W gives each layer's
+  backpropagated signal δᵢ and the per-sample rows are δᵢ ⊗ aᵢ (unfolded for convolutions), as
+  per-sample-gradient libraries do. It needs no ``vmap``, so it works with train-mode RReLU, whose noise the
+  backward pass reuses from the forward pass.
+* :class:`FunctorchJacobian` - any per-sample-separable model: ``vmap(jacrev(f_single))`` over the samples.
+* :class:`FullJacobian` - anything: the Jacobian of the whole chunk's output, by ``jacfwd`` when the
+  parameters are fewer than the outputs, else ``jacrev`` (used for residual callables and for models whose
+  samples interact, e.g. train-mode BatchNorm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacfwd, jacrev, vmap
+
+from .losses import Curvature
+from .params import ParameterLayout
+
+OutputFn = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NotApplicable(Exception):
+    """The fast path cannot handle this model (the caller falls back to torch.func)."""
+
+
+def _combine(W: torch.Tensor, Jz: torch.Tensor) -> torch.Tensor:
+    """Rows [q*S, n] (k-major) from weights W [S, c, q] and output Jacobians Jz [S, c, n]."""
+    q = W.shape[2]
+    return torch.einsum("scq,scn->qsn", W.to(Jz.dtype), Jz).reshape(q * Jz.shape[0], Jz.shape[2])
+
+
+def _flat_rho(rho: torch.Tensor) -> torch.Tensor:
+    """ρ [S, q] in the k-major order of the rows."""
+    return rho.T.reshape(-1)
+
+
+class FastPathJacobian:
+    """Per-sample rows from layer inputs and backpropagated signals (see the module docstring)."""
+
+    name = "fast"
+    SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+    def __init__(self, model: nn.Module, layout: ParameterLayout) -> None:
+        self.model = model
+        self.layout = layout
+        owner: dict[int, tuple[nn.Module, str]] = {}
+        self.modules: list[nn.Module] = []
+        for module in model.modules():
+            direct = list(module.named_parameters(recurse=False))
+            if not any(p.requires_grad for _, p in direct):
+                continue
+            if not isinstance(module, self.SUPPORTED):
+                raise NotApplicable(f"{type(module).__name__} has trainable parameters")
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+                    raise NotApplicable("grouped, non-zero-padded or 'same'-padded convolution")
+            self.modules.append(module)
+            for pname, p in direct:
+                owner[id(p)] = (module, pname)
+        self.columns: dict[tuple[int, str], slice] = {}
+        for i, p in enumerate(layout.params):
+            if id(p) not in owner:
+                raise NotApplicable("a trainable parameter is not owned by a supported layer")
+            module, pname = owner[id(p)]
+            self.columns[(id(module), pname)] = layout.slice_of(i)
+
+    def rows(
+        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows [q*S, n], ρ [q*S] and the per-sample losses [S] at the current parameters."""
+        records: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {id(m): [] for m in self.modules}
+
+        def hook(module, inputs, output):
+            records[id(module)].append((inputs[0].detach(), output))
+
+        handles = [m.register_forward_hook(hook) for m in self.modules]
+        try:
+            with torch.enable_grad():
+                z = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        for m in self.modules:
+            if len(records[id(m)]) != 1:
+                raise NotApplicable(f"{type(m).__name__} ran {len(records[id(m)])} times in one forward pass")
+        z_detached = z.detach()
+        losses = curvature.per_sample_loss(z_detached, y)
+        W, rho = curvature.weights(z_detached, y)
+        S, q = W.shape[0], W.shape[2]
+        rows = z.new_zeros(q, S, self.layout.numel)
+        outputs = [records[id(m)][0][1] for m in self.modules]
+        for k in range(q):
+            grad_z = W[:, :, k].reshape(z.shape).to(z.dtype)
+            deltas = torch.autograd.grad(z, outputs, grad_outputs=grad_z, retain_graph=k < q - 1, allow_unused=True)
+            for m, delta in zip(self.modules, deltas):
+                a = records[id(m)][0][0]
+                if delta is None:  # the layer does not influence the output
+                    continue
+                self._fill(rows[k], m, a, delta)
+        return rows.reshape(q * S, -1), _flat_rho(rho), losses
+
+    def _fill(self, out: torch.Tensor, m: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> None:
+        S = a.shape[0]
+        if isinstance(m, nn.Linear):
+            a3 = a.reshape(S, -1, a.shape[-1])
+            d3 = delta.reshape(S, -1, delta.shape[-1])
+            grad_w = torch.bmm(d3.transpose(1, 2), a3)  # [S, out, in]
+            grad_b = d3.sum(dim=1)
+        else:
+            if isinstance(m, nn.Conv1d):  # as a 2-d convolution of height 1
+                a = a.unsqueeze(2)
+                delta = delta.unsqueeze(2)
+                kernel, dilation, padding, stride = (1, *m.kernel_size), (1, *m.dilation), (0, *m.padding), (1, *m.stride)
+            else:
+                kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
+            patches = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # [S, Cin*k, L]
+            d3 = delta.reshape(S, delta.shape[1], -1)  # [S, Cout, L]
+            grad_w = torch.bmm(d3, patches.transpose(1, 2))  # [S, Cout, Cin*k]
+            grad_b = d3.sum(dim=2)
+        for pname, grad in (("weight", grad_w), ("bias", grad_b)):
+            cols = self.columns.get((id(m), pname))
+            if cols is not None:
+                out[:, cols] = grad.reshape(S, -1)
+
+
+class FunctorchJacobian:
+    """``vmap(jacrev(...))`` over samples, for per-sample-separable models."""
+
+    name = "functorch"
+
+    def __init__(self, model: nn.Module, layout: ParameterLayout) -> None:
+        self.model = model
+        self.layout = layout
+
+    def rows(
+        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        theta = self.layout.get_flat()
+
+        def output_single(flat: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            z = functional_call(self.model, self.layout.as_dict(flat), (xi.unsqueeze(0),)).squeeze(0)
+            return z.reshape(-1), z
+
+        with torch.enable_grad():
+            Jz, z = vmap(jacrev(output_single, has_aux=True), in_dims=(None, 0))(theta, x)  # [S, c, n], [S, ...]
+        losses = curvature.per_sample_loss(z, y)
+        W, rho = curvature.weights(z, y)
+        return _combine(W, Jz), _flat_rho(rho), losses
+
+
+class FullJacobian:
+    """The Jacobian of a whole chunk's outputs (no per-sample separability assumed)."""
+
+    name = "full"
+
+    def __init__(self, output_fn: OutputFn, layout: ParameterLayout) -> None:
+        self.output_fn = output_fn
+        self.layout = layout
+
+    def rows(
+        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        theta = self.layout.get_flat()
+
+        def outputs(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            z = self.output_fn(self.layout.as_dict(flat), x, y)
+            return z, z
+
+        with torch.no_grad():
+            z_shape = self.output_fn(self.layout.as_dict(theta), x, y).shape
+        n_out = int(torch.Size(z_shape).numel())
+        engine = jacfwd if self.layout.numel <= n_out else jacrev
+        with torch.enable_grad():
+            J, z = engine(outputs, has_aux=True)(theta)  # [*z_shape, n]
+        S = z.shape[0]
+        Jz = J.reshape(S, -1, self.layout.numel)
+        losses = curvature.per_sample_loss(z, y if y is not None else torch.zeros_like(z))
+        W, rho = curvature.weights(z, y if y is not None else torch.zeros_like(z))
+        return _combine(W, Jz), _flat_rho(rho), losses

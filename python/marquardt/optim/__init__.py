@@ -1,0 +1,1 @@
+"""The LM optimizer and its fitting loop."""

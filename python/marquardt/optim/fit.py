@@ -1,0 +1,78 @@
+"""Iterate LM to convergence on a full batch, with MINPACK-style tests (ftol, xtol, gtol)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .levenberg_marquardt import LevenbergMarquardt, StepResult
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`."""
+
+    converged: bool
+    reason: str  # 'ftol', 'xtol', 'gtol', 'lam_max', 'max_iterations'
+    iterations: int
+    loss: float
+    history: list[StepResult] = field(default_factory=list)
+
+
+def fit(
+    optimizer: LevenbergMarquardt,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    max_iterations: int = 200,
+    ftol: float = 1e-10,
+    xtol: float = 1e-10,
+    gtol: float = 1e-12,
+    progress: bool = False,
+) -> FitResult:
+    """Run ``optimizer.step(inputs, targets)`` until a convergence test holds or the budget ends.
+
+    Tests, after each iteration (as in MINPACK's lmder):
+
+    * ``ftol``: an accepted step whose relative reduction (C₀ − C₁)/C₀ is at most ftol;
+    * ``xtol``: an accepted step with ‖Δθ‖ ≤ xtol·(xtol + ‖θ‖);
+    * ``gtol``: ‖g‖∞ ≤ gtol at the current point (a stationary point);
+    * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible).
+    """
+    for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
+        if not value >= 0:
+            raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations: expected >= 1, got {max_iterations}")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iterations, desc="LM fit", leave=False)
+    history: list[StepResult] = []
+    reason = "max_iterations"
+    try:
+        for _ in range(max_iterations):
+            info = optimizer.step(inputs, targets)
+            history.append(info)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{info.loss_after:.4g}", lam=f"{info.lam:.2g}")
+            if info.grad_norm_inf <= gtol or info.reason == "zero_gradient":
+                reason = "gtol"
+            elif info.accepted and info.loss_before - info.loss_after <= ftol * abs(info.loss_before):
+                reason = "ftol"
+            elif info.accepted and info.step_norm <= xtol * (xtol + info.theta_norm):
+                reason = "xtol"
+            elif not info.accepted and info.lam >= optimizer.settings["lam_max"]:
+                reason = "lam_max"
+            else:
+                continue
+            info.converged = reason
+            break
+    finally:
+        if bar is not None:
+            bar.close()
+    last = history[-1]
+    return FitResult(reason != "max_iterations", reason, len(history), last.loss_after, history)

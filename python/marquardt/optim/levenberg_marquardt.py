@@ -1,0 +1,444 @@
+r"""The Levenberg-Marquardt optimizer for any ``nn.Module``.
+
+One call of :meth:`LevenbergMarquardt.step` is one LM iteration on one batch (ALGORITHM.md §0.4):
+
+.. math::
+
+    \delta_{LM} = -(A + \lambda\,\mathrm{diag}(d))^{-1} g,\qquad A = \alpha\,\mathcal{J}^\top\mathcal{J},\quad
+    g = \alpha\,\mathcal{J}^\top\rho
+
+with the generalized Jacobian 𝒥 and residual ρ of the curvature mode (``gn``, ``ggn``, ``ef``), α = 1/N
+(mean loss) or 1 (sum), and d the running maximum of diag(A). The step is then reshaped by LMAM momentum
+and (optionally) geodesic acceleration, tried on the same batch with the same noise, and accepted downhill,
+uphill (guarded) or through the learning-rate line search; λ moves by the chosen rule. Parameters are only
+ever the old ones or a finite accepted update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..curvature.jacobian import FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
+from ..curvature.losses import Curvature, GaussNewtonMSE, make_curvature
+from ..curvature.noise import NoiseReplay
+from ..curvature.params import ParameterLayout
+from ..policy import acceptance, geodesic, line_search
+from ..policy.damping import update_damping
+from ..policy.lam import LambdaRule
+from ..policy.momentum import LMAM
+from ..solve.systems import DualSystem, PrimalSystem
+from .settings import resolve
+
+ResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepResult:
+    """What one LM iteration did."""
+
+    loss_before: float
+    loss_after: float
+    accepted: bool
+    reason: str  # 'downhill', 'uphill', 'line_search', 'rejected', 'zero_gradient'
+    lam: float
+    multiplier: float  # η for a regular step, s* for a line-search step, 0 when rejected
+    attempts: int
+    forward_passes: int
+    jacobian_passes: int
+    solves: int
+    form: str  # 'primal' or 'dual'
+    engine: str
+    momentum_used: bool
+    geodesic_used: bool
+    grad_norm_inf: float
+    step_norm: float
+    theta_norm: float
+    predicted_reduction: float | None = None
+    converged: str | None = None  # set by fit(): 'ftol', 'xtol', 'gtol' or None
+    notes: list[str] = field(default_factory=list)
+
+
+class LevenbergMarquardt(torch.optim.Optimizer):
+    """Levenberg-Marquardt for any ``nn.Module`` (a ``torch.optim.Optimizer``).
+
+    Args:
+        model: the network or parametric model. Its trainable parameters (``requires_grad=True``) are the
+            unknowns; frozen ones are left alone.
+        loss: ``"mse"`` (Gauss-Newton, ℓ = ½‖z − y‖²), ``"cross_entropy"`` (generalized Gauss-Newton by
+            default, or the paper's empirical Fisher with ``curvature="ef"``), or a residual callable
+            ``fn(outputs, targets) -> residuals`` for general nonlinear least squares (ℓ = ½ Σ r²).
+        preset: ``"default"`` (improved settings), ``"paper"`` (the authors' choices) or ``"vanilla"``.
+        **options: any key of :data:`marquardt.optim.settings.DEFAULTS`, e.g. ``damping``, ``lambda_rule``,
+            ``momentum``, ``line_search``, ``uphill``, ``geodesic``, ``solver``, ``memory_budget``.
+
+    Example::
+
+        opt = LevenbergMarquardt(model, loss="mse")
+        for x, y in loader:
+            info = opt.step(x, y)
+    """
+
+    def __init__(
+        self, model: nn.Module, loss: str | ResidualFn = "mse", *, preset: str = "default", **options: Any
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        settings = resolve(preset, options)
+        self.model = model
+        self.layout = ParameterLayout.of(model)
+        self.residual_fn: ResidualFn | None = None
+        if callable(loss) and not isinstance(loss, str):
+            if settings["curvature"] not in (None, "gn"):
+                raise ValueError("curvature: a residual callable supports only 'gn'")
+            self.residual_fn = loss
+            self.curvature: Curvature = GaussNewtonMSE()
+        else:
+            self.curvature = make_curvature(loss, settings["curvature"])
+        if settings["geodesic"] and not self.curvature.supports_geodesic:
+            raise ValueError("geodesic: acceleration has no meaning for the empirical Fisher (curvature='ef')")
+        self.preset = preset
+        super().__init__(self.layout.params, {**settings, "loss": loss if isinstance(loss, str) else "residual"})
+        self._engine = self._make_engine(settings["engine"])
+
+    # ----------------------------------------------------------------------------------------- setup
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if len(self.param_groups) > 0:
+            raise ValueError("LevenbergMarquardt works on one flat parameter vector; it has one param group")
+        super().add_param_group(param_group)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.param_groups[0]
+
+    def _make_engine(self, kind: str):
+        if self.residual_fn is not None or kind == "full":
+            return FullJacobian(self._functional_outputs, self.layout)
+        if kind in ("auto", "fast"):
+            try:
+                return FastPathJacobian(self.model, self.layout)
+            except NotApplicable as exc:
+                if kind == "fast":
+                    raise ValueError(f"engine='fast' cannot handle this model: {exc}") from exc
+        return FunctorchJacobian(self.model, self.layout)
+
+    def _functional_outputs(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor | None):
+        z = functional_call(self.model, params, (x,))
+        if self.residual_fn is not None:
+            z = self.residual_fn(z, y)
+            return z.reshape(z.shape[0], -1) if z.dim() > 0 else z.reshape(1, 1)
+        return z
+
+    def _outputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        if self.residual_fn is not None:
+            z = self.residual_fn(z, y)
+            z = z.reshape(z.shape[0], -1) if z.dim() > 0 else z.reshape(1, 1)
+        return z
+
+    @property
+    def _state(self) -> dict[str, Any]:
+        # Global LM state lives with the first parameter (as torch.optim.LBFGS does), so state_dict() and
+        # load_state_dict() carry it.
+        state = self.state[self.layout.params[0]]
+        if not state:
+            s = self.settings
+            state["lam"] = float(s["lam_init"])
+            state["nu"] = 2.0
+            state["d"] = torch.full(
+                (self.layout.numel,), float(s["d_init"]), dtype=s["curvature_dtype"], device=self.layout.device
+            )
+            state["s_prev"] = None
+            state["step"] = 0
+            state["forward_passes"] = 0
+            state["solves"] = 0
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch.optim casts floating state to the parameter dtype; d is kept in the curvature dtype so that
+        # a resumed run is bit-identical to an uninterrupted one.
+        saved = state_dict["state"].get(0, {})
+        super().load_state_dict(state_dict)
+        state = self.state[self.layout.params[0]]
+        if "d" in saved:
+            state["d"] = saved["d"].to(device=self.layout.device, dtype=saved["d"].dtype).clone()
+
+    # ---------------------------------------------------------------------------------- validation
+    def _check_batch(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
+        for name, t in (("inputs", inputs), ("targets", targets)):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.device != self.layout.device:
+                raise ValueError(f"{name}: on {t.device} but the model's parameters are on {self.layout.device}")
+            if t.is_floating_point() and t.dtype != self.layout.dtype:
+                raise ValueError(f"{name}: dtype {t.dtype} does not match the model's parameters ({self.layout.dtype})")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: contains NaN or Inf")
+        if inputs.dim() == 0 or inputs.shape[0] == 0:
+            raise ValueError(f"inputs: expected a non-empty batch [N, ...], got shape {tuple(inputs.shape)}")
+        if self.residual_fn is None:
+            if targets is None:
+                raise ValueError("targets: required for loss='mse' or 'cross_entropy'")
+            if targets.shape[0] != inputs.shape[0]:
+                raise ValueError(
+                    f"targets: batch size {targets.shape[0]} does not match inputs' batch size {inputs.shape[0]}"
+                )
+
+    # ---------------------------------------------------------------------------------- evaluation
+    def _chunk_size(self, batch: int, per_sample_outputs: int) -> int:
+        n = self.layout.numel
+        bytes_per_sample = 3 * per_sample_outputs * n * 8  # Jz, rows and their float64 copy
+        budget = self.settings["memory_budget"]
+        return int(max(1, min(batch, budget // max(1, bytes_per_sample))))
+
+    def _chunks(self, inputs: torch.Tensor, targets: torch.Tensor | None, size: int):
+        for start in range(0, inputs.shape[0], size):
+            y = targets[start : start + size] if targets is not None else None
+            yield inputs[start : start + size], y
+
+    def _loss_at(self, theta: torch.Tensor, batch, noise: NoiseReplay, scale: float) -> float:
+        """f(θ) on the batch, with the iteration's noise; leaves θ written into the model."""
+        self.layout.set_flat(theta)
+        noise.replay()
+        total = 0.0
+        with torch.no_grad():
+            for x, y in batch:
+                z = self._outputs(x, y)
+                yy = torch.zeros_like(z) if self.residual_fn is not None else y
+                total += float(self.curvature.per_sample_loss(z, yy).double().sum())
+        self._state["forward_passes"] += 1
+        self._forward_passes += 1
+        return total * scale if math.isfinite(total) else math.inf
+
+    # ---------------------------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> StepResult:  # type: ignore[override]
+        """One LM iteration on this batch. Returns a :class:`StepResult`."""
+        self._check_batch(inputs, targets)
+        theta0 = self.layout.get_flat()
+        noise = NoiseReplay(self.layout.device)
+        d_before = self._state["d"].clone()
+        try:
+            return self._iterate(inputs, targets, theta0, noise)
+        except BaseException:
+            self.layout.set_flat(theta0)  # never leave parameters half-updated
+            self._state["d"].copy_(d_before)
+            raise
+        finally:
+            noise.finish()
+
+    def _probe(self, inputs: torch.Tensor, targets: torch.Tensor | None, noise: NoiseReplay) -> int:
+        """Outputs per sample (and the target check), from a one-sample forward pass."""
+        noise.replay()
+        x1 = inputs[:1]
+        y1 = targets[:1] if targets is not None else None
+        z1 = self._outputs(x1, y1) if self.residual_fn is None else None
+        if self.residual_fn is None:
+            self.curvature.check_targets(torch.empty((inputs.shape[0],) + tuple(z1.shape[1:])), targets)
+            return int(z1[0].numel())
+        z = self._outputs(inputs, targets)
+        return int(z[0].numel())
+
+    def _build_system(self, batch, n_samples: int, rows_total: int, noise: NoiseReplay, alpha: float):
+        s = self.settings
+        n = self.layout.numel
+        budget = s["memory_budget"]
+        dtype, device = s["curvature_dtype"], self.layout.device
+        elt = torch.finfo(dtype).bits // 8
+        primal_bytes, dual_bytes = n * n * elt, rows_total * (rows_total + n) * elt
+        form = s["solver"]
+        if form == "auto":
+            form = "dual" if rows_total < n else "primal"
+        if form == "primal" and primal_bytes > budget:
+            raise ValueError(
+                f"problem too large for the dense solve: the {n} x {n} curvature needs {primal_bytes / 2**20:.1f} MiB "
+                f"but memory_budget is {budget / 2**20:.1f} MiB. Options: raise memory_budget; solver='dual' "
+                f"(this batch has {rows_total} residual rows for {n} parameters); a block-diagonal solver is planned."
+            )
+        if form == "dual" and dual_bytes > budget:
+            raise ValueError(
+                f"problem too large for the dual solve: {rows_total} rows x {n} parameters need "
+                f"{dual_bytes / 2**20:.1f} MiB but memory_budget is {budget / 2**20:.1f} MiB. Options: raise "
+                f"memory_budget, use smaller batches, or solver='primal' ({primal_bytes / 2**20:.1f} MiB)."
+            )
+        system = (PrimalSystem if form == "primal" else DualSystem)(n, alpha, dtype, device)
+        noise.replay()
+        total = 0.0
+        for x, y in batch:
+            yy = y
+            if self.residual_fn is not None:
+                yy = None
+            rows, rho, losses = self._engine_rows(x, yy, y)
+            system.add_rows(rows, rho)
+            total += float(losses.double().sum())
+        system.finalize()
+        noise.mark_first_evaluation_done()
+        self._forward_passes += 1
+        self._state["forward_passes"] += 1
+        return system, (total * alpha if math.isfinite(total) else math.inf)
+
+    def _engine_rows(self, x, y_for_curvature, y_raw):
+        engine = self._engine
+        if isinstance(engine, FullJacobian):
+            # residual mode: the residual callable is applied inside the functional outputs
+            if self.residual_fn is not None:
+                fn = self._functional_outputs
+                return FullJacobian(lambda p, xx, _y: fn(p, xx, y_raw), self.layout).rows(x, None, self.curvature)
+            return engine.rows(x, y_for_curvature, self.curvature)
+        try:
+            return engine.rows(x, y_for_curvature, self.curvature)
+        except NotApplicable:
+            self._engine = FunctorchJacobian(self.model, self.layout)
+            return self._engine.rows(x, y_for_curvature, self.curvature)
+
+    def _iterate(self, inputs, targets, theta0, noise) -> StepResult:
+        s = self.settings
+        state = self._state
+        self._forward_passes = 0
+        n_samples = inputs.shape[0]
+        alpha = 1.0 / n_samples if s["loss_scale"] == "mean" else 1.0
+        per_sample = self._probe(inputs, targets, noise)
+        rows_per_sample = 1 if self.curvature.name == "ef" else per_sample
+        chunk = n_samples if self.residual_fn is not None else self._chunk_size(n_samples, per_sample)
+        batch = list(self._chunks(inputs, targets, chunk))
+        system, c0 = self._build_system(batch, n_samples, rows_per_sample * n_samples, noise, alpha)
+        g = system.g
+        grad_inf = float(g.abs().max())
+        theta_norm = float(theta0.double().norm())
+        result = StepResult(
+            loss_before=c0, loss_after=c0, accepted=False, reason="rejected", lam=state["lam"], multiplier=0.0,
+            attempts=0, forward_passes=0, jacobian_passes=1, solves=0, form=system.form,
+            engine=self._engine.name, momentum_used=False, geodesic_used=False, grad_norm_inf=grad_inf,
+            step_norm=0.0, theta_norm=theta_norm,
+        )
+        if not math.isfinite(c0) or not bool(torch.isfinite(g).all()):
+            result.notes.append("loss or gradient not finite at the current parameters; no step taken")
+            return self._finish(result, theta0, accepted_step=None)
+        if grad_inf == 0.0:
+            result.reason = "zero_gradient"
+            return self._finish(result, theta0, accepted_step=None)
+
+        d_saved = state["d"].clone()
+        d = update_damping(s["damping"], state["d"], system, s["d_floor"])
+        system.set_damping(d)
+        rule = LambdaRule(s["lambda_rule"], s["lambda_up"], s["lambda_down"], s["lam_min"], s["lam_max"],
+                          s["lam_skip_outside"])
+        lmam = None
+        if s["momentum"] is not None:
+            lmam = LMAM(s["momentum"], s["delta_p_mode"], s["delta_p"], s["kappa"], s["xi"],
+                        paper_code_factor2=s["paper_code_factor2"])
+        lam, nu = state["lam"], state["nu"]
+        s_prev = state["s_prev"]
+        s_prev_c = s_prev.to(system.g.dtype) if s_prev is not None else None
+        eta = s["step_multiplier"]
+        accepted_step = None
+
+        for attempt in range(s["max_attempts"]):
+            result.attempts = attempt + 1
+            delta_lm, ok = system.lm_step(lam)
+            result.solves += 1
+            if not ok:
+                result.notes.append(f"factorisation failed at lambda={lam:.3g}")
+                lam, nu = rule.rejected(lam, nu)
+                continue
+            delta = delta_lm
+            if lmam is not None and s_prev_c is not None:
+                i_ff = system.quadratic(s_prev_c) + lam * float((d * s_prev_c * s_prev_c).sum())
+                mom = lmam.apply(delta_lm, g, s_prev_c, i_ff)
+                delta = mom.step
+                result.momentum_used = mom.used
+            if s["geodesic"]:
+                a, ok_a = self._geodesic_correction(system, delta, lam, batch, noise, theta0, alpha)
+                result.solves += 1
+                if not (ok_a and geodesic.acceptable(delta, a, s["geodesic_alpha"])):
+                    result.notes.append("geodesic correction too large: attempt rejected")
+                    lam, nu = rule.rejected(lam, nu)
+                    continue
+                delta = delta + 0.5 * a
+                result.geodesic_used = True
+            step = (eta * delta).to(theta0.dtype)
+            c1 = self._loss_at(theta0 + step, batch, noise, alpha)
+            pred = float(-(g @ step.to(g.dtype)) - 0.5 * system.quadratic(step.to(g.dtype)))
+            if c1 <= c0:
+                accepted_step, result.reason, result.multiplier = step, "downhill", eta
+            elif s["uphill"] and s_prev_c is not None:
+                beta = acceptance.cosine(delta_lm, s_prev_c)
+                if acceptance.accept_uphill(c0, c1, beta, s["uphill_b"], s["uphill_max_ratio"]):
+                    accepted_step, result.reason, result.multiplier = step, "uphill", eta
+            if accepted_step is not None:
+                result.loss_after = c1
+                result.predicted_reduction = pred
+                gain = (c0 - c1) / pred if pred > 0 else None
+                lam, nu = rule.accepted(lam, nu, gain)
+                break
+            lam, nu = rule.rejected(lam, nu)
+            if s["line_search"] is not None:
+                s_star, c_star, _ = line_search.search(
+                    s["line_search"], lambda m: self._loss_at(theta0 + (m * delta).to(theta0.dtype), batch, noise, alpha), c0
+                )
+                if math.isfinite(c_star) and (c_star < c0 or s["line_search_apply_always"]):
+                    accepted_step = (s_star * delta).to(theta0.dtype)
+                    result.reason, result.multiplier, result.loss_after = "line_search", s_star, c_star
+                    break
+
+        if accepted_step is None and s["revert_d_on_reject"]:
+            state["d"].copy_(d_saved)
+        state["lam"], state["nu"] = lam, nu
+        result.lam = lam
+        return self._finish(result, theta0, accepted_step)
+
+    def _finish(self, result: StepResult, theta0: torch.Tensor, accepted_step: torch.Tensor | None) -> StepResult:
+        state = self._state
+        if accepted_step is not None and bool(torch.isfinite(accepted_step).all()):
+            theta1 = theta0 + accepted_step
+            if bool(torch.isfinite(theta1).all()):
+                self.layout.set_flat(theta1)
+                state["s_prev"] = accepted_step.clone()
+                result.accepted = True
+                result.step_norm = float(accepted_step.double().norm())
+            else:
+                accepted_step = None
+        if not result.accepted:
+            self.layout.set_flat(theta0)
+            result.loss_after = result.loss_before
+            if result.reason != "zero_gradient":
+                result.reason = "rejected"
+            result.multiplier = 0.0
+        state["step"] += 1
+        state["solves"] += result.solves
+        result.forward_passes = self._forward_passes
+        return result
+
+    # ------------------------------------------------------------------------------------ geodesic
+    def _geodesic_correction(self, system, v, lam, batch, noise, theta0, alpha):
+        """a = −(A + λ diag d)⁻¹ α 𝒥ᵀ ρ_vv with ρ_vv,ᵢ = Wᵢᵀ z_vv,ᵢ (policy/geodesic.py)."""
+        v_p = v.to(theta0.dtype)
+        noise.replay()
+        rho_vv_parts, rhs = [], torch.zeros_like(system.g)
+        for x, y in batch:
+            outputs = lambda t, xx=x, yy=y: self._functional_outputs(self.layout.as_dict(t), xx, yy)  # noqa: E731
+            with torch.enable_grad():
+                z_vv = geodesic.second_directional_derivative(outputs, theta0, v_p)
+                theta_req = theta0.detach().requires_grad_(True)
+                z = outputs(theta_req)
+            L = self.curvature.hessian_factor(z.detach()) if self.residual_fn is None else None
+            zf = z_vv.reshape(z_vv.shape[0], -1)
+            rho_vv = zf if L is None else torch.einsum("scq,sc->sq", L, zf)  # Wᵀ z_vv
+            if isinstance(system, DualSystem):
+                rho_vv_parts.append(rho_vv.T.reshape(-1))
+            else:
+                cot = rho_vv if L is None else torch.einsum("scq,sq->sc", L, rho_vv)  # W Wᵀ z_vv
+                (grad,) = torch.autograd.grad(z, theta_req, grad_outputs=cot.reshape(z.shape).to(z.dtype))
+                rhs += alpha * grad.to(rhs.dtype)
+        if isinstance(system, DualSystem):
+            x_sol, ok = system.solve_rows(lam, torch.cat(rho_vv_parts).to(system.dtype))
+            return -x_sol, ok
+        x_sol, ok = system.solve(lam, rhs)
+        return -x_sol, ok

@@ -1,0 +1,131 @@
+"""Hyperparameters of LevenbergMarquardt: the defaults, the paper preset, and their validation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..policy.damping import DAMPING_KINDS
+from ..policy.line_search import GRIDS
+
+#: Recommended settings (ALGORITHM.md §0.4): max-diagonal damping, delayed-gratification λ (2/3), relative
+#: LMAM, log-grid line search applied only on decrease, uphill steps off, geodesic acceleration off.
+DEFAULTS: dict[str, Any] = {
+    "curvature": None,  # 'gn' for mse, 'ggn' (default) or 'ef' for cross_entropy
+    "damping": "max_diagonal",
+    "d_init": 0.01,
+    "d_floor": 0.0,
+    "revert_d_on_reject": False,
+    "lam_init": 1.0,
+    "lambda_rule": "delayed",
+    "lambda_up": 2.0,
+    "lambda_down": 3.0,
+    "lam_min": 1e-10,
+    "lam_max": 1e10,
+    "lam_skip_outside": False,
+    "max_attempts": 10,
+    "step_multiplier": 1.0,
+    "momentum": "lmam",
+    "delta_p_mode": "relative",
+    "delta_p": 0.6,
+    "kappa": 0.5,
+    "xi": 0.9,
+    "paper_code_factor2": False,
+    "line_search": "log",
+    "line_search_apply_always": False,
+    "uphill": False,
+    "uphill_b": 2.0,
+    "uphill_max_ratio": 1.5,
+    "geodesic": False,
+    "geodesic_alpha": 0.75,
+    "loss_scale": "mean",
+    "solver": "auto",
+    "engine": "auto",
+    "memory_budget": 512 * 2**20,
+    "curvature_dtype": torch.float64,
+}
+
+#: What the authors' code does (ALGORITHM.md §0.4 and §7): ×10/÷10 λ with bounds [1e-5, 1e5] that skip the
+#: update, damping reverted on failure, absolute LMAM (δP = 0.6, ξ = 0.9), the code's cubic line-search grid
+#: applied unconditionally after a failure, unguarded uphill acceptance (b = 2), one attempt per batch.
+PAPER: dict[str, Any] = {
+    "lambda_rule": "fixed",
+    "lambda_up": 10.0,
+    "lambda_down": 10.0,
+    "lam_min": 1e-5,
+    "lam_max": 1e5,
+    "lam_skip_outside": True,
+    "revert_d_on_reject": True,
+    "max_attempts": 1,
+    "momentum": "lmam",
+    "delta_p_mode": "absolute",
+    "delta_p": 0.6,
+    "xi": 0.9,
+    "line_search": "paper_code",
+    "line_search_apply_always": True,
+    "uphill": True,
+    "uphill_b": 2.0,
+    "uphill_max_ratio": None,
+}
+
+#: Plain LM for comparisons ("vanilla LM" of the paper's Fig. 1a): λI damping, ×10/÷10, nothing else.
+VANILLA: dict[str, Any] = {
+    "damping": "levenberg",
+    "lambda_rule": "fixed",
+    "lambda_up": 10.0,
+    "lambda_down": 10.0,
+    "momentum": None,
+    "line_search": None,
+    "uphill": False,
+    "max_attempts": 1,
+}
+
+PRESETS = {"default": {}, "paper": PAPER, "vanilla": VANILLA}
+
+
+def resolve(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Defaults, then the preset, then the user's overrides; every value validated."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"LevenbergMarquardt got unknown options {unknown}; valid options: {sorted(DEFAULTS)}")
+    settings = {**DEFAULTS, **PRESETS[preset], **overrides}
+    validate(settings)
+    return settings
+
+
+def _positive(settings: dict[str, Any], *names: str) -> None:
+    for name in names:
+        value = settings[name]
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"Invalid {name} value: {value!r} (expected a finite number > 0)")
+
+
+def validate(s: dict[str, Any]) -> None:
+    _positive(s, "lam_init", "lambda_up", "lambda_down", "lam_min", "lam_max", "step_multiplier", "delta_p")
+    _positive(s, "kappa", "xi", "uphill_b", "geodesic_alpha", "memory_budget")
+    if s["damping"] not in DAMPING_KINDS:
+        raise ValueError(f"Invalid damping value: {s['damping']!r} (expected one of {DAMPING_KINDS})")
+    if not (isinstance(s["d_init"], (int, float)) and s["d_init"] >= 0) or s["d_floor"] < 0:
+        raise ValueError(f"Invalid d_init/d_floor: {s['d_init']!r}, {s['d_floor']!r} (expected >= 0)")
+    if not isinstance(s["max_attempts"], int) or s["max_attempts"] < 1:
+        raise ValueError(f"Invalid max_attempts value: {s['max_attempts']!r} (expected an int >= 1)")
+    if s["momentum"] not in (None, "lmam", "olmam"):
+        raise ValueError(f"Invalid momentum value: {s['momentum']!r} (expected None, 'lmam' or 'olmam')")
+    if s["line_search"] not in (None, *GRIDS):
+        raise ValueError(f"Invalid line_search value: {s['line_search']!r} (expected None or one of {GRIDS})")
+    if s["loss_scale"] not in ("mean", "sum"):
+        raise ValueError(f"Invalid loss_scale value: {s['loss_scale']!r} (expected 'mean' or 'sum')")
+    if s["solver"] not in ("auto", "primal", "dual"):
+        raise ValueError(f"Invalid solver value: {s['solver']!r} (expected 'auto', 'primal' or 'dual')")
+    if s["engine"] not in ("auto", "fast", "functorch", "full"):
+        raise ValueError(f"Invalid engine value: {s['engine']!r} (expected 'auto', 'fast', 'functorch' or 'full')")
+    if s["curvature_dtype"] not in (torch.float32, torch.float64):
+        raise ValueError(f"Invalid curvature_dtype: {s['curvature_dtype']!r} (expected torch.float32 or float64)")
+    if s["uphill_max_ratio"] is not None and not s["uphill_max_ratio"] >= 1:
+        raise ValueError(f"Invalid uphill_max_ratio: {s['uphill_max_ratio']!r} (expected None or >= 1)")
+    if s["lam_min"] >= s["lam_max"]:
+        raise ValueError(f"Invalid lambda bounds: lam_min={s['lam_min']} must be < lam_max={s['lam_max']}")

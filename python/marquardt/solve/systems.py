@@ -1,0 +1,119 @@
+"""The damped LM system in its two forms, behind one interface.
+
+* :class:`PrimalSystem` holds A = α 𝒥ᵀ𝒥 (n × n) and g = α 𝒥ᵀρ, built by streaming row chunks through
+  ``jtj_accumulate_``; a solve is ``damped_cholesky_solve`` (A is never modified, so retries with a larger λ
+  reuse it).
+* :class:`DualSystem` keeps the m < n rows and solves in row space (ALGORITHM.md §3.5): with
+  K = 𝒥 diag(d)⁻¹ 𝒥ᵀ (m × m),
+
+      δ = −diag(d)⁻¹ 𝒥ᵀ (K + λ/α · I)⁻¹ ρ,
+
+  which equals the primal step exactly, max-diagonal damping included (α = 1/N for the mean loss).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+
+
+class PrimalSystem:
+    """A and g in parameter space (n × n)."""
+
+    form = "primal"
+
+    def __init__(self, n: int, alpha: float, dtype: torch.dtype, device: torch.device) -> None:
+        self.alpha = alpha
+        self.A = torch.zeros(n, n, dtype=dtype, device=device)
+        self.g = torch.zeros(n, dtype=dtype, device=device)
+        self.d: torch.Tensor | None = None
+
+    def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
+        ops.jtj_accumulate_(self.A, rows.to(self.A.dtype), rho.to(self.A.dtype), self.g, alpha=self.alpha)
+
+    def finalize(self) -> None:
+        pass
+
+    def diagonal(self) -> torch.Tensor:
+        return self.A.diagonal()
+
+    def update_max_diagonal(self, d: torch.Tensor, floor: float) -> torch.Tensor:
+        return ops.max_diag_update_(d, self.A, floor)
+
+    def set_damping(self, d: torch.Tensor) -> None:
+        self.d = d
+
+    def solve(self, lam: float, rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """x with (A + λ diag d) x = rhs, and whether the factorisation succeeded."""
+        assert self.d is not None
+        x, info = ops.damped_cholesky_solve(self.A, self.d, lam, rhs)
+        ok = int(info) == 0 and bool(torch.isfinite(x).all())
+        return x, ok
+
+    def lm_step(self, lam: float) -> tuple[torch.Tensor, bool]:
+        return self.solve(lam, -self.g)
+
+    def quadratic(self, s: torch.Tensor) -> float:
+        """sᵀ A s."""
+        return float(s @ (self.A @ s))
+
+
+class DualSystem:
+    """The rows themselves (m × n, m < n) and a solve in row space."""
+
+    form = "dual"
+
+    def __init__(self, n: int, alpha: float, dtype: torch.dtype, device: torch.device) -> None:
+        self.alpha = alpha
+        self.n = n
+        self.dtype = dtype
+        self.device = device
+        self._rows: list[torch.Tensor] = []
+        self._rho: list[torch.Tensor] = []
+        self.J = torch.empty(0, n, dtype=dtype, device=device)
+        self.rho = torch.empty(0, dtype=dtype, device=device)
+        self.g = torch.zeros(n, dtype=dtype, device=device)
+        self.K: torch.Tensor | None = None
+        self.d: torch.Tensor | None = None
+
+    def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
+        self._rows.append(rows.to(self.dtype))
+        self._rho.append(rho.to(self.dtype))
+
+    def finalize(self) -> None:
+        self.J = torch.cat(self._rows)
+        self.rho = torch.cat(self._rho)
+        self._rows, self._rho = [], []
+        self.g = self.alpha * (self.J.T @ self.rho)
+
+    def diagonal(self) -> torch.Tensor:
+        return self.alpha * self.J.pow(2).sum(dim=0)
+
+    def update_max_diagonal(self, d: torch.Tensor, floor: float) -> torch.Tensor:
+        d.copy_(torch.maximum(d, self.diagonal()).clamp_min(floor))
+        return d
+
+    def set_damping(self, d: torch.Tensor) -> None:
+        self.d = d
+        scaled = self.J / d.sqrt()  # 𝒥 diag(d)^(-1/2)
+        m = self.J.shape[0]
+        self.K = torch.zeros(m, m, dtype=self.dtype, device=self.device)
+        ops.jtj_accumulate_(self.K, scaled.T)  # K = (𝒥 D^-1/2)(𝒥 D^-1/2)ᵀ, symmetric half only
+
+    def solve_rows(self, lam: float, rho_like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """x = (A + λ diag d)⁻¹ α 𝒥ᵀ ρ_like, through the m × m system."""
+        assert self.K is not None and self.d is not None
+        ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
+        y, info = ops.damped_cholesky_solve(self.K, ones, lam / self.alpha, rho_like)
+        x = (self.J.T @ y) / self.d
+        ok = int(info) == 0 and bool(torch.isfinite(x).all())
+        return x, ok
+
+    def lm_step(self, lam: float) -> tuple[torch.Tensor, bool]:
+        x, ok = self.solve_rows(lam, self.rho)
+        return -x, ok
+
+    def quadratic(self, s: torch.Tensor) -> float:
+        """sᵀ A s = α ‖𝒥 s‖²."""
+        return float(self.alpha * (self.J @ s).pow(2).sum())
