@@ -1,0 +1,59 @@
+"""The generalized residual of each curvature mode against its formula (ALGORITHM.md §3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import hessian
+
+from marquardt.curvature.losses import EmpiricalFisherCE, GaussNewtonMSE, GeneralizedGaussNewtonCE, make_curvature
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "probabilities"])
+def test_ggn_factor_reproduces_autograd_hessian_and_gradient(soft):
+    torch.manual_seed(1)
+    N, c = 5, 7
+    z = torch.randn(N, c, dtype=torch.float64) * 3
+    y = torch.softmax(torch.randn(N, c, dtype=torch.float64), 1) if soft else torch.randint(0, c, (N,))
+    ggn = GeneralizedGaussNewtonCE()
+    W, rho = ggn.weights(z, y)
+    for i in range(N):
+        def loss_i(zi):
+            return ggn.per_sample_loss(zi.unsqueeze(0), y[i : i + 1])[0]
+
+        H = hessian(loss_i)(z[i])
+        grad = torch.func.grad(loss_i)(z[i])
+        torch.testing.assert_close(W[i] @ W[i].T, H, rtol=1e-12, atol=1e-14)  # L Lᵀ = ∂²ℓ/∂z²
+        torch.testing.assert_close(W[i] @ rho[i], grad, rtol=1e-12, atol=1e-14)  # L ρ = p − y = ∂ℓ/∂z
+
+
+def test_ef_rows_are_loss_gradients():
+    z = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1, 1])
+    W, rho = EmpiricalFisherCE().weights(z, y)
+    assert W.shape == (4, 3, 1) and torch.equal(rho, torch.ones(4, 1, dtype=torch.float64))
+    expected = torch.softmax(z, 1) - torch.nn.functional.one_hot(y, 3)
+    torch.testing.assert_close(W[:, :, 0], expected.double())
+
+
+def test_mse_is_half_squared_error():
+    z, y = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    gn = GaussNewtonMSE()
+    torch.testing.assert_close(gn.loss(z, y), 0.5 * ((z - y) ** 2).sum(1).mean())
+    W, rho = gn.weights(z, y)
+    torch.testing.assert_close(rho, z - y)
+    torch.testing.assert_close(W[0], torch.eye(2, dtype=torch.float64))
+
+
+def test_target_checks_name_the_problem():
+    ce = make_curvature("cross_entropy", None)
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 2\]"):
+        ce.check_targets(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"targets: expected class indices"):
+        ce.check_targets(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"targets: expected the shape of the model output"):
+        make_curvature("mse", None).check_targets(torch.zeros(2, 3), torch.zeros(2, 1))
+    with pytest.raises(ValueError, match=r"loss='mse' supports only 'gn'"):
+        make_curvature("mse", "ggn")
+    with pytest.raises(ValueError, match=r"loss: expected 'mse'"):
+        make_curvature("hinge", None)

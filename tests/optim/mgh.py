@@ -1,0 +1,161 @@
+"""Moré, Garbow & Hillstrom (1981) least-squares test problems as residual modules.
+
+Each module's parameters are the unknowns x (float64, standard starting point) and its forward returns the
+residual vector r(x); f* = Σ r² at the known minimum (from the MGH paper).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class Problem(nn.Module):
+    def __init__(self, x0):
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor(x0, dtype=torch.float64))
+
+    def forward(self, _inputs):
+        return self.residuals(self.x)
+
+
+class Rosenbrock(Problem):
+    x0, f_star = [-1.2, 1.0], (0.0,)
+
+    def residuals(self, x):
+        return torch.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]])
+
+
+class FreudensteinRoth(Problem):
+    x0, f_star = [0.5, -2.0], (0.0, 48.9842536792400)  # global, and the local minimum LM usually finds
+
+    def residuals(self, x):
+        return torch.stack([-13 + x[0] + ((5 - x[1]) * x[1] - 2) * x[1], -29 + x[0] + ((x[1] + 1) * x[1] - 14) * x[1]])
+
+
+class PowellBadlyScaled(Problem):
+    x0, f_star = [0.0, 1.0], (0.0,)
+
+    def residuals(self, x):
+        return torch.stack([1e4 * x[0] * x[1] - 1, torch.exp(-x[0]) + torch.exp(-x[1]) - 1.0001])
+
+
+class BrownBadlyScaled(Problem):
+    x0, f_star = [1.0, 1.0], (0.0,)
+
+    def residuals(self, x):
+        return torch.stack([x[0] - 1e6, x[1] - 2e-6, x[0] * x[1] - 2])
+
+
+class Beale(Problem):
+    x0, f_star = [1.0, 1.0], (0.0,)
+
+    def residuals(self, x):
+        y = torch.tensor([1.5, 2.25, 2.625], dtype=x.dtype)
+        i = torch.arange(1, 4, dtype=x.dtype)
+        return y - x[0] * (1 - x[1] ** i)
+
+
+class JennrichSampson(Problem):
+    x0, f_star = [0.3, 0.4], (124.362182355,)
+
+    def residuals(self, x):
+        i = torch.arange(1, 11, dtype=x.dtype)
+        return 2 + 2 * i - (torch.exp(i * x[0]) + torch.exp(i * x[1]))
+
+
+class HelicalValley(Problem):
+    x0, f_star = [-1.0, 0.0, 0.0], (0.0,)
+
+    def residuals(self, x):
+        theta = torch.atan(x[1] / x[0]) / (2 * math.pi) + (0.5 if float(x[0]) < 0 else 0.0)
+        return torch.stack([10 * (x[2] - 10 * theta), 10 * (torch.sqrt(x[0] ** 2 + x[1] ** 2) - 1), x[2]])
+
+
+class Bard(Problem):
+    x0, f_star = [1.0, 1.0, 1.0], (8.21487730657e-3,)
+
+    def residuals(self, x):
+        y = torch.tensor([0.14, 0.18, 0.22, 0.25, 0.29, 0.32, 0.35, 0.39, 0.37, 0.58, 0.73, 0.96, 1.34, 2.10, 4.39],
+                         dtype=x.dtype)
+        u = torch.arange(1, 16, dtype=x.dtype)
+        v = 16 - u
+        w = torch.minimum(u, v)
+        return y - (x[0] + u / (v * x[1] + w * x[2]))
+
+
+class Box3D(Problem):
+    x0, f_star = [0.0, 10.0, 20.0], (0.0,)
+
+    def residuals(self, x):
+        t = 0.1 * torch.arange(1, 11, dtype=x.dtype)
+        return torch.exp(-t * x[0]) - torch.exp(-t * x[1]) - x[2] * (torch.exp(-t) - torch.exp(-10 * t))
+
+
+class PowellSingular(Problem):
+    x0, f_star = [3.0, -1.0, 0.0, 1.0], (0.0,)
+
+    def residuals(self, x):
+        return torch.stack([x[0] + 10 * x[1], math.sqrt(5) * (x[2] - x[3]), (x[1] - 2 * x[2]) ** 2,
+                            math.sqrt(10) * (x[0] - x[3]) ** 2])
+
+
+class Wood(Problem):
+    x0, f_star = [-3.0, -1.0, -3.0, -1.0], (0.0,)
+
+    def residuals(self, x):
+        return torch.stack([10 * (x[1] - x[0] ** 2), 1 - x[0], math.sqrt(90) * (x[3] - x[2] ** 2), 1 - x[2],
+                            math.sqrt(10) * (x[1] + x[3] - 2), (x[1] - x[3]) / math.sqrt(10)])
+
+
+class KowalikOsborne(Problem):
+    x0, f_star = [0.25, 0.39, 0.415, 0.39], (3.07505603849e-4,)
+
+    def residuals(self, x):
+        y = torch.tensor([0.1957, 0.1947, 0.1735, 0.1600, 0.0844, 0.0627, 0.0456, 0.0342, 0.0323, 0.0235, 0.0246],
+                         dtype=x.dtype)
+        u = torch.tensor([4, 2, 1, 0.5, 0.25, 0.167, 0.125, 0.1, 0.0833, 0.0714, 0.0625], dtype=x.dtype)
+        return y - x[0] * (u**2 + u * x[1]) / (u**2 + u * x[2] + x[3])
+
+
+class BiggsExp6(Problem):
+    x0, f_star = [1.0, 2.0, 1.0, 1.0, 1.0, 1.0], (0.0, 5.65565e-3)
+
+    def residuals(self, x):
+        t = 0.1 * torch.arange(1, 14, dtype=x.dtype)
+        y = torch.exp(-t) - 5 * torch.exp(-10 * t) + 3 * torch.exp(-4 * t)
+        return x[2] * torch.exp(-t * x[0]) - x[3] * torch.exp(-t * x[1]) + x[5] * torch.exp(-t * x[4]) - y
+
+
+class Gaussian(Problem):
+    x0, f_star = [0.4, 1.0, 0.0], (1.12793276961e-8,)
+
+    def residuals(self, x):
+        y = torch.tensor([0.0009, 0.0044, 0.0175, 0.0540, 0.1295, 0.2420, 0.3521, 0.3989, 0.3521, 0.2420, 0.1295,
+                          0.0540, 0.0175, 0.0044, 0.0009], dtype=x.dtype)
+        t = (8 - torch.arange(1, 16, dtype=x.dtype)) / 2
+        return x[0] * torch.exp(-x[1] * (t - x[2]) ** 2 / 2) - y
+
+
+class Watson(Problem):
+    def __init__(self, n):
+        super().__init__([0.0] * n)
+        self.f_star = {6: (2.28767005355e-3,), 9: (1.39976155e-6,)}[n]
+
+    def residuals(self, x):
+        n = x.shape[0]
+        t = torch.arange(1, 30, dtype=x.dtype) / 29
+        j = torch.arange(n, dtype=x.dtype)
+        s1 = (j[1:] * x[1:] * t[:, None] ** (j[1:] - 1)).sum(1)
+        s2 = (x * t[:, None] ** j).sum(1)
+        return torch.cat([s1 - s2**2 - 1, x[:1], (x[1] - x[0] ** 2 - 1).reshape(1)])
+
+
+def all_problems():
+    simple = [Rosenbrock, FreudensteinRoth, PowellBadlyScaled, BrownBadlyScaled, Beale, JennrichSampson,
+              HelicalValley, Bard, Box3D, PowellSingular, Wood, KowalikOsborne, BiggsExp6, Gaussian]
+    problems = [(cls.__name__, lambda cls=cls: cls(cls.x0)) for cls in simple]
+    problems += [("Watson6", lambda: Watson(6)), ("Watson9", lambda: Watson(9))]
+    return problems
