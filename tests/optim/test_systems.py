@@ -1,0 +1,49 @@
+"""The dual (Woodbury) solve equals the primal one; both build A and g as the formula says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from marquardt.solve.systems import DualSystem, PrimalSystem
+
+
+@pytest.mark.parametrize("m,n", [(5, 30), (20, 50), (1, 3)])
+def test_dual_equals_primal(m, n):
+    torch.manual_seed(m)
+    J = torch.randn(m, n, dtype=torch.float64)
+    rho = torch.randn(m, dtype=torch.float64)
+    d = torch.rand(n, dtype=torch.float64) + 0.1
+    alpha = 1.0 / 7
+    primal = PrimalSystem(n, alpha, torch.float64, torch.device("cpu"))
+    dual = DualSystem(n, alpha, torch.float64, torch.device("cpu"))
+    for part in (slice(0, m // 2), slice(m // 2, m)) if m > 1 else (slice(0, 1),):
+        primal.add_rows(J[part], rho[part])
+        dual.add_rows(J[part], rho[part])
+    primal.finalize()
+    dual.finalize()
+    torch.testing.assert_close(primal.A, alpha * J.T @ J)
+    torch.testing.assert_close(primal.g, alpha * J.T @ rho)
+    torch.testing.assert_close(dual.g, primal.g)
+    torch.testing.assert_close(dual.diagonal(), primal.diagonal())
+    primal.set_damping(d)
+    dual.set_damping(d)
+    for lam in (1e-6, 0.3, 100.0):
+        x_p, ok_p = primal.lm_step(lam)
+        x_d, ok_d = dual.lm_step(lam)
+        assert ok_p and ok_d
+        expected = -torch.linalg.solve(alpha * J.T @ J + lam * torch.diag(d), alpha * J.T @ rho)
+        # tiny λ on a rank-m matrix: condition number ~1/λ, so allow for rounding accordingly
+        tol = dict(rtol=1e-8, atol=1e-10) if lam > 1e-3 else dict(rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(x_p, expected, **tol)
+        torch.testing.assert_close(x_d, expected, **tol)
+    s = torch.randn(n, dtype=torch.float64)
+    assert dual.quadratic(s) == pytest.approx(primal.quadratic(s), rel=1e-10)
+
+
+def test_max_diagonal_update_never_decreases():
+    sys = PrimalSystem(3, 1.0, torch.float64, torch.device("cpu"))
+    sys.add_rows(torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    d = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
+    sys.update_max_diagonal(d, 0.0)
+    torch.testing.assert_close(d, torch.tensor([1.0, 0.5, 4.0], dtype=torch.float64))
