@@ -1,0 +1,292 @@
+"""LevenbergMarquardt end to end: convergence, checkpoints, determinism, features, bad input, failures."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import marquardt
+from marquardt import LevenbergMarquardt
+
+
+def sine_data(n=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.linspace(-10, 10, n).unsqueeze(1)
+    return x, torch.sin(x) + 0.2 * torch.rand(x.shape, generator=g)  # the authors' generator (noise var 0.0033)
+
+
+def sine_mlp(width=20, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(1, width), nn.ELU(), nn.Linear(width, width), nn.ELU(), nn.Linear(width, 1))
+
+
+def paper_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 5), nn.RReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 5), nn.RReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(128, 10),
+    )
+
+
+def test_linear_least_squares_in_one_step():
+    torch.manual_seed(0)
+    model = nn.Linear(5, 2).double()
+    x = torch.randn(50, 5, dtype=torch.float64)
+    y = x @ torch.randn(5, 2, dtype=torch.float64) + 0.3
+    opt = LevenbergMarquardt(model, "mse", lam_init=1e-12, momentum=None)
+    info = opt.step(x, y)
+    assert info.accepted and info.reason == "downhill"
+    assert info.loss_after < 1e-18
+    assert opt.step(x, y).grad_norm_inf < 1e-9
+
+
+def test_noisy_sine_reaches_the_noise_floor():
+    x, y = sine_data()
+    model = sine_mlp()
+    opt = LevenbergMarquardt(model, "mse")
+    losses = [opt.step(x, y).loss_after for _ in range(100)]
+    mse = 2 * losses[-1]  # the LM objective is ½ mean squared error
+    assert mse < 1.3 * 0.2**2 / 12  # within 30% of the noise variance 0.0033
+    assert all(b <= a * 1.0000001 for a, b in zip(losses, losses[1:])), "uphill is off: losses never increase"
+
+
+def test_state_dict_resume_is_bit_identical():
+    x, y = sine_data(200)
+    model_a = sine_mlp(8)
+    model_b = copy.deepcopy(model_a)
+    opt_a = LevenbergMarquardt(model_a, "mse")
+    for _ in range(10):
+        opt_a.step(x, y)
+    opt_b = LevenbergMarquardt(model_b, "mse")
+    for _ in range(5):
+        opt_b.step(x, y)
+    checkpoint = copy.deepcopy((model_b.state_dict(), opt_b.state_dict()))
+    model_c = sine_mlp(8, seed=123)
+    model_c.load_state_dict(checkpoint[0])
+    opt_c = LevenbergMarquardt(model_c, "mse")
+    opt_c.load_state_dict(checkpoint[1])
+    for _ in range(5):
+        opt_c.step(x, y)
+    for pa, pc in zip(model_a.parameters(), model_c.parameters()):
+        assert torch.equal(pa, pc)
+    assert opt_c.state_dict()["state"][0]["lam"] == opt_a.state_dict()["state"][0]["lam"]
+
+
+def test_same_seed_same_result():
+    x, y = sine_data(200)
+    results = []
+    for _ in range(2):
+        model = sine_mlp(8, seed=7)
+        opt = LevenbergMarquardt(model, "mse", uphill=True, geodesic=True)
+        for _ in range(5):
+            opt.step(x, y)
+        results.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])
+
+
+def test_dual_and_primal_take_the_same_steps():
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)  # 12 rows < 38 params
+    base = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    thetas = []
+    for solver in ("primal", "dual"):
+        model = copy.deepcopy(base)
+        opt = LevenbergMarquardt(model, "mse", solver=solver)
+        infos = [opt.step(x, y) for _ in range(4)]
+        assert {i.form for i in infos} == {solver}
+        thetas.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    torch.testing.assert_close(thetas[0], thetas[1], rtol=1e-8, atol=1e-10)
+    assert LevenbergMarquardt(copy.deepcopy(base), "mse").step(x, y).form == "dual"  # auto picks the smaller side
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "ef"])
+def test_paper_cnn_with_rrelu(curvature):
+    torch.manual_seed(0)
+    model = paper_cnn()
+    assert sum(p.numel() for p in model.parameters()) == 2202
+    batch = 64 if curvature == "ef" else 300  # ef: 64 rows < 2202 params (dual); ggn: 3000 rows (primal)
+    x = torch.randn(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    opt = LevenbergMarquardt(model, "cross_entropy", curvature=curvature)
+    infos = [opt.step(x, y) for _ in range(3)]
+    assert infos[0].engine == "fast"
+    assert infos[0].form == ("dual" if curvature == "ef" else "primal")
+    assert infos[-1].loss_after < infos[0].loss_before
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"preset": "paper"},
+        {"preset": "vanilla"},
+        {"momentum": None, "line_search": None},
+        {"momentum": "olmam"},
+        {"uphill": True},
+        {"geodesic": True},
+        {"damping": "levenberg"},
+        {"damping": "marquardt"},
+        {"lambda_rule": "nielsen"},
+        {"line_search": "backtrack"},
+        {"engine": "functorch"},
+        {"engine": "full"},
+        {"loss_scale": "sum"},
+        {"curvature_dtype": torch.float32},
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_every_feature_runs_and_decreases_the_loss(options):
+    x, y = sine_data(300)
+    model = sine_mlp(10)
+    opt = LevenbergMarquardt(model, "mse", **options)
+    infos = [opt.step(x, y) for _ in range(15)]
+    assert infos[-1].loss_after < infos[0].loss_before
+    for info in infos:
+        assert math.isfinite(info.loss_after) and info.forward_passes >= 1 and info.solves >= 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_frozen_and_scalar_parameters():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(1, 8)
+            self.head = nn.Linear(8, 1)
+            self.gain = nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x):
+            return self.gain * self.head(torch.tanh(self.body(x)))
+
+    x, y = sine_data(100)
+    model = Model()
+    model.body.requires_grad_(False)
+    frozen = model.body.weight.detach().clone()
+    opt = LevenbergMarquardt(model, "mse")
+    for _ in range(5):
+        info = opt.step(x, y)
+    assert torch.equal(model.body.weight, frozen)
+    assert info.engine == "functorch"  # the 0-dim gain is outside Linear/Conv layers
+
+
+def test_nonfinite_trial_is_rejected():
+    class Sqrt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = nn.Parameter(torch.tensor([1e-3], dtype=torch.float64))
+
+        def forward(self, x):
+            return torch.sqrt(self.t) * x  # NaN as soon as a step makes t negative
+
+    model = Sqrt()
+    x = torch.ones(4, 1, dtype=torch.float64)
+    y = torch.full((4, 1), -1.0, dtype=torch.float64)  # pulls t below zero
+    opt = LevenbergMarquardt(model, "mse", lam_init=1e-8, momentum=None, line_search=None, max_attempts=1)
+    info = opt.step(x, y)
+    assert torch.isfinite(model.t).all()
+    assert info.reason in ("rejected", "downhill")
+    if info.reason == "rejected":
+        assert info.lam > 1e-8 and float(model.t) == 1e-3
+
+
+def test_exception_inside_step_restores_parameters(monkeypatch):
+    x, y = sine_data(100)
+    model = sine_mlp(6)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = LevenbergMarquardt(model, "mse")
+    calls = {"n": 0}
+    original = opt._loss_at
+
+    def failing(theta, *args):
+        calls["n"] += 1
+        original(theta, *args)  # writes the trial parameters into the model, then fails
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(opt, "_loss_at", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step(x, y)
+    assert calls["n"] == 1
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+class TestBadInput:
+    def test_nonfinite_inputs_change_nothing(self):
+        x, y = sine_data(50)
+        model = sine_mlp(4)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = LevenbergMarquardt(model, "mse")
+        x[3] = float("nan")
+        with pytest.raises(ValueError, match="inputs: contains NaN or Inf"):
+            opt.step(x, y)
+        y2 = y.clone()
+        y2[0] = float("inf")
+        with pytest.raises(ValueError, match="targets: contains NaN or Inf"):
+            opt.step(sine_data(50)[0], y2)
+        assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+    def test_dtype_and_shape_mismatches(self):
+        x, y = sine_data(50)
+        opt = LevenbergMarquardt(sine_mlp(4), "mse")
+        with pytest.raises(ValueError, match=r"inputs: dtype torch.float64 does not match"):
+            opt.step(x.double(), y)
+        with pytest.raises(ValueError, match=r"targets: expected the shape of the model output"):
+            opt.step(x, y[:, 0])
+        with pytest.raises(ValueError, match=r"batch size 49 does not match"):
+            opt.step(x, y[:49])
+
+    def test_labels_out_of_range(self):
+        opt = LevenbergMarquardt(nn.Linear(4, 3), "cross_entropy")
+        with pytest.raises(ValueError, match=r"class indices must lie in \[0, 2\]"):
+            opt.step(torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0]))
+
+    def test_no_trainable_parameters(self):
+        with pytest.raises(ValueError, match="no trainable parameters"):
+            LevenbergMarquardt(nn.Linear(2, 2).requires_grad_(False), "mse")
+
+    def test_invalid_options(self):
+        with pytest.raises(ValueError, match="Invalid damping value"):
+            LevenbergMarquardt(nn.Linear(2, 2), "mse", damping="none")
+        with pytest.raises(ValueError, match="Invalid lam_init value"):
+            LevenbergMarquardt(nn.Linear(2, 2), "mse", lam_init=-1.0)
+        with pytest.raises(TypeError, match="unknown options"):
+            LevenbergMarquardt(nn.Linear(2, 2), "mse", lamda=1.0)
+        with pytest.raises(ValueError, match="preset"):
+            LevenbergMarquardt(nn.Linear(2, 2), "mse", preset="fastest")
+        with pytest.raises(ValueError, match="geodesic"):
+            LevenbergMarquardt(nn.Linear(2, 2), "cross_entropy", curvature="ef", geodesic=True)
+
+    def test_problem_too_large_names_sizes_and_options(self):
+        model = nn.Linear(200, 10)  # 2010 parameters
+        opt = LevenbergMarquardt(model, "mse", memory_budget=2**20, solver="primal")
+        before = model.weight.detach().clone()
+        with pytest.raises(ValueError, match=r"2010 x 2010 curvature needs 30\.8 MiB .* memory_budget is 1\.0 MiB.*dual"):
+            opt.step(torch.randn(400, 200), torch.randn(400, 10))
+        assert torch.equal(model.weight, before)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_device_mismatch(self):
+        opt = LevenbergMarquardt(nn.Linear(2, 1).cuda(), "mse")
+        with pytest.raises(ValueError, match=r"inputs: on cpu but the model's parameters are on cuda"):
+            opt.step(torch.randn(3, 2), torch.randn(3, 1))
+
+
+def test_fit_reports_convergence_and_progress():
+    x, y = sine_data(200)
+    opt = LevenbergMarquardt(sine_mlp(6), "mse")
+    result = marquardt.fit(opt, x, y, max_iterations=300, ftol=1e-3, progress=True)
+    assert result.converged and result.reason in ("ftol", "xtol", "gtol", "lam_max")
+    assert result.history[-1].converged == result.reason
+    with pytest.raises(ValueError, match="ftol"):
+        marquardt.fit(opt, x, y, ftol=-1)
+
+
+def test_is_a_torch_optimizer():
+    opt = LevenbergMarquardt(nn.Linear(2, 1), "mse", lam_init=0.5)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups[0]["lam_init"] == 0.5
+    with pytest.raises(ValueError, match="one param group"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
