@@ -135,7 +135,8 @@ def test_paper_cnn_with_rrelu(curvature):
         {"engine": "functorch"},
         {"engine": "full"},
         {"loss_scale": "sum"},
-        {"curvature_dtype": torch.float32},
+        {"solve_dtype": torch.float32},
+        {"accumulate_dtype": torch.float64},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )

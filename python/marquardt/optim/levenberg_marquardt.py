@@ -156,7 +156,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             state["lam"] = float(s["lam_init"])
             state["nu"] = 2.0
             state["d"] = torch.full(
-                (self.layout.numel,), float(s["d_init"]), dtype=s["curvature_dtype"], device=self.layout.device
+                (self.layout.numel,), float(s["d_init"]), dtype=s["solve_dtype"], device=self.layout.device
             )
             state["s_prev"] = None
             state["step"] = 0
@@ -258,8 +258,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         s = self.settings
         n = self.layout.numel
         budget = s["memory_budget"]
-        dtype, device = s["curvature_dtype"], self.layout.device
-        elt = torch.finfo(dtype).bits // 8
+        dtype, device = s["solve_dtype"], self.layout.device
+        acc_dtype = s["accumulate_dtype"] or self.layout.dtype
+        elt = torch.finfo(dtype).bits // 8 + (torch.finfo(acc_dtype).bits // 8 if acc_dtype != dtype else 0)
         primal_bytes, dual_bytes = n * n * elt, rows_total * (rows_total + n) * elt
         form = s["solver"]
         if form == "auto":
@@ -276,7 +277,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 f"{dual_bytes / 2**20:.1f} MiB but memory_budget is {budget / 2**20:.1f} MiB. Options: raise "
                 f"memory_budget, use smaller batches, or solver='primal' ({primal_bytes / 2**20:.1f} MiB)."
             )
-        system = (PrimalSystem if form == "primal" else DualSystem)(n, alpha, dtype, device)
+        if form == "primal":
+            system = PrimalSystem(n, alpha, dtype, device, accumulate_dtype=acc_dtype)
+        else:
+            system = DualSystem(n, alpha, dtype, device)
         noise.replay()
         total = 0.0
         for x, y in batch:

@@ -44,7 +44,10 @@ DEFAULTS: dict[str, Any] = {
     "solver": "auto",
     "engine": "auto",
     "memory_budget": 512 * 2**20,
-    "curvature_dtype": torch.float64,
+    # A = α𝒥ᵀ𝒥 is accumulated in the parameters' dtype (None) or the one given, then factored in solve_dtype:
+    # "form A in float32 but factor/solve in float64" (ALGORITHM.md §7 A17).
+    "accumulate_dtype": None,
+    "solve_dtype": torch.float64,
 }
 
 #: What the authors' code does (ALGORITHM.md §0.4 and §7): ×10/÷10 λ with bounds [1e-5, 1e5] that skip the
@@ -123,8 +126,10 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(f"Invalid solver value: {s['solver']!r} (expected 'auto', 'primal' or 'dual')")
     if s["engine"] not in ("auto", "fast", "functorch", "full"):
         raise ValueError(f"Invalid engine value: {s['engine']!r} (expected 'auto', 'fast', 'functorch' or 'full')")
-    if s["curvature_dtype"] not in (torch.float32, torch.float64):
-        raise ValueError(f"Invalid curvature_dtype: {s['curvature_dtype']!r} (expected torch.float32 or float64)")
+    for name in ("accumulate_dtype", "solve_dtype"):
+        allowed = (torch.float32, torch.float64) if name == "solve_dtype" else (None, torch.float32, torch.float64)
+        if s[name] not in allowed:
+            raise ValueError(f"Invalid {name}: {s[name]!r} (expected one of {allowed})")
     if s["uphill_max_ratio"] is not None and not s["uphill_max_ratio"] >= 1:
         raise ValueError(f"Invalid uphill_max_ratio: {s['uphill_max_ratio']!r} (expected None or >= 1)")
     if s["lam_min"] >= s["lam_max"]:
