@@ -63,7 +63,10 @@ def mse_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(((model(x) - y) ** 2).mean())
 
 
-def train(name: str, model: nn.Module, step: Callable[[], None], x, y, max_iters: int, max_seconds: float) -> Run:
+def train(
+    name: str, model: nn.Module, step: Callable[[], None], x, y, max_iters: int, max_seconds: float,
+    stop_at_floor: bool = False,
+) -> Run:
     run = Run(name)
     clock = 0.0
     for it in range(1, max_iters + 1):
@@ -76,7 +79,7 @@ def train(name: str, model: nn.Module, step: Callable[[], None], x, y, max_iters
         if run.seconds_to_floor is None and mse <= FLOOR:
             run.seconds_to_floor, run.iterations_to_floor = clock, it
         run.iterations, run.seconds, run.final_mse = it, clock, mse
-        if clock >= max_seconds:
+        if clock >= max_seconds or (stop_at_floor and run.seconds_to_floor is not None):
             break
     return run
 

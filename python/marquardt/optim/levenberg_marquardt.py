@@ -110,6 +110,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self.preset = preset
         super().__init__(self.layout.params, {**settings, "loss": loss if isinstance(loss, str) else "residual"})
         self._engine = self._make_engine(settings["engine"])
+        self._output_shapes: dict[tuple, tuple[int, tuple[int, ...]]] = {}
 
     # ----------------------------------------------------------------------------------------- setup
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -155,8 +156,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             s = self.settings
             state["lam"] = float(s["lam_init"])
             state["nu"] = 2.0
+            # d lives in float64 whatever the solve dtype: it is an n-vector, and it must not lose the
+            # running maximum to rounding.
             state["d"] = torch.full(
-                (self.layout.numel,), float(s["d_init"]), dtype=s["solve_dtype"], device=self.layout.device
+                (self.layout.numel,), float(s["d_init"]), dtype=torch.float64, device=self.layout.device
             )
             state["s_prev"] = None
             state["step"] = 0
@@ -240,31 +243,38 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             noise.finish()
 
     def _probe(self, inputs: torch.Tensor, targets: torch.Tensor | None, noise: NoiseReplay) -> tuple[int, int]:
-        """(samples N, outputs per sample), checking the targets; a one-sample forward pass for models.
+        """(samples N, outputs per sample), checking the targets.
 
-        In residual mode the samples are the rows of the residual callable's output (N = its leading size).
+        The output shape comes from a one-sample forward pass, cached per input shape. In residual mode the
+        samples are the rows of the residual callable's output (N = its leading size).
         """
-        noise.replay()
-        x1 = inputs[:1]
-        y1 = targets[:1] if targets is not None else None
-        z1 = self._outputs(x1, y1) if self.residual_fn is None else None
+        key = (tuple(inputs.shape), None if targets is None else tuple(targets.shape))
+        if key not in self._output_shapes:
+            noise.replay()
+            if self.residual_fn is None:
+                z1 = self._outputs(inputs[:1], targets[:1] if targets is not None else None)
+                self._output_shapes[key] = (inputs.shape[0], tuple(z1.shape[1:]))
+            else:
+                z = self._outputs(inputs, targets)
+                self._output_shapes[key] = (z.shape[0], tuple(z.shape[1:]))
+        n_samples, sample_shape = self._output_shapes[key]
         if self.residual_fn is None:
-            self.curvature.check_targets(torch.empty((inputs.shape[0],) + tuple(z1.shape[1:])), targets)
-            return inputs.shape[0], int(z1[0].numel())
-        z = self._outputs(inputs, targets)
-        return z.shape[0], int(z[0].numel())
+            self.curvature.check_targets(torch.empty((n_samples,) + sample_shape, device="meta"), targets)
+        return n_samples, int(torch.Size(sample_shape).numel())
 
     def _build_system(self, batch, n_samples: int, rows_total: int, noise: NoiseReplay, alpha: float):
         s = self.settings
         n = self.layout.numel
         budget = s["memory_budget"]
-        dtype, device = s["solve_dtype"], self.layout.device
+        device = self.layout.device
         acc_dtype = s["accumulate_dtype"] or self.layout.dtype
-        elt = torch.finfo(dtype).bits // 8 + (torch.finfo(acc_dtype).bits // 8 if acc_dtype != dtype else 0)
-        primal_bytes, dual_bytes = n * n * elt, rows_total * (rows_total + n) * elt
         form = s["solver"]
         if form == "auto":
             form = "dual" if rows_total < n else "primal"
+        size = n if form == "primal" else rows_total
+        dtype = s["solve_dtype"] or (torch.float64 if size <= s["solve_float64_max"] else acc_dtype)
+        elt = torch.finfo(dtype).bits // 8 + (torch.finfo(acc_dtype).bits // 8 if acc_dtype != dtype else 0)
+        primal_bytes, dual_bytes = n * n * elt, rows_total * (rows_total + n) * elt
         if form == "primal" and primal_bytes > budget:
             raise ValueError(
                 f"problem too large for the dense solve: the {n} x {n} curvature needs {primal_bytes / 2**20:.1f} MiB "
@@ -280,7 +290,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         if form == "primal":
             system = PrimalSystem(n, alpha, dtype, device, accumulate_dtype=acc_dtype)
         else:
-            system = DualSystem(n, alpha, dtype, device)
+            system = DualSystem(n, alpha, dtype, device, accumulate_dtype=acc_dtype)
         noise.replay()
         total = 0.0
         for x, y in batch:
@@ -337,7 +347,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             return self._finish(result, theta0, accepted_step=None)
 
         d_saved = state["d"].clone()
-        d = update_damping(s["damping"], state["d"], system, s["d_floor"])
+        d64 = update_damping(s["damping"], state["d"], system, s["d_floor"])
+        d = d64.to(system.dtype)
         system.set_damping(d)
         rule = LambdaRule(s["lambda_rule"], s["lambda_up"], s["lambda_down"], s["lam_min"], s["lam_max"],
                           s["lam_skip_outside"])

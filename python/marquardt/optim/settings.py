@@ -44,10 +44,13 @@ DEFAULTS: dict[str, Any] = {
     "solver": "auto",
     "engine": "auto",
     "memory_budget": 512 * 2**20,
-    # A = α𝒥ᵀ𝒥 is accumulated in the parameters' dtype (None) or the one given, then factored in solve_dtype:
-    # "form A in float32 but factor/solve in float64" (ALGORITHM.md §7 A17).
+    # A = α𝒥ᵀ𝒥 (or the dual K) is accumulated in the parameters' dtype (None) or the one given, then factored
+    # in solve_dtype. None = float64 up to solve_float64_max (ALGORITHM.md §7 A17: "form A in float32, factor
+    # in float64"), above that the accumulation dtype: a float64 Cholesky of n = 4353 costs ~1.8 s on one core
+    # against ~0.9 s in float32, and a float32 factorisation that fails only raises λ (BENCHMARKS.md).
     "accumulate_dtype": None,
-    "solve_dtype": torch.float64,
+    "solve_dtype": None,
+    "solve_float64_max": 1024,
 }
 
 #: What the authors' code does (ALGORITHM.md §0.4 and §7): ×10/÷10 λ with bounds [1e-5, 1e5] that skip the
@@ -127,7 +130,7 @@ def validate(s: dict[str, Any]) -> None:
     if s["engine"] not in ("auto", "fast", "functorch", "full"):
         raise ValueError(f"Invalid engine value: {s['engine']!r} (expected 'auto', 'fast', 'functorch' or 'full')")
     for name in ("accumulate_dtype", "solve_dtype"):
-        allowed = (torch.float32, torch.float64) if name == "solve_dtype" else (None, torch.float32, torch.float64)
+        allowed = (None, torch.float32, torch.float64)
         if s[name] not in allowed:
             raise ValueError(f"Invalid {name}: {s[name]!r} (expected one of {allowed})")
     if s["uphill_max_ratio"] is not None and not s["uphill_max_ratio"] >= 1:

@@ -46,7 +46,10 @@ class PrimalSystem:
         return self.A.diagonal()
 
     def update_max_diagonal(self, d: torch.Tensor, floor: float) -> torch.Tensor:
-        return ops.max_diag_update_(d, self.A, floor)
+        if d.dtype == self.A.dtype:
+            return ops.max_diag_update_(d, self.A, floor)
+        d.copy_(torch.maximum(d, self.A.diagonal().to(d.dtype)).clamp_min(floor))
+        return d
 
     def set_damping(self, d: torch.Tensor) -> None:
         self.d = d
@@ -71,49 +74,53 @@ class DualSystem:
 
     form = "dual"
 
-    def __init__(self, n: int, alpha: float, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, n: int, alpha: float, dtype: torch.dtype, device: torch.device, accumulate_dtype: torch.dtype | None = None
+    ) -> None:
         self.alpha = alpha
         self.n = n
-        self.dtype = dtype
+        self.dtype = dtype  # of the m x m factorisation
+        self.acc_dtype = accumulate_dtype or dtype  # of the rows and of K's accumulation
         self.device = device
         self._rows: list[torch.Tensor] = []
         self._rho: list[torch.Tensor] = []
-        self.J = torch.empty(0, n, dtype=dtype, device=device)
+        self.J = torch.empty(0, n, dtype=self.acc_dtype, device=device)
         self.rho = torch.empty(0, dtype=dtype, device=device)
         self.g = torch.zeros(n, dtype=dtype, device=device)
         self.K: torch.Tensor | None = None
         self.d: torch.Tensor | None = None
 
     def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
-        self._rows.append(rows.to(self.dtype))
+        self._rows.append(rows.to(self.acc_dtype))
         self._rho.append(rho.to(self.dtype))
 
     def finalize(self) -> None:
-        self.J = torch.cat(self._rows)
+        self.J = self._rows[0] if len(self._rows) == 1 else torch.cat(self._rows)
         self.rho = torch.cat(self._rho)
         self._rows, self._rho = [], []
-        self.g = self.alpha * (self.J.T @ self.rho)
+        self.g = self.alpha * (self.J.T @ self.rho.to(self.acc_dtype)).to(self.dtype)
 
     def diagonal(self) -> torch.Tensor:
-        return self.alpha * self.J.pow(2).sum(dim=0)
+        return (self.alpha * torch.linalg.vector_norm(self.J, dim=0) ** 2).to(self.dtype)
 
     def update_max_diagonal(self, d: torch.Tensor, floor: float) -> torch.Tensor:
-        d.copy_(torch.maximum(d, self.diagonal()).clamp_min(floor))
+        d.copy_(torch.maximum(d, self.diagonal().to(d.dtype)).clamp_min(floor))
         return d
 
     def set_damping(self, d: torch.Tensor) -> None:
         self.d = d
-        scaled = self.J / d.sqrt()  # 𝒥 diag(d)^(-1/2)
+        scaled = self.J * d.rsqrt().to(self.acc_dtype)  # 𝒥 diag(d)^(-1/2)
         m = self.J.shape[0]
-        self.K = torch.zeros(m, m, dtype=self.dtype, device=self.device)
-        ops.jtj_accumulate_(self.K, scaled.T)  # K = (𝒥 D^-1/2)(𝒥 D^-1/2)ᵀ, symmetric half only
+        K = torch.zeros(m, m, dtype=self.acc_dtype, device=self.device)
+        ops.jtj_accumulate_(K, scaled.T)  # K = (𝒥 D^-1/2)(𝒥 D^-1/2)ᵀ, symmetric half only
+        self.K = K.to(self.dtype)
 
     def solve_rows(self, lam: float, rho_like: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """x = (A + λ diag d)⁻¹ α 𝒥ᵀ ρ_like, through the m × m system."""
         assert self.K is not None and self.d is not None
         ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
         y, info = ops.damped_cholesky_solve(self.K, ones, lam / self.alpha, rho_like)
-        x = (self.J.T @ y) / self.d
+        x = (self.J.T @ y.to(self.acc_dtype)).to(self.dtype) / self.d
         ok = int(info) == 0 and bool(torch.isfinite(x).all())
         return x, ok
 
@@ -123,4 +130,4 @@ class DualSystem:
 
     def quadratic(self, s: torch.Tensor) -> float:
         """sᵀ A s = α ‖𝒥 s‖²."""
-        return float(self.alpha * (self.J @ s).pow(2).sum())
+        return float(self.alpha * (self.J @ s.to(self.acc_dtype)).double().pow(2).sum())

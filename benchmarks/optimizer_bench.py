@@ -1,0 +1,164 @@
+"""LM step and training benchmarks against torch-levenberg-marquardt, L-BFGS and Adam (issue: the optimizer).
+
+    python benchmarks/optimizer_bench.py per-iteration     # ours vs torch-levenberg-marquardt, ~4k params
+    python benchmarks/optimizer_bench.py to-floor          # time to the sine noise floor, all optimizers
+    python benchmarks/optimizer_bench.py memory            # peak RSS of one step at 20,000 rows
+    python benchmarks/optimizer_bench.py all --check       # everything, exit 1 below the targets
+
+One thread, CPU seconds (time.process_time), medians of repeats, all candidates in the same process.
+torch-levenberg-marquardt (PyPI 1.2.3, needs pytorch_lightning) is optional: pip install -e '.[bench]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import marquardt  # noqa: E402
+from benchmarks.paper.sine import adam_runner, lbfgs_runner, lm_runner, mlp, sine_data, train  # noqa: E402
+from benchmarks.timing import machine_description  # noqa: E402
+
+TARGETS = {  # (metric, minimum ratio), from the optimizer issue
+    "per-iteration 1000 rows": 3.0,
+    "per-iteration 10000 rows": 2.0,
+}
+
+
+def tlm_module(model):
+    try:
+        from torch_levenberg_marquardt.training import LevenbergMarquardtModule
+    except ImportError:
+        return None
+    return LevenbergMarquardtModule(model, solve_method="cholesky")
+
+
+def median_step_seconds(step, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        step()
+        times.append(time.process_time() - t0)
+    return statistics.median(times)
+
+
+def per_iteration(rows_list=(1000, 10000), width=64, repeats=5) -> list[dict]:
+    out = []
+    for rows in rows_list:
+        x, y = sine_data(rows)
+        n = sum(p.numel() for p in mlp(width).parameters())
+        ours_model = mlp(width)
+        opt = marquardt.LevenbergMarquardt(ours_model, "mse")
+        ours = median_step_seconds(lambda: opt.step(x, y), repeats)
+        row = {"case": f"per-iteration {rows} rows", "rows": rows, "params": n, "ours_s": ours}
+        tlm = tlm_module(mlp(width))
+        if tlm is not None:
+            row["tlm_s"] = median_step_seconds(lambda: tlm.training_step(x, y), repeats)
+            row["ratio"] = row["tlm_s"] / ours
+        out.append(row)
+        print(f"{row['case']:<28} n={n}: ours {ours * 1e3:8.1f} ms"
+              + (f"   torch-levenberg-marquardt {row['tlm_s'] * 1e3:8.1f} ms   ratio {row['ratio']:.2f}x" if "tlm_s" in row else ""))
+    return out
+
+
+def tlm_runner(model, x, y):
+    tlm = tlm_module(model)
+    return (lambda: tlm.training_step(x, y)) if tlm is not None else None
+
+
+def to_floor(widths=(20, 64), points=1000, seeds=(0, 1, 2), max_seconds=20.0) -> list[dict]:
+    out = []
+    for width in widths:
+        x, y = sine_data(points)
+        for name, factory in (("ours", lm_runner), ("torch-levenberg-marquardt", tlm_runner), ("L-BFGS", lbfgs_runner),
+                              ("Adam", adam_runner)):
+            secs, iters, finals = [], [], []
+            for seed in seeds:
+                model = mlp(width, seed=seed)
+                step = factory(model, x, y)
+                if step is None:
+                    break
+                run = train(name, model, step, x, y, 10**6, max_seconds, stop_at_floor=True)
+                secs.append(run.seconds_to_floor if run.seconds_to_floor is not None else float("inf"))
+                iters.append(run.iterations_to_floor or -1)
+                finals.append(run.best_mse)
+            if not secs:
+                continue
+            row = {"case": f"to-floor 1-{width}-{width}-1", "optimizer": name, "median_s": statistics.median(secs),
+                   "seconds": secs, "iterations": iters, "best_mse": finals}
+            out.append(row)
+            print(f"{row['case']:<22} {name:<27} median {row['median_s']:.3f} s  per seed {[round(s, 3) for s in secs]}"
+                  f"  iterations {iters}")
+    return out
+
+
+MEMORY_SNIPPET = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+import marquardt
+from benchmarks.paper.sine import mlp, sine_data
+torch.set_num_threads(1)
+x, y = sine_data({rows})
+model = mlp({width})
+opt = marquardt.LevenbergMarquardt(model, "mse", memory_budget={budget})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+opt.step(x, y)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024)
+"""
+
+
+def memory(rows_list=(20000, 100000), width=64, budgets=(64 * 2**20, 512 * 2**20)) -> list[dict]:
+    out = []
+    root = str(Path(__file__).resolve().parents[1])
+    for budget in budgets:
+        for rows in rows_list:
+            code = MEMORY_SNIPPET.format(root=root, rows=rows, width=width, budget=budget)
+            mib = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            n = sum(p.numel() for p in mlp(width).parameters())
+            full_jacobian = rows * n * 4 / 2**20
+            row = {"case": "memory", "rows": rows, "params": n, "budget_mib": budget / 2**20, "peak_growth_mib": mib,
+                   "full_jacobian_mib": full_jacobian}
+            out.append(row)
+            print(f"one step, {rows} rows x {n} params, memory_budget {budget / 2**20:.0f} MiB: peak RSS grew "
+                  f"{mib:.1f} MiB (the full float32 Jacobian would be {full_jacobian:.0f} MiB)")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["per-iteration", "to-floor", "memory", "all"])
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"# machine: {machine_description('cpu')}")
+    rows = []
+    if args.what in ("per-iteration", "all"):
+        rows += per_iteration()
+    if args.what in ("to-floor", "all"):
+        rows += to_floor()
+    if args.what in ("memory", "all"):
+        rows += memory()
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    ok = True
+    for r in rows:
+        if r["case"] in TARGETS and "ratio" in r:
+            good = r["ratio"] >= TARGETS[r["case"]]
+            ok &= good
+            print(f"check: {r['case']}: {r['ratio']:.2f}x (target >= {TARGETS[r['case']]}x) {'ok' if good else 'MISSED'}")
+    return 0 if ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
