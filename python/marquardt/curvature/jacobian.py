@@ -98,14 +98,20 @@ class FastPathJacobian:
         losses = curvature.per_sample_loss(z_detached, y)
         W, rho = curvature.weights(z_detached, y)
         S, q = W.shape[0], W.shape[2]
-        rows = z.new_zeros(q, S, self.layout.numel)
+        # Every column is written below (each parameter belongs to one recorded layer) unless a layer does not
+        # reach the output, in which case its columns are zeroed there; so no up-front zero fill is needed.
+        rows = z.new_empty(q, S, self.layout.numel)
         outputs = [records[id(m)][0][1] for m in self.modules]
         for k in range(q):
             grad_z = W[:, :, k].reshape(z.shape).to(z.dtype)
             deltas = torch.autograd.grad(z, outputs, grad_outputs=grad_z, retain_graph=k < q - 1, allow_unused=True)
             for m, delta in zip(self.modules, deltas):
                 a = records[id(m)][0][0]
-                if delta is None:  # the layer does not influence the output
+                if delta is None:  # the layer does not influence the output: its columns are zero
+                    for pname in ("weight", "bias"):
+                        cols = self.columns.get((id(m), pname))
+                        if cols is not None:
+                            rows[k][:, cols] = 0
                     continue
                 self._fill(rows[k], m, a, delta)
         return rows.reshape(q * S, -1), _flat_rho(rho), losses

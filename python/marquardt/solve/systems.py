@@ -101,7 +101,7 @@ class DualSystem:
         self.g = self.alpha * (self.J.T @ self.rho.to(self.acc_dtype)).to(self.dtype)
 
     def diagonal(self) -> torch.Tensor:
-        return (self.alpha * torch.linalg.vector_norm(self.J, dim=0) ** 2).to(self.dtype)
+        return (self.alpha * (self.J * self.J).sum(dim=0)).to(self.dtype)  # column squared norms
 
     def update_max_diagonal(self, d: torch.Tensor, floor: float) -> torch.Tensor:
         d.copy_(torch.maximum(d, self.diagonal().to(d.dtype)).clamp_min(floor))
