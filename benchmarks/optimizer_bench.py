@@ -2,7 +2,8 @@
 
     python benchmarks/optimizer_bench.py per-iteration     # ours vs torch-levenberg-marquardt, ~4k params
     python benchmarks/optimizer_bench.py to-floor          # time to the sine noise floor, all optimizers
-    python benchmarks/optimizer_bench.py memory            # peak RSS of one step at 20,000 rows
+    python benchmarks/optimizer_bench.py memory            # peak RSS of one step at 20,000 and 100,000 rows
+    python benchmarks/optimizer_bench.py mnist             # one iteration of the paper's CNN, batch 600
     python benchmarks/optimizer_bench.py all --check       # everything, exit 1 below the targets
 
 One thread, CPU seconds (time.process_time), medians of repeats, all candidates in the same process.
@@ -117,7 +118,7 @@ print((after - before) / 1024)
 """
 
 
-def memory(rows_list=(20000, 100000), width=64, budgets=(64 * 2**20, 512 * 2**20)) -> list[dict]:
+def memory(rows_list=(20000, 100000), width=64, budgets=(128 * 2**20, 512 * 2**20)) -> list[dict]:
     out = []
     root = str(Path(__file__).resolve().parents[1])
     for budget in budgets:
@@ -134,9 +135,52 @@ def memory(rows_list=(20000, 100000), width=64, budgets=(64 * 2**20, 512 * 2**20
     return out
 
 
+def mnist_per_iteration(batch=600, repeats=3, with_tlm=True) -> list[dict]:
+    """One LM iteration of the paper's CNN (2202 params) on a real MNIST batch: ours (ggn, ef) vs the rest."""
+    from benchmarks.paper.mnist_data import load
+    from tests.optim.test_optimizer import paper_cnn
+
+    x, y = load("train")
+    x, y = x[:batch], y[:batch]
+    out = []
+
+    def record(name, seconds):
+        out.append({"case": f"mnist cnn batch {batch}", "optimizer": name, "seconds": seconds})
+        print(f"mnist CNN, batch {batch}: {name:<40} {seconds * 1e3:9.1f} ms per iteration")
+
+    for curvature in ("ggn", "ef"):
+        opt = marquardt.LevenbergMarquardt(paper_cnn(0), "cross_entropy", curvature=curvature)
+        record(f"ours ({curvature})", median_step_seconds(lambda: opt.step(x, y), repeats))
+    model = paper_cnn(0)
+    adam = adam_runner_ce(model, x, y)
+    record("Adam (one step)", median_step_seconds(adam, repeats))
+    if with_tlm:
+        try:
+            from torch_levenberg_marquardt.loss import CrossEntropyLoss
+            from torch_levenberg_marquardt.training import LevenbergMarquardtModule
+        except ImportError:
+            return out
+        # vmap cannot run RReLU ("vmap: we do not yet support aten::rrelu_with_noise"), so use_vmap=False
+        tlm = LevenbergMarquardtModule(paper_cnn(0), loss_fn=CrossEntropyLoss(), solve_method="cholesky",
+                                       use_vmap=False)
+        record("torch-levenberg-marquardt (use_vmap=False)", median_step_seconds(lambda: tlm.training_step(x, y), 1))
+    return out
+
+
+def adam_runner_ce(model, x, y, lr=0.01):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["per-iteration", "to-floor", "memory", "all"])
+    p.add_argument("what", choices=["per-iteration", "to-floor", "memory", "mnist", "all"])
     p.add_argument("--check", action="store_true")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -149,6 +193,8 @@ def main(argv=None) -> int:
         rows += to_floor()
     if args.what in ("memory", "all"):
         rows += memory()
+    if args.what in ("mnist", "all"):
+        rows += mnist_per_iteration()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     ok = True

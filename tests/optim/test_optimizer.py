@@ -268,6 +268,25 @@ class TestBadInput:
             opt.step(torch.randn(400, 200), torch.randn(400, 10))
         assert torch.equal(model.weight, before)
 
+    def test_budget_too_small_for_one_row(self):
+        n = 1010  # float32 accumulation + float64 factorisation: 12 bytes per entry; one sample's rows: 121 kB
+        opt = LevenbergMarquardt(nn.Linear(100, 10), "mse", memory_budget=n * n * 12 + 50_000)
+        with pytest.raises(ValueError, match=r"less than the [0-9.]+ MiB that the Jacobian rows of one sample need"):
+            opt.step(torch.randn(300, 100), torch.randn(300, 10))
+
+    def test_rows_are_streamed_in_chunks(self, monkeypatch):
+        from marquardt.solve.systems import PrimalSystem
+
+        sizes = []
+        original = PrimalSystem.add_rows
+        monkeypatch.setattr(PrimalSystem, "add_rows", lambda self, rows, rho: (sizes.append(rows.shape[0]), original(self, rows, rho)))
+        x, y = sine_data(3000)
+        model = sine_mlp(20)
+        n = sum(p.numel() for p in model.parameters())
+        budget = n * n * 12 + 300 * 3 * n * 4  # float32 A + float64 copy, plus 300 samples of float32 rows
+        LevenbergMarquardt(model, "mse", memory_budget=budget, solve_dtype=torch.float64).step(x, y)
+        assert sizes == [300] * 10
+
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
     def test_device_mismatch(self):
         opt = LevenbergMarquardt(nn.Linear(2, 1).cuda(), "mse")

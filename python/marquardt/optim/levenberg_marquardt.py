@@ -200,12 +200,6 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 )
 
     # ---------------------------------------------------------------------------------- evaluation
-    def _chunk_size(self, batch: int, per_sample_outputs: int) -> int:
-        n = self.layout.numel
-        bytes_per_sample = 3 * per_sample_outputs * n * 8  # Jz, rows and their float64 copy
-        budget = self.settings["memory_budget"]
-        return int(max(1, min(batch, budget // max(1, bytes_per_sample))))
-
     def _chunks(self, inputs: torch.Tensor, targets: torch.Tensor | None, size: int):
         for start in range(0, inputs.shape[0], size):
             y = targets[start : start + size] if targets is not None else None
@@ -262,11 +256,15 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             self.curvature.check_targets(torch.empty((n_samples,) + sample_shape, device="meta"), targets)
         return n_samples, int(torch.Size(sample_shape).numel())
 
-    def _build_system(self, batch, n_samples: int, rows_total: int, noise: NoiseReplay, alpha: float):
+    def _plan(self, n_samples: int, per_sample: int, rows_total: int) -> dict[str, Any]:
+        """Solve form, dtypes and chunk size for this batch, checked against memory_budget before allocating.
+
+        The n x n (primal) or m x (m + n) (dual) system is charged first; row chunks get what is left, so one
+        step's peak is about the system plus one chunk, however many rows the batch has.
+        """
         s = self.settings
         n = self.layout.numel
         budget = s["memory_budget"]
-        device = self.layout.device
         acc_dtype = s["accumulate_dtype"] or self.layout.dtype
         form = s["solver"]
         if form == "auto":
@@ -287,10 +285,28 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 f"{dual_bytes / 2**20:.1f} MiB but memory_budget is {budget / 2**20:.1f} MiB. Options: raise "
                 f"memory_budget, use smaller batches, or solver='primal' ({primal_bytes / 2**20:.1f} MiB)."
             )
-        if form == "primal":
-            system = PrimalSystem(n, alpha, dtype, device, accumulate_dtype=acc_dtype)
+        # Per sample while its rows are formed: the output Jacobian, the rows and a converted copy.
+        bytes_per_sample = 3 * per_sample * n * torch.finfo(acc_dtype).bits // 8
+        left = budget - (primal_bytes if form == "primal" else dual_bytes)
+        if self.residual_fn is not None:
+            chunk = n_samples  # a residual callable sees the whole batch at once
+        elif left < bytes_per_sample:
+            raise ValueError(
+                f"memory_budget {budget / 2**20:.1f} MiB leaves {max(left, 0) / 2**20:.2f} MiB after the {form} system, "
+                f"less than the {bytes_per_sample / 2**20:.2f} MiB that the Jacobian rows of one sample need "
+                f"({per_sample} outputs x {n} parameters); raise memory_budget"
+            )
         else:
-            system = DualSystem(n, alpha, dtype, device, accumulate_dtype=acc_dtype)
+            chunk = int(min(n_samples, left // bytes_per_sample))
+        return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk}
+
+    def _build_system(self, batch, plan: dict[str, Any], noise: NoiseReplay, alpha: float):
+        n = self.layout.numel
+        device = self.layout.device
+        if plan["form"] == "primal":
+            system = PrimalSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
+        else:
+            system = DualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         noise.replay()
         total = 0.0
         for x, y in batch:
@@ -327,9 +343,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         n_samples, per_sample = self._probe(inputs, targets, noise)
         alpha = 1.0 / n_samples if s["loss_scale"] == "mean" else 1.0
         rows_per_sample = 1 if self.curvature.name == "ef" else per_sample
-        chunk = inputs.shape[0] if self.residual_fn is not None else self._chunk_size(n_samples, per_sample)
-        batch = list(self._chunks(inputs, targets, chunk))
-        system, c0 = self._build_system(batch, n_samples, rows_per_sample * n_samples, noise, alpha)
+        plan = self._plan(n_samples, per_sample, rows_per_sample * n_samples)
+        batch = list(self._chunks(inputs, targets, plan["chunk"] if self.residual_fn is None else inputs.shape[0]))
+        system, c0 = self._build_system(batch, plan, noise, alpha)
         g = system.g
         grad_inf = float(g.abs().max())
         theta_norm = float(theta0.double().norm())
