@@ -76,9 +76,9 @@ def tlm_runner(model, x, y):
     return (lambda: tlm.training_step(x, y)) if tlm is not None else None
 
 
-def to_floor(widths=(20, 64), points=1000, seeds=(0, 1, 2), max_seconds=20.0) -> list[dict]:
+def to_floor(cases=((20, 1000), (64, 1000), (20, 20000)), seeds=(0, 1, 2), max_seconds=20.0) -> list[dict]:
     out = []
-    for width in widths:
+    for width, points in cases:
         x, y = sine_data(points)
         for name, factory in (("ours", lm_runner), ("torch-levenberg-marquardt", tlm_runner), ("L-BFGS", lbfgs_runner),
                               ("Adam", adam_runner)):
@@ -94,10 +94,10 @@ def to_floor(widths=(20, 64), points=1000, seeds=(0, 1, 2), max_seconds=20.0) ->
                 finals.append(run.best_mse)
             if not secs:
                 continue
-            row = {"case": f"to-floor 1-{width}-{width}-1", "optimizer": name, "median_s": statistics.median(secs),
+            row = {"case": f"to-floor 1-{width}-{width}-1, {points} points", "optimizer": name, "median_s": statistics.median(secs),
                    "seconds": secs, "iterations": iters, "best_mse": finals}
             out.append(row)
-            print(f"{row['case']:<22} {name:<27} median {row['median_s']:.3f} s  per seed {[round(s, 3) for s in secs]}"
+            print(f"{row['case']:<34} {name:<27} median {row['median_s']:.3f} s  per seed {[round(s, 3) for s in secs]}"
                   f"  iterations {iters}")
     return out
 
@@ -118,7 +118,7 @@ print((after - before) / 1024)
 """
 
 
-def memory(rows_list=(20000, 100000), width=64, budgets=(128 * 2**20, 512 * 2**20)) -> list[dict]:
+def memory(rows_list=(20000, 100000), width=64, budgets=(256 * 2**20, 512 * 2**20)) -> list[dict]:
     out = []
     root = str(Path(__file__).resolve().parents[1])
     for budget in budgets:

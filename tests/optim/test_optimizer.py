@@ -269,8 +269,8 @@ class TestBadInput:
         assert torch.equal(model.weight, before)
 
     def test_budget_too_small_for_one_row(self):
-        n = 1010  # float32 accumulation + float64 factorisation: 12 bytes per entry; one sample's rows: 121 kB
-        opt = LevenbergMarquardt(nn.Linear(100, 10), "mse", memory_budget=n * n * 12 + 50_000)
+        n = 1010  # float32 accumulation, float64 copy and workspace: 20 bytes per entry; one sample's rows: 121 kB
+        opt = LevenbergMarquardt(nn.Linear(100, 10), "mse", memory_budget=n * n * 20 + 50_000)
         with pytest.raises(ValueError, match=r"less than the [0-9.]+ MiB that the Jacobian rows of one sample need"):
             opt.step(torch.randn(300, 100), torch.randn(300, 10))
 
@@ -283,7 +283,7 @@ class TestBadInput:
         x, y = sine_data(3000)
         model = sine_mlp(20)
         n = sum(p.numel() for p in model.parameters())
-        budget = n * n * 12 + 300 * 3 * n * 4  # float32 A + float64 copy, plus 300 samples of float32 rows
+        budget = n * n * 20 + 300 * 3 * n * 4  # float32 A, float64 copy and workspace, plus 300 samples of rows
         LevenbergMarquardt(model, "mse", memory_budget=budget, solve_dtype=torch.float64).step(x, y)
         assert sizes == [300] * 10
 

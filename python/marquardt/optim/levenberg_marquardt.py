@@ -271,8 +271,11 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             form = "dual" if rows_total < n else "primal"
         size = n if form == "primal" else rows_total
         dtype = s["solve_dtype"] or (torch.float64 if size <= s["solve_float64_max"] else acc_dtype)
-        elt = torch.finfo(dtype).bits // 8 + (torch.finfo(acc_dtype).bits // 8 if acc_dtype != dtype else 0)
-        primal_bytes, dual_bytes = n * n * elt, rows_total * (rows_total + n) * elt
+        solve_elt, acc_elt = torch.finfo(dtype).bits // 8, torch.finfo(acc_dtype).bits // 8
+        # the accumulated matrix, its converted copy when the dtypes differ, and the factorisation workspace
+        elt = 2 * solve_elt + (acc_elt if acc_dtype != dtype else 0)
+        primal_bytes = n * n * elt
+        dual_bytes = rows_total * rows_total * elt + rows_total * n * 2 * acc_elt  # K, and the rows with their scaled copy
         if form == "primal" and primal_bytes > budget:
             raise ValueError(
                 f"problem too large for the dense solve: the {n} x {n} curvature needs {primal_bytes / 2**20:.1f} MiB "
