@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from . import _loader  # noqa: F401  (loads the op library)
-from . import _meta  # noqa: F401  (fake kernels for tracing)
+from . import (
+    _loader,  # noqa: F401  (loads the op library)
+    _meta,  # noqa: F401  (fake kernels for tracing)
+)
 
 __all__ = ["jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve"]
 

@@ -118,6 +118,16 @@ class FastPathJacobian:
 
     def _fill(self, out: torch.Tensor, m: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> None:
         S = a.shape[0]
+        if isinstance(m, nn.Linear) and a.dim() == 2:
+            # One position per sample: the per-sample weight gradient is an outer product δᵢ aᵢᵀ, written
+            # straight into the rows (a broadcast multiply; bmm with an inner size of 1 is several times slower).
+            cols = self.columns.get((id(m), "weight"))
+            if cols is not None:
+                torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=out[:, cols].view(S, delta.shape[1], a.shape[1]))
+            cols = self.columns.get((id(m), "bias"))
+            if cols is not None:
+                out[:, cols] = delta
+            return
         if isinstance(m, nn.Linear):
             a3 = a.reshape(S, -1, a.shape[-1])
             d3 = delta.reshape(S, -1, delta.shape[-1])
@@ -127,7 +137,8 @@ class FastPathJacobian:
             if isinstance(m, nn.Conv1d):  # as a 2-d convolution of height 1
                 a = a.unsqueeze(2)
                 delta = delta.unsqueeze(2)
-                kernel, dilation, padding, stride = (1, *m.kernel_size), (1, *m.dilation), (0, *m.padding), (1, *m.stride)
+                kernel, dilation = (1, *m.kernel_size), (1, *m.dilation)
+                padding, stride = (0, *m.padding), (1, *m.stride)
             else:
                 kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
             patches = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # [S, Cin*k, L]

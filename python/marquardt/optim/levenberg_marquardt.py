@@ -17,8 +17,9 @@ ever the old ones or a finite accepted update.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -275,7 +276,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         # the accumulated matrix, its converted copy when the dtypes differ, and the factorisation workspace
         elt = 2 * solve_elt + (acc_elt if acc_dtype != dtype else 0)
         primal_bytes = n * n * elt
-        dual_bytes = rows_total * rows_total * elt + rows_total * n * 2 * acc_elt  # K, and the rows with their scaled copy
+        # dual: K, and the rows with their scaled copy
+        dual_bytes = rows_total * rows_total * elt + rows_total * n * 2 * acc_elt
         if form == "primal" and primal_bytes > budget:
             raise ValueError(
                 f"problem too large for the dense solve: the {n} x {n} curvature needs {primal_bytes / 2**20:.1f} MiB "
@@ -295,7 +297,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             chunk = n_samples  # a residual callable sees the whole batch at once
         elif left < bytes_per_sample:
             raise ValueError(
-                f"memory_budget {budget / 2**20:.1f} MiB leaves {max(left, 0) / 2**20:.2f} MiB after the {form} system, "
+                f"memory_budget {budget / 2**20:.1f} MiB leaves {max(left, 0) / 2**20:.2f} MiB after the {form} "
+                "system, "
                 f"less than the {bytes_per_sample / 2**20:.2f} MiB that the Jacobian rows of one sample need "
                 f"({per_sample} outputs x {n} parameters); raise memory_budget"
             )
@@ -421,9 +424,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 break
             lam, nu = rule.rejected(lam, nu)
             if s["line_search"] is not None:
-                s_star, c_star, _ = line_search.search(
-                    s["line_search"], lambda m: self._loss_at(theta0 + (m * delta).to(theta0.dtype), batch, noise, alpha), c0
-                )
+                def loss_along(m: float, direction: torch.Tensor = delta) -> float:
+                    return self._loss_at(theta0 + (m * direction).to(theta0.dtype), batch, noise, alpha)
+
+                s_star, c_star, _ = line_search.search(s["line_search"], loss_along, c0)
                 if math.isfinite(c_star) and (c_star < c0 or s["line_search_apply_always"]):
                     accepted_step = (s_star * delta).to(theta0.dtype)
                     result.reason, result.multiplier, result.loss_after = "line_search", s_star, c_star

@@ -24,7 +24,12 @@ class PrimalSystem:
     form = "primal"
 
     def __init__(
-        self, n: int, alpha: float, dtype: torch.dtype, device: torch.device, accumulate_dtype: torch.dtype | None = None
+        self,
+        n: int,
+        alpha: float,
+        dtype: torch.dtype,
+        device: torch.device,
+        accumulate_dtype: torch.dtype | None = None,
     ) -> None:
         self.alpha = alpha
         self.dtype = dtype
@@ -75,7 +80,12 @@ class DualSystem:
     form = "dual"
 
     def __init__(
-        self, n: int, alpha: float, dtype: torch.dtype, device: torch.device, accumulate_dtype: torch.dtype | None = None
+        self,
+        n: int,
+        alpha: float,
+        dtype: torch.dtype,
+        device: torch.device,
+        accumulate_dtype: torch.dtype | None = None,
     ) -> None:
         self.alpha = alpha
         self.n = n
