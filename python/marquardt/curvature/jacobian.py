@@ -102,6 +102,7 @@ class FastPathJacobian:
         # reach the output, in which case its columns are zeroed there; so no up-front zero fill is needed.
         rows = z.new_empty(q, S, self.layout.numel)
         outputs = [records[id(m)][0][1] for m in self.modules]
+        patches: dict[int, torch.Tensor] = {}  # unfolded conv inputs, shared by the q backward passes
         for k in range(q):
             grad_z = W[:, :, k].reshape(z.shape).to(z.dtype)
             deltas = torch.autograd.grad(z, outputs, grad_outputs=grad_z, retain_graph=k < q - 1, allow_unused=True)
@@ -113,10 +114,12 @@ class FastPathJacobian:
                         if cols is not None:
                             rows[k][:, cols] = 0
                     continue
-                self._fill(rows[k], m, a, delta)
+                self._fill(rows[k], m, a, delta, patches)
         return rows.reshape(q * S, -1), _flat_rho(rho), losses
 
-    def _fill(self, out: torch.Tensor, m: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> None:
+    def _fill(
+        self, out: torch.Tensor, m: nn.Module, a: torch.Tensor, delta: torch.Tensor, patches: dict[int, torch.Tensor]
+    ) -> None:
         S = a.shape[0]
         if isinstance(m, nn.Linear) and a.dim() == 2:
             # One position per sample: the per-sample weight gradient is an outer product δᵢ aᵢᵀ, written
@@ -141,9 +144,10 @@ class FastPathJacobian:
                 padding, stride = (0, *m.padding), (1, *m.stride)
             else:
                 kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
-            patches = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # [S, Cin*k, L]
+            if id(m) not in patches:
+                patches[id(m)] = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
             d3 = delta.reshape(S, delta.shape[1], -1)  # [S, Cout, L]
-            grad_w = torch.bmm(d3, patches.transpose(1, 2))  # [S, Cout, Cin*k]
+            grad_w = torch.bmm(d3, patches[id(m)])  # [S, Cout, L] x [S, L, Cin*k] -> [S, Cout, Cin*k]
             grad_b = d3.sum(dim=2)
         for pname, grad in (("weight", grad_w), ("bias", grad_b)):
             cols = self.columns.get((id(m), pname))
