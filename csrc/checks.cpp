@@ -64,21 +64,33 @@ void check_max_diag_update_args(const at::Tensor& d, const at::Tensor& A, double
   TORCH_CHECK(!std::isnan(floor), "marquardt::max_diag_update_: floor must not be NaN");
 }
 
-void check_damped_cholesky_solve_args(const at::Tensor& A, const at::Tensor& d, double lam,
-                                      const at::Tensor& B) {
-  const char* op = "damped_cholesky_solve";
+namespace {
+
+void check_damped_matrix(const char* op, const at::Tensor& A, const at::Tensor& d, double lam) {
   check_float(op, "A", A);
   check_square(op, "A", A);
   check_same(op, "d", d, "A", A);
+  const int64_t n = A.size(0);
+  TORCH_CHECK(d.dim() == 1 && d.size(0) == n, "marquardt::", op, ": d must have shape [", n,
+              "] to match A (got shape ", d.sizes(), ")");
+  TORCH_CHECK(std::isfinite(lam) && lam >= 0.0, "marquardt::", op, ": lam must be finite and >= 0 (got ", lam, ")");
+}
+
+}  // namespace
+
+void check_damped_cholesky_factor_args(const at::Tensor& A, const at::Tensor& d, double lam) {
+  check_damped_matrix("damped_cholesky_factor", A, d, lam);
+}
+
+void check_damped_cholesky_solve_args(const at::Tensor& A, const at::Tensor& d, double lam,
+                                      const at::Tensor& B) {
+  const char* op = "damped_cholesky_solve";
+  check_damped_matrix(op, A, d, lam);
   check_same(op, "B", B, "A", A);
   const int64_t n = A.size(0);
-  TORCH_CHECK(d.dim() == 1 && d.size(0) == n, "marquardt::damped_cholesky_solve: d must have shape [", n,
-              "] to match A (got shape ", d.sizes(), ")");
   TORCH_CHECK((B.dim() == 1 || B.dim() == 2) && B.size(0) == n,
               "marquardt::damped_cholesky_solve: B must have shape [", n, "] or [", n, ", k] (got shape ",
               B.sizes(), ")");
-  TORCH_CHECK(std::isfinite(lam) && lam >= 0.0,
-              "marquardt::damped_cholesky_solve: lam must be finite and >= 0 (got ", lam, ")");
 }
 
 }  // namespace marquardt

@@ -37,4 +37,11 @@ void check_max_diag_update_args(const at::Tensor& d, const at::Tensor& A, double
 void check_damped_cholesky_solve_args(const at::Tensor& A, const at::Tensor& d, double lam,
                                       const at::Tensor& B);
 
+// damped_cholesky_factor(A, d, lam) -> (U, info)
+//   The factorisation behind damped_cholesky_solve, for callers that solve several right-hand sides they
+//   only learn one after the other (LM's geodesic correction). U is upper triangular (zeros below the
+//   diagonal) with UᵀU = A + lam * diag(d); solve with torch.cholesky_solve(B, U, upper=True). info as for
+//   damped_cholesky_solve (U is unspecified when info > 0). A is never modified.
+void check_damped_cholesky_factor_args(const at::Tensor& A, const at::Tensor& d, double lam);
+
 }  // namespace marquardt

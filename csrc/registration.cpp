@@ -18,4 +18,5 @@ TORCH_LIBRARY(marquardt, m) {
   m.def("jtj_accumulate_(Tensor(a!) A, Tensor J, Tensor? r=None, Tensor(b!)? g=None, float alpha=1.0) -> ()");
   m.def("max_diag_update_(Tensor(a!) d, Tensor A, float floor=0.0) -> ()");
   m.def("damped_cholesky_solve(Tensor A, Tensor d, float lam, Tensor B) -> (Tensor X, Tensor info)");
+  m.def("damped_cholesky_factor(Tensor A, Tensor d, float lam) -> (Tensor U, Tensor info)");
 }

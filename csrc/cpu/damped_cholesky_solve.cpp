@@ -3,45 +3,15 @@
 // LAPACK potrf and used by potrs. ATen's linalg_cholesky + cholesky_solve would allocate the factor and
 // then clone it again inside cholesky_solve (three n x n buffers); calling LAPACK directly keeps one.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include "ops.h"
+#include <limits>
 
-// LAPACK as exported by libtorch_cpu (MKL or OpenBLAS). Declared weak so the module still loads against a
-// torch that does not export them; the ATen fallback below is then used instead.
-extern "C" {
-void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info) __attribute__((weak));
-void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info) __attribute__((weak));
-void spotrs_(const char* uplo, const int* n, const int* nrhs, const float* a, const int* lda, float* b,
-             const int* ldb, int* info) __attribute__((weak));
-void dpotrs_(const char* uplo, const int* n, const int* nrhs, const double* a, const int* lda, double* b,
-             const int* ldb, int* info) __attribute__((weak));
-}
+#include "cpu/lapack_cholesky.h"
+#include "ops.h"
 
 namespace marquardt {
 namespace {
-
-template <typename T>
-struct Lapack;
-template <>
-struct Lapack<float> {
-  static bool available() { return spotrf_ != nullptr && spotrs_ != nullptr; }
-  static void potrf(const char* u, const int* n, float* a, const int* lda, int* info) { spotrf_(u, n, a, lda, info); }
-  static void potrs(const char* u, const int* n, const int* k, const float* a, const int* lda, float* b,
-                    const int* ldb, int* info) {
-    spotrs_(u, n, k, a, lda, b, ldb, info);
-  }
-};
-template <>
-struct Lapack<double> {
-  static bool available() { return dpotrf_ != nullptr && dpotrs_ != nullptr; }
-  static void potrf(const char* u, const int* n, double* a, const int* lda, int* info) { dpotrf_(u, n, a, lda, info); }
-  static void potrs(const char* u, const int* n, const int* k, const double* a, const int* lda, double* b,
-                    const int* ldb, int* info) {
-    dpotrs_(u, n, k, a, lda, b, ldb, info);
-  }
-};
 
 std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cpu(const at::Tensor& A, const at::Tensor& d, double lam,
                                                              const at::Tensor& B) {
@@ -53,27 +23,18 @@ std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cpu(const at::Tensor& A
 
   at::Tensor W = A.clone(at::MemoryFormat::Contiguous);  // the one n x n workspace
   W.diagonal().add_(d, lam);
-  // X is stored column-major ([k, n] row-major), as LAPACK wants the right-hand sides.
-  // A copy even when B is already laid out right: B is an input and must not be overwritten.
+  // A copy even when B is already laid out right: B is an input and must not be overwritten. X is stored
+  // column-major ([k, n] row-major), as LAPACK wants the right-hand sides.
   at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).clone(at::MemoryFormat::Contiguous);
   int info = 0;
-  bool lapack = false;
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "damped_cholesky_solve_cpu", [&] {
-    if (!Lapack<scalar_t>::available()) return;
-    lapack = true;
-    // Row-major W read as column-major is Wᵀ = W; its column-major lower triangle is our upper triangle.
-    const char uplo = 'L';
-    const int ni = static_cast<int>(n), ki = static_cast<int>(k);
-    Lapack<scalar_t>::potrf(&uplo, &ni, W.data_ptr<scalar_t>(), &ni, &info);
+  if (lapack_cholesky_available(A.scalar_type())) {
+    info = potrf_upper_inplace(W);
     if (info == 0) {
-      int info2 = 0;
-      Lapack<scalar_t>::potrs(&uplo, &ni, &ki, W.const_data_ptr<scalar_t>(), &ni, Xt.data_ptr<scalar_t>(), &ni, &info2);
-      TORCH_CHECK(info2 == 0, "marquardt::damped_cholesky_solve: potrs failed with info=", info2);
+      potrs_upper(W, Xt);
     } else {
-      Xt.fill_(std::numeric_limits<scalar_t>::quiet_NaN());
+      Xt.fill_(std::numeric_limits<double>::quiet_NaN());
     }
-  });
-  if (!lapack) {
+  } else {
     // Fallback without exported LAPACK: ATen's factorisation (extra n x n buffers, same result).
     auto [L, info_t] = at::linalg_cholesky_ex(W.triu() + W.triu(1).t(), /*upper=*/false, /*check_errors=*/false);
     info = info_t.item<int>();

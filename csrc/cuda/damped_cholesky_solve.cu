@@ -6,42 +6,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "cuda/cusolver_handle.h"
+#include "cuda/cusolver_potrf.h"
 #include "ops.h"
 
 namespace marquardt {
 namespace {
-
-template <typename T>
-struct Solver;
-template <>
-struct Solver<float> {
-  static cusolverStatus_t buffer(cusolverDnHandle_t h, cublasFillMode_t u, int n, float* a, int lda, int* lw) {
-    return cusolverDnSpotrf_bufferSize(h, u, n, a, lda, lw);
-  }
-  static cusolverStatus_t potrf(cusolverDnHandle_t h, cublasFillMode_t u, int n, float* a, int lda, float* w,
-                                int lw, int* info) {
-    return cusolverDnSpotrf(h, u, n, a, lda, w, lw, info);
-  }
-  static cusolverStatus_t potrs(cusolverDnHandle_t h, cublasFillMode_t u, int n, int k, const float* a, int lda,
-                                float* b, int ldb, int* info) {
-    return cusolverDnSpotrs(h, u, n, k, a, lda, b, ldb, info);
-  }
-};
-template <>
-struct Solver<double> {
-  static cusolverStatus_t buffer(cusolverDnHandle_t h, cublasFillMode_t u, int n, double* a, int lda, int* lw) {
-    return cusolverDnDpotrf_bufferSize(h, u, n, a, lda, lw);
-  }
-  static cusolverStatus_t potrf(cusolverDnHandle_t h, cublasFillMode_t u, int n, double* a, int lda, double* w,
-                                int lw, int* info) {
-    return cusolverDnDpotrf(h, u, n, a, lda, w, lw, info);
-  }
-  static cusolverStatus_t potrs(cusolverDnHandle_t h, cublasFillMode_t u, int n, int k, const double* a, int lda,
-                                double* b, int ldb, int* info) {
-    return cusolverDnDpotrs(h, u, n, k, a, lda, b, ldb, info);
-  }
-};
 
 std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cuda(const at::Tensor& A, const at::Tensor& d, double lam,
                                                               const at::Tensor& B) {
@@ -58,19 +27,13 @@ std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cuda(const at::Tensor& 
   at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).clone(at::MemoryFormat::Contiguous);
   at::Tensor info = at::zeros({}, A.options().dtype(at::kInt));
   at::Tensor info_potrs = at::empty({}, A.options().dtype(at::kInt));
+  potrf_upper_inplace_cuda(W, info);
   cusolverDnHandle_t handle = current_cusolver_handle();
-  // Row-major upper triangle == column-major lower triangle.
-  const cublasFillMode_t uplo = CUBLAS_FILL_MODE_LOWER;
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "damped_cholesky_solve_cuda", [&] {
-    int lwork = 0;
-    MARQUARDT_CUSOLVER_CHECK(Solver<scalar_t>::buffer(handle, uplo, ni, W.data_ptr<scalar_t>(), ni, &lwork));
-    at::Tensor work = at::empty({std::max(lwork, 1)}, W.options());
-    MARQUARDT_CUSOLVER_CHECK(Solver<scalar_t>::potrf(handle, uplo, ni, W.data_ptr<scalar_t>(), ni,
-                                                     work.data_ptr<scalar_t>(), lwork, info.data_ptr<int>()));
     // potrs runs even when potrf failed (checking would need a sync); X is unspecified then, as documented.
-    MARQUARDT_CUSOLVER_CHECK(Solver<scalar_t>::potrs(handle, uplo, ni, ki, W.const_data_ptr<scalar_t>(), ni,
-                                                     Xt.data_ptr<scalar_t>(), ni, info_potrs.data_ptr<int>()));
+    MARQUARDT_CUSOLVER_CHECK(Solver<scalar_t>::potrs(handle, CUBLAS_FILL_MODE_LOWER, ni, ki, W.const_data_ptr<scalar_t>(),
+                                                     ni, Xt.data_ptr<scalar_t>(), ni, info_potrs.data_ptr<int>()));
   });
   at::Tensor X = B.dim() == 1 ? Xt.squeeze(0) : Xt.t().contiguous();
   return {X, info};

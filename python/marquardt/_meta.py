@@ -28,3 +28,11 @@ def _damped_cholesky_solve_fake(A, d, lam, B):
     X = torch.empty(B.shape, dtype=B.dtype, device=B.device)
     info = torch.empty((), dtype=torch.int32, device=A.device)
     return X, info
+
+
+@torch.library.register_fake("marquardt::damped_cholesky_factor")
+def _damped_cholesky_factor_fake(A, d, lam):
+    torch._check(A.dim() == 2 and A.shape[0] == A.shape[1], lambda: "damped_cholesky_factor: A must be [n, n]")
+    U = torch.empty(A.shape, dtype=A.dtype, device=A.device)
+    info = torch.empty((), dtype=torch.int32, device=A.device)
+    return U, info

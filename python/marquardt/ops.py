@@ -19,7 +19,7 @@ from . import (
     _meta,  # noqa: F401  (fake kernels for tracing)
 )
 
-__all__ = ["jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve"]
+__all__ = ["jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve", "damped_cholesky_factor"]
 
 
 def jtj_accumulate_(
@@ -73,3 +73,13 @@ def damped_cholesky_solve(
     """
     X, info = torch.ops.marquardt.damped_cholesky_solve.default(A, d, float(lam), B)
     return X, info
+
+
+def damped_cholesky_factor(A: torch.Tensor, d: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factor behind :func:`damped_cholesky_solve`, for solving several right-hand sides in turn.
+
+    Returns ``(U, info)``: U upper triangular with ``UᵀU = A + lam * diag(d)`` (solve with
+    ``torch.cholesky_solve(B, U, upper=True)``), info as for :func:`damped_cholesky_solve`. A is not modified.
+    """
+    U, info = torch.ops.marquardt.damped_cholesky_factor.default(A, d, float(lam))
+    return U, info

@@ -128,3 +128,34 @@ def test_does_not_modify_B(device, dtype, k):
     X, _ = ops.damped_cholesky_solve(A, d, 1.0, B)
     assert torch.equal(B, B_before)
     assert X.data_ptr() != B.data_ptr()
+
+
+class TestFactor:
+    """damped_cholesky_factor: the factor behind the solve, for solving right-hand sides one after another."""
+
+    @pytest.mark.parametrize("n", [1, 7, 130])
+    def test_factor_reproduces_damped_matrix(self, device, dtype, n):
+        A, d, B = random_problem(n, 2, dtype, device, rank=max(1, n // 3))
+        A_before = A.clone()
+        U, info = ops.damped_cholesky_factor(A, d, 0.2)
+        assert int(info) == 0 and info.dtype == torch.int32
+        assert torch.equal(U, U.triu()), "U must be upper triangular with zeros below the diagonal"
+        assert torch.equal(A, A_before)
+        damped = A.double().cpu() + 0.2 * torch.diag(d.double().cpu())
+        tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(U.double().cpu().T @ U.double().cpu(), damped, **tol)
+        X, _ = ops.damped_cholesky_solve(A, d, 0.2, B)
+        torch.testing.assert_close(torch.cholesky_solve(B, U, upper=True), X, **tol)
+
+    def test_indefinite(self, device, dtype):
+        A = -torch.eye(4, dtype=dtype, device=device)
+        _, info = ops.damped_cholesky_factor(A, torch.ones(4, dtype=dtype, device=device), 0.5)
+        assert int(info) == 1
+
+    def test_opcheck_and_errors(self, device, dtype):
+        A, d, _ = random_problem(6, 1, dtype, device)
+        torch.library.opcheck(torch.ops.marquardt.damped_cholesky_factor.default, (A, d, 0.3))
+        with pytest.raises(RuntimeError, match=r"damped_cholesky_factor: d must have shape \[6\]"):
+            ops.damped_cholesky_factor(A, d[:5], 0.3)
+        with pytest.raises(RuntimeError, match=r"damped_cholesky_factor: lam must be finite and >= 0"):
+            ops.damped_cholesky_factor(A, d, -1.0)

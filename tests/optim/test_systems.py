@@ -47,3 +47,25 @@ def test_max_diagonal_update_never_decreases():
     d = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
     sys.update_max_diagonal(d, 0.0)
     torch.testing.assert_close(d, torch.tensor([1.0, 0.5, 4.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("system_cls,m,n", [(PrimalSystem, 30, 8), (DualSystem, 6, 20)])
+def test_kept_factor_gives_the_same_solves(system_cls, m, n):
+    torch.manual_seed(1)
+    J = torch.randn(m, n, dtype=torch.float64)
+    rho = torch.randn(m, dtype=torch.float64)
+    d = torch.rand(n, dtype=torch.float64) + 0.1
+    results = []
+    for keep in (False, True):
+        system = system_cls(n, 0.5, torch.float64, torch.device("cpu"))
+        system.add_rows(J, rho)
+        system.finalize()
+        system.set_damping(d)
+        step, ok = system.lm_step(0.7, keep_factor=keep)
+        assert ok
+        rho2 = torch.randn(m, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        second = system.solve_rows(0.7, rho2)[0] if system_cls is DualSystem else system.solve(0.7, 0.5 * J.T @ rho2)[0]
+        assert (system._factor is not None) == keep
+        results.append((step, second))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])

@@ -386,7 +386,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
 
         for attempt in range(s["max_attempts"]):
             result.attempts = attempt + 1
-            delta_lm, ok = system.lm_step(lam)
+            # With geodesic acceleration the factor is kept: the correction solves a second right-hand side.
+            delta_lm, ok = system.lm_step(lam, keep_factor=s["geodesic"])
             result.solves += 1
             if not ok:
                 result.notes.append(f"factorisation failed at lambda={lam:.3g}")
@@ -400,7 +401,6 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 result.momentum_used = mom.used
             if s["geodesic"]:
                 a, ok_a = self._geodesic_correction(system, delta, lam, batch, noise, theta0, alpha)
-                result.solves += 1
                 if not (ok_a and geodesic.acceptable(delta, a, s["geodesic_alpha"])):
                     result.notes.append("geodesic correction too large: attempt rejected")
                     lam, nu = rule.rejected(lam, nu)

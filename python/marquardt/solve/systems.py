@@ -39,6 +39,7 @@ class PrimalSystem:
         self.A = torch.zeros(n, n, dtype=acc, device=device)
         self.g = torch.zeros(n, dtype=acc, device=device)
         self.d: torch.Tensor | None = None
+        self._factor: tuple[float, torch.Tensor] | None = None  # (λ, U) kept for a second right-hand side
 
     def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
         ops.jtj_accumulate_(self.A, rows.to(self.A.dtype), rho.to(self.A.dtype), self.g, alpha=self.alpha)
@@ -60,13 +61,27 @@ class PrimalSystem:
         self.d = d
 
     def solve(self, lam: float, rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """x with (A + λ diag d) x = rhs, and whether the factorisation succeeded."""
+        """x with (A + λ diag d) x = rhs, and whether the factorisation succeeded.
+
+        Reuses the factor that :meth:`lm_step` kept for this λ (the geodesic correction's second solve).
+        """
         assert self.d is not None
+        if self._factor is not None and self._factor[0] == lam:
+            x = torch.cholesky_solve(rhs.unsqueeze(1), self._factor[1], upper=True).squeeze(1)
+            return x, bool(torch.isfinite(x).all())
         x, info = ops.damped_cholesky_solve(self.A, self.d, lam, rhs)
         ok = int(info) == 0 and bool(torch.isfinite(x).all())
         return x, ok
 
-    def lm_step(self, lam: float) -> tuple[torch.Tensor, bool]:
+    def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
+        """δ_LM = −(A + λ diag d)⁻¹ g; with keep_factor the factor stays for further solves at this λ."""
+        self._factor = None
+        if keep_factor:
+            assert self.d is not None
+            U, info = ops.damped_cholesky_factor(self.A, self.d, lam)
+            if int(info) != 0:
+                return torch.zeros_like(self.g), False
+            self._factor = (lam, U)
         return self.solve(lam, -self.g)
 
     def quadratic(self, s: torch.Tensor) -> float:
@@ -99,6 +114,7 @@ class DualSystem:
         self.g = torch.zeros(n, dtype=dtype, device=device)
         self.K: torch.Tensor | None = None
         self.d: torch.Tensor | None = None
+        self._factor: tuple[float, torch.Tensor] | None = None  # (λ, U) of K + λ/α I
 
     def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
         self._rows.append(rows.to(self.acc_dtype))
@@ -126,15 +142,27 @@ class DualSystem:
         self.K = K.to(self.dtype)
 
     def solve_rows(self, lam: float, rho_like: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """x = (A + λ diag d)⁻¹ α 𝒥ᵀ ρ_like, through the m × m system."""
+        """x = (A + λ diag d)⁻¹ α 𝒥ᵀ ρ_like, through the m × m system (reusing a kept factor at this λ)."""
         assert self.K is not None and self.d is not None
-        ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
-        y, info = ops.damped_cholesky_solve(self.K, ones, lam / self.alpha, rho_like)
+        if self._factor is not None and self._factor[0] == lam:
+            y = torch.cholesky_solve(rho_like.unsqueeze(1), self._factor[1], upper=True).squeeze(1)
+            ok = True
+        else:
+            ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
+            y, info = ops.damped_cholesky_solve(self.K, ones, lam / self.alpha, rho_like)
+            ok = int(info) == 0
         x = (self.J.T @ y.to(self.acc_dtype)).to(self.dtype) / self.d
-        ok = int(info) == 0 and bool(torch.isfinite(x).all())
-        return x, ok
+        return x, ok and bool(torch.isfinite(x).all())
 
-    def lm_step(self, lam: float) -> tuple[torch.Tensor, bool]:
+    def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
+        self._factor = None
+        if keep_factor:
+            assert self.K is not None
+            ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
+            U, info = ops.damped_cholesky_factor(self.K, ones, lam / self.alpha)
+            if int(info) != 0:
+                return torch.zeros_like(self.g), False
+            self._factor = (lam, U)
         x, ok = self.solve_rows(lam, self.rho)
         return -x, ok
 
