@@ -28,7 +28,7 @@ cd /tmp
 import torch
 import marquardt
 assert marquardt.WITH_CUDA, "marquardt was built without CUDA"
-for op in ("jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve"):
+for op in ("jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve", "damped_cholesky_factor"):
     packet = getattr(torch.ops.marquardt, op)
     assert torch._C._dispatch_has_kernel_for_dispatch_key(packet.default.name(), "CUDA"), op
     assert torch._C._dispatch_has_kernel_for_dispatch_key(packet.default.name(), "CPU"), op

@@ -19,7 +19,7 @@ def test_built_against_running_torch():
 
 
 def test_ops_registered_for_cpu():
-    for name in ("jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve"):
+    for name in ("jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve", "damped_cholesky_factor"):
         op = getattr(torch.ops.marquardt, name).default
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
 
