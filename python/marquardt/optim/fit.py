@@ -35,7 +35,8 @@ def fit(
 
     Tests, after each iteration (as in MINPACK's lmder):
 
-    * ``ftol``: an accepted step whose relative reduction (C₀ − C₁)/C₀ is at most ftol;
+    * ``ftol``: an accepted LM step whose actual and predicted relative reductions, (C₀ − C₁)/C₀ and
+      pred/C₀, are both at most ftol (line-search steps have no prediction and never trigger it);
     * ``xtol``: an accepted step with ‖Δθ‖ ≤ xtol·(xtol + ‖θ‖);
     * ``gtol``: ‖g‖∞ ≤ gtol at the current point (a stationary point);
     * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible).
@@ -61,7 +62,12 @@ def fit(
                 bar.set_postfix(loss=f"{info.loss_after:.4g}", lam=f"{info.lam:.2g}")
             if info.grad_norm_inf <= gtol or info.reason == "zero_gradient":
                 reason = "gtol"
-            elif info.accepted and info.loss_before - info.loss_after <= ftol * abs(info.loss_before):
+            elif (
+                info.accepted
+                and info.predicted_reduction is not None
+                and info.loss_before - info.loss_after <= ftol * abs(info.loss_before)
+                and info.predicted_reduction <= ftol * abs(info.loss_before)
+            ):
                 reason = "ftol"
             elif info.accepted and info.step_norm <= xtol * (xtol + info.theta_norm):
                 reason = "xtol"
