@@ -33,6 +33,7 @@ from ..policy import acceptance, geodesic, line_search
 from ..policy.damping import update_damping
 from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
+from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
 from ..solve.systems import DualSystem, PrimalSystem
 from .settings import resolve
 
@@ -112,6 +113,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         super().__init__(self.layout.params, {**settings, "loss": loss if isinstance(loss, str) else "residual"})
         self._engine = self._make_engine(settings["engine"])
         self._output_shapes: dict[tuple, tuple[int, tuple[int, ...]]] = {}
+        self._block_cache: list[torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------------------- setup
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -267,32 +269,52 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         n = self.layout.numel
         budget = s["memory_budget"]
         acc_dtype = s["accumulate_dtype"] or self.layout.dtype
+        acc_elt = torch.finfo(acc_dtype).bits // 8
+
+        def solve_dtype(size: int) -> torch.dtype:
+            return s["solve_dtype"] or (torch.float64 if size <= s["solve_float64_max"] else acc_dtype)
+
+        def per_entry(size: int) -> int:
+            # the accumulated matrix, its converted copy when the dtypes differ, and the factorisation workspace
+            solve_elt = torch.finfo(solve_dtype(size)).bits // 8
+            return 2 * solve_elt + (acc_elt if solve_elt != acc_elt else 0)
+
+        primal_bytes = n * n * per_entry(n)
+        # dual: K, and the rows with their scaled copy
+        dual_bytes = rows_total * rows_total * per_entry(rows_total) + rows_total * n * 2 * acc_elt
         form = s["solver"]
         if form == "auto":
-            form = "dual" if rows_total < n else "primal"
-        size = n if form == "primal" else rows_total
-        dtype = s["solve_dtype"] or (torch.float64 if size <= s["solve_float64_max"] else acc_dtype)
-        solve_elt, acc_elt = torch.finfo(dtype).bits // 8, torch.finfo(acc_dtype).bits // 8
-        # the accumulated matrix, its converted copy when the dtypes differ, and the factorisation workspace
-        elt = 2 * solve_elt + (acc_elt if acc_dtype != dtype else 0)
-        primal_bytes = n * n * elt
-        # dual: K, and the rows with their scaled copy
-        dual_bytes = rows_total * rows_total * elt + rows_total * n * 2 * acc_elt
+            if rows_total < n and dual_bytes <= budget:
+                form = "dual"
+            elif primal_bytes <= budget:
+                form = "primal"
+            else:
+                form = "block_diagonal"
+        blocks = None
         if form == "primal" and primal_bytes > budget:
             raise ValueError(
                 f"problem too large for the dense solve: the {n} x {n} curvature needs {primal_bytes / 2**20:.1f} MiB "
                 f"but memory_budget is {budget / 2**20:.1f} MiB. Options: raise memory_budget; solver='dual' "
-                f"(this batch has {rows_total} residual rows for {n} parameters); a block-diagonal solver is planned."
+                f"(this batch has {rows_total} residual rows for {n} parameters); solver='block_diagonal'."
             )
         if form == "dual" and dual_bytes > budget:
             raise ValueError(
                 f"problem too large for the dual solve: {rows_total} rows x {n} parameters need "
                 f"{dual_bytes / 2**20:.1f} MiB but memory_budget is {budget / 2**20:.1f} MiB. Options: raise "
-                f"memory_budget, use smaller batches, or solver='primal' ({primal_bytes / 2**20:.1f} MiB)."
+                f"memory_budget, use smaller batches, solver='primal' ({primal_bytes / 2**20:.1f} MiB) or "
+                "solver='block_diagonal'."
             )
+        if form == "block_diagonal":
+            blocks = self._blocks(budget, per_entry)
+            largest = max(int(b.numel()) for b in blocks)
+            system_bytes = sum(int(b.numel()) ** 2 for b in blocks) * per_entry(largest)
+            dtype = solve_dtype(largest)
+        else:
+            system_bytes = primal_bytes if form == "primal" else dual_bytes
+            dtype = solve_dtype(n if form == "primal" else rows_total)
         # Per sample while its rows are formed: the output Jacobian, the rows and a converted copy.
         bytes_per_sample = 3 * per_sample * n * torch.finfo(acc_dtype).bits // 8
-        left = budget - (primal_bytes if form == "primal" else dual_bytes)
+        left = budget - system_bytes
         if self.residual_fn is not None:
             chunk = n_samples  # a residual callable sees the whole batch at once
         elif left < bytes_per_sample:
@@ -304,13 +326,22 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             )
         else:
             chunk = int(min(n_samples, left // bytes_per_sample))
-        return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk}
+        return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk, "blocks": blocks}
+
+    def _blocks(self, budget: int, per_entry) -> list[torch.Tensor]:
+        """The block partition for solver='block_diagonal', computed once (it depends on the model only)."""
+        if self._block_cache is None:
+            blocks = make_blocks(self.settings["blocks"], self.layout)
+            self._block_cache = fit_to_budget(blocks, self.layout, budget, per_entry(max(b.numel() for b in blocks)))
+        return self._block_cache
 
     def _build_system(self, batch, plan: dict[str, Any], noise: NoiseReplay, alpha: float):
         n = self.layout.numel
         device = self.layout.device
         if plan["form"] == "primal":
             system = PrimalSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
+        elif plan["form"] == "block_diagonal":
+            system = BlockDiagonalSystem(plan["blocks"], n, alpha, plan["dtype"], device, plan["acc_dtype"])
         else:
             system = DualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         noise.replay()

@@ -44,7 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "geodesic": False,
     "geodesic_alpha": 0.75,
     "loss_scale": "mean",
-    "solver": "auto",
+    "solver": "auto",  # 'primal', 'dual', 'block_diagonal', or 'auto' (smallest that fits memory_budget)
+    "blocks": "layer",  # block_diagonal: 'layer', 'unit' (a weight row with its bias) or a group size
     "engine": "auto",
     "memory_budget": 512 * 2**20,
     # A = α𝒥ᵀ𝒥 (or the dual K) is accumulated in the parameters' dtype (None) or the one given, then factored
@@ -128,8 +129,12 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(f"Invalid line_search value: {s['line_search']!r} (expected None or one of {GRIDS})")
     if s["loss_scale"] not in ("mean", "sum"):
         raise ValueError(f"Invalid loss_scale value: {s['loss_scale']!r} (expected 'mean' or 'sum')")
-    if s["solver"] not in ("auto", "primal", "dual"):
-        raise ValueError(f"Invalid solver value: {s['solver']!r} (expected 'auto', 'primal' or 'dual')")
+    if s["solver"] not in ("auto", "primal", "dual", "block_diagonal"):
+        raise ValueError(
+            f"Invalid solver value: {s['solver']!r} (expected 'auto', 'primal', 'dual' or 'block_diagonal')"
+        )
+    if not (s["blocks"] in ("layer", "unit") or (isinstance(s["blocks"], int) and s["blocks"] >= 1)):
+        raise ValueError(f"Invalid blocks value: {s['blocks']!r} (expected 'layer', 'unit' or an int >= 1)")
     if s["engine"] not in ("auto", "fast", "functorch", "full"):
         raise ValueError(f"Invalid engine value: {s['engine']!r} (expected 'auto', 'fast', 'functorch' or 'full')")
     for name in ("accumulate_dtype", "solve_dtype"):
