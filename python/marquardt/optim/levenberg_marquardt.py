@@ -29,6 +29,7 @@ from ..curvature.jacobian import FastPathJacobian, FullJacobian, FunctorchJacobi
 from ..curvature.losses import Curvature, GaussNewtonMSE, make_curvature
 from ..curvature.noise import NoiseReplay
 from ..curvature.params import ParameterLayout
+from ..parallel import Communicator
 from ..policy import acceptance, geodesic, line_search
 from ..policy.damping import update_damping
 from ..policy.lam import LambdaRule
@@ -114,6 +115,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._engine = self._make_engine(settings["engine"])
         self._output_shapes: dict[tuple, tuple[int, tuple[int, ...]]] = {}
         self._block_cache: list[torch.Tensor] | None = None
+        self._comm = Communicator(settings["distributed"])
+        self._checked_ranks = False
 
     # ----------------------------------------------------------------------------------------- setup
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -218,6 +221,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 z = self._outputs(x, y)
                 yy = torch.zeros_like(z) if self.residual_fn is not None else y
                 total += float(self.curvature.per_sample_loss(z, yy).double().sum())
+        total = self._comm.sum_float(total, self.layout.device)  # every rank compares the same batch loss
         self._state["forward_passes"] += 1
         self._forward_passes += 1
         return total * scale if math.isfinite(total) else math.inf
@@ -284,8 +288,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         dual_bytes = rows_total * rows_total * per_entry(rows_total) + rows_total * n * 2 * acc_elt
         form = s["solver"]
         if form == "auto":
-            if rows_total < n and dual_bytes <= budget:
-                form = "dual"
+            if rows_total < n and dual_bytes <= budget and not self._comm.active:
+                form = "dual"  # (not with torch.distributed: the dual form needs every rank's rows)
             elif primal_bytes <= budget:
                 form = "primal"
             else:
@@ -353,6 +357,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             rows, rho, losses = self._engine_rows(x, yy, y)
             system.add_rows(rows, rho)
             total += float(losses.double().sum())
+        system.reduce(self._comm)  # data-parallel: A, g and the loss summed over the ranks (marquardt.parallel)
+        total = self._comm.sum_float(total, device)
         system.finalize()
         noise.mark_first_evaluation_done()
         self._forward_passes += 1
@@ -377,11 +383,16 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         s = self.settings
         state = self._state
         self._forward_passes = 0
-        n_samples, per_sample = self._probe(inputs, targets, noise)
+        n_local, per_sample = self._probe(inputs, targets, noise)
+        if self._comm.active and not self._checked_ranks:
+            self._comm.check_same_parameters([tuple(p.shape) for p in self.layout.params], self.layout.device)
+            self._checked_ranks = True
+        n_samples = int(round(self._comm.sum_float(float(n_local), self.layout.device)))  # over all ranks
         alpha = 1.0 / n_samples if s["loss_scale"] == "mean" else 1.0
         rows_per_sample = 1 if self.curvature.name == "ef" else per_sample
         plan = self._plan(n_samples, per_sample, rows_per_sample * n_samples)
-        batch = list(self._chunks(inputs, targets, plan["chunk"] if self.residual_fn is None else inputs.shape[0]))
+        chunk = min(plan["chunk"], inputs.shape[0]) if self.residual_fn is None else inputs.shape[0]
+        batch = list(self._chunks(inputs, targets, chunk))
         system, c0 = self._build_system(batch, plan, noise, alpha)
         g = system.g
         grad_inf = float(g.abs().max())

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "geodesic": False,
     "geodesic_alpha": 0.75,
     "loss_scale": "mean",
+    "distributed": "auto",  # sum over torch.distributed ranks when a process group is initialised
     "solver": "auto",  # 'primal', 'dual', 'block_diagonal', or 'auto' (smallest that fits memory_budget)
     "blocks": "layer",  # block_diagonal: 'layer', 'unit' (a weight row with its bias) or a group size
     "engine": "auto",
@@ -129,6 +130,8 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(f"Invalid line_search value: {s['line_search']!r} (expected None or one of {GRIDS})")
     if s["loss_scale"] not in ("mean", "sum"):
         raise ValueError(f"Invalid loss_scale value: {s['loss_scale']!r} (expected 'mean' or 'sum')")
+    if s["distributed"] not in ("auto", True, False):
+        raise ValueError(f"Invalid distributed value: {s['distributed']!r} (expected 'auto', True or False)")
     if s["solver"] not in ("auto", "primal", "dual", "block_diagonal"):
         raise ValueError(
             f"Invalid solver value: {s['solver']!r} (expected 'auto', 'primal', 'dual' or 'block_diagonal')"

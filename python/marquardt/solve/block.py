@@ -138,6 +138,17 @@ class BlockDiagonalSystem:
         for i in range(len(self.blocks)):
             ops.jtj_accumulate_(self.A[i], self._cols(rows, i), rho, self._g[i], alpha=self.alpha)
 
+    def reduce(self, comm) -> None:
+        """Sums every block and its gradient over the ranks in one all-reduce."""
+        if not comm.active:
+            return
+        packed = torch.cat([t.reshape(-1) for t in self.A] + self._g)
+        comm.sum_(packed)
+        offset = 0
+        for t in self.A + self._g:
+            t.copy_(packed[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
     def finalize(self) -> None:
         self.A = [a.to(self.dtype) for a in self.A]
         for b, gb in zip(self.blocks, self._g):

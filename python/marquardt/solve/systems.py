@@ -44,6 +44,18 @@ class PrimalSystem:
     def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
         ops.jtj_accumulate_(self.A, rows.to(self.A.dtype), rho.to(self.A.dtype), self.g, alpha=self.alpha)
 
+    def reduce(self, comm) -> None:
+        """Sums A (its upper triangle: half the bytes) and g over the ranks, then mirrors A again."""
+        if not comm.active:
+            return
+        n = self.A.shape[0]
+        rows, cols = torch.triu_indices(n, n, device=self.A.device)
+        packed = torch.cat([self.A[rows, cols], self.g])
+        comm.sum_(packed)
+        self.A[rows, cols] = packed[: rows.numel()]
+        self.A.T[rows, cols] = packed[: rows.numel()]
+        self.g.copy_(packed[rows.numel() :])
+
     def finalize(self) -> None:
         self.A = self.A.to(self.dtype)
         self.g = self.g.to(self.dtype)
@@ -119,6 +131,11 @@ class DualSystem:
     def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
         self._rows.append(rows.to(self.acc_dtype))
         self._rho.append(rho.to(self.dtype))
+
+    def reduce(self, comm) -> None:
+        if comm.active:
+            raise ValueError("solver='dual' keeps every rank's rows and cannot be summed across ranks; use "
+                             "solver='primal' or 'block_diagonal' with torch.distributed")
 
     def finalize(self) -> None:
         self.J = self._rows[0] if len(self._rows) == 1 else torch.cat(self._rows)
