@@ -45,6 +45,15 @@ def _flat_rho(rho: torch.Tensor) -> torch.Tensor:
     return rho.T.reshape(-1)
 
 
+def _rows_from_output_jacobian(
+    curvature: Curvature, z: torch.Tensor, y: torch.Tensor | None, Jz: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, ρ and per-sample losses from the outputs z and their Jacobian Jz [S, c, n]."""
+    y = y if y is not None else torch.zeros_like(z)  # residual mode: the outputs are the residuals
+    W, rho = curvature.weights(z, y)
+    return _combine(W, Jz), _flat_rho(rho), curvature.per_sample_loss(z, y)
+
+
 class FastPathJacobian:
     """Per-sample rows from layer inputs and backpropagated signals (see the module docstring)."""
 
@@ -175,9 +184,7 @@ class FunctorchJacobian:
 
         with torch.enable_grad():
             Jz, z = vmap(jacrev(output_single, has_aux=True), in_dims=(None, 0))(theta, x)  # [S, c, n], [S, ...]
-        losses = curvature.per_sample_loss(z, y)
-        W, rho = curvature.weights(z, y)
-        return _combine(W, Jz), _flat_rho(rho), losses
+        return _rows_from_output_jacobian(curvature, z, y, Jz)
 
 
 class FullJacobian:
@@ -198,14 +205,9 @@ class FullJacobian:
             z = self.output_fn(self.layout.as_dict(flat), x, y)
             return z, z
 
-        with torch.no_grad():
-            z_shape = self.output_fn(self.layout.as_dict(theta), x, y).shape
-        n_out = int(torch.Size(z_shape).numel())
-        engine = jacfwd if self.layout.numel <= n_out else jacrev
+        # Forward mode costs one pass per parameter, reverse mode one per output: with at least one output
+        # per sample, forward mode wins when there are no more parameters than samples (curve fits).
+        engine = jacfwd if self.layout.numel <= x.shape[0] else jacrev
         with torch.enable_grad():
             J, z = engine(outputs, has_aux=True)(theta)  # [*z_shape, n]
-        S = z.shape[0]
-        Jz = J.reshape(S, -1, self.layout.numel)
-        losses = curvature.per_sample_loss(z, y if y is not None else torch.zeros_like(z))
-        W, rho = curvature.weights(z, y if y is not None else torch.zeros_like(z))
-        return _combine(W, Jz), _flat_rho(rho), losses
+        return _rows_from_output_jacobian(curvature, z, y, J.reshape(z.shape[0], -1, self.layout.numel))
