@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv (pinned CPU torch), builds and installs the marquardt wheel, then runs the main demo: the
-# noisy-sine regression with LM against L-BFGS, Adam and SGD (a table, and a figure in results/sine/).
+# noisy-sine regression with LM against L-BFGS, Hessian-free, K-FAC, Adam and SGD (a table, and a figure in results/sine/).
 #   bash scripts/demo.sh [--width 64] [--iterations 100]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
