@@ -4,13 +4,15 @@
     python benchmarks/compare_ops.py --check         # ... and enforce the targets
     python benchmarks/compare_ops.py --device cuda   # GPU sweep (used by benchmarks/gpu_check.sh)
 
-Ratios are baseline time / our time (> 1 means ours is faster), medians of interleaved repeats.
+Ratios are baseline time / our time (> 1 means ours is faster): the median over interleaved rounds of the
+ratio within each round, so that slow drifts of a shared machine cancel.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -19,7 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ops_cases import Case, gemm_rate, jtj_case, solve_case  # noqa: E402
-from benchmarks.timing import git_revision, machine_description, sync, time_side_by_side  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    git_revision,
+    machine_description,
+    ratios_to,
+    sample_side_by_side,
+    sync,
+)
 
 # (case-name prefix, baseline, minimum ratio) checked by --check on the CPU.
 CPU_TARGETS = [
@@ -99,8 +107,9 @@ def add_tf32_and_syrk(case: Case, rows: int, n: int) -> None:
 def run(cases: list[Case], device: str, repeats: int) -> list[dict]:
     rows = []
     for case in cases:
-        times = time_side_by_side(case.candidates, device, repeats=repeats)
-        ours = times[case.ours]
+        samples = sample_side_by_side(case.candidates, device, repeats=repeats)
+        times = {name: statistics.median(v) for name, v in samples.items()}
+        ratios = ratios_to(samples, case.ours)  # per-round ratios: the machine's drift cancels
         for name, t in times.items():
             rows.append(
                 {
@@ -108,7 +117,7 @@ def run(cases: list[Case], device: str, repeats: int) -> list[dict]:
                     "candidate": name,
                     "seconds": t,
                     "gflops": case.flops / t / 1e9,
-                    "ratio_vs_ours": t / ours,
+                    "ratio_vs_ours": ratios[name],
                 }
             )
         del case
@@ -144,7 +153,7 @@ def check(rows: list[dict], targets: list[tuple[str, str, float]]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--quick", action="store_true", help="smaller GPU sweep")
     parser.add_argument("--jtj-only", action="store_true", help="GPU: only the JᵀJ cases")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target ratio is missed")

@@ -26,6 +26,19 @@ def time_side_by_side(
     candidates: dict[str, Callable[[], object]], device: str, repeats: int = 5, warmup: int = 1
 ) -> dict[str, float]:
     """Median wall seconds of each candidate, timed interleaved."""
+    return {name: statistics.median(v) for name, v in sample_side_by_side(candidates, device, repeats, warmup).items()}
+
+
+def ratios_to(samples: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Median over rounds of t(candidate)/t(reference) within the same round (robust to slow drifts)."""
+    ref = samples[reference]
+    return {name: statistics.median(t / r for t, r in zip(v, ref)) for name, v in samples.items()}
+
+
+def sample_side_by_side(
+    candidates: dict[str, Callable[[], object]], device: str, repeats: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall seconds of every round of every candidate, timed interleaved (A, B, C, A, B, C, ...)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -38,7 +51,7 @@ def time_side_by_side(
             fn()
             sync(device)
             samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return samples
 
 
 def machine_description(device: str) -> str:
