@@ -197,8 +197,9 @@ class FullJacobian:
         self.layout = layout
 
     def rows(
-        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature
+        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature, *, residual_mode: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As the other engines; with ``residual_mode`` the outputs are residuals (y only feeds output_fn)."""
         theta = self.layout.get_flat()
 
         def outputs(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,4 +211,5 @@ class FullJacobian:
         engine = jacfwd if self.layout.numel <= x.shape[0] else jacrev
         with torch.enable_grad():
             J, z = engine(outputs, has_aux=True)(theta)  # [*z_shape, n]
-        return _rows_from_output_jacobian(curvature, z, y, J.reshape(z.shape[0], -1, self.layout.numel))
+        Jz = J.reshape(z.shape[0], -1, self.layout.numel)
+        return _rows_from_output_jacobian(curvature, z, None if residual_mode else y, Jz)

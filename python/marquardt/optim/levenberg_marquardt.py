@@ -351,10 +351,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         noise.replay()
         total = 0.0
         for x, y in batch:
-            yy = y
-            if self.residual_fn is not None:
-                yy = None
-            rows, rho, losses = self._engine_rows(x, yy, y)
+            rows, rho, losses = self._engine_rows(x, y)
             system.add_rows(rows, rho)
             total += float(losses.double().sum())
         system.reduce(self._comm)  # data-parallel: A, g and the loss summed over the ranks (marquardt.parallel)
@@ -365,19 +362,15 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._state["forward_passes"] += 1
         return system, (total * alpha if math.isfinite(total) else math.inf)
 
-    def _engine_rows(self, x, y_for_curvature, y_raw):
-        engine = self._engine
-        if isinstance(engine, FullJacobian):
-            # residual mode: the residual callable is applied inside the functional outputs
-            if self.residual_fn is not None:
-                fn = self._functional_outputs
-                return FullJacobian(lambda p, xx, _y: fn(p, xx, y_raw), self.layout).rows(x, None, self.curvature)
-            return engine.rows(x, y_for_curvature, self.curvature)
+    def _engine_rows(self, x, y):
+        if isinstance(self._engine, FullJacobian):
+            # in residual mode the callable (inside _functional_outputs) gets y; the residuals are the outputs
+            return self._engine.rows(x, y, self.curvature, residual_mode=self.residual_fn is not None)
         try:
-            return engine.rows(x, y_for_curvature, self.curvature)
-        except NotApplicable:
+            return self._engine.rows(x, y, self.curvature)
+        except NotApplicable:  # e.g. a layer called twice in one forward pass
             self._engine = FunctorchJacobian(self.model, self.layout)
-            return self._engine.rows(x, y_for_curvature, self.curvature)
+            return self._engine.rows(x, y, self.curvature)
 
     def _iterate(self, inputs, targets, theta0, noise) -> StepResult:
         s = self.settings
