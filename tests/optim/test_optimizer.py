@@ -310,3 +310,23 @@ def test_is_a_torch_optimizer():
     assert opt.param_groups[0]["lam_init"] == 0.5
     with pytest.raises(ValueError, match="one param group"):
         opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
+
+
+def test_lambda_floor_applies_to_changing_batches_only():
+    x, y = sine_data(400)
+    full = LevenbergMarquardt(sine_mlp(8), "mse")
+    lams_full = [full.step(x, y).lam for _ in range(12)]
+    assert min(lams_full) < 0.1 and not full.state_dict()["state"][0]["minibatch"]
+    mini = LevenbergMarquardt(sine_mlp(8), "mse")
+    g = torch.Generator().manual_seed(0)
+    lams = []
+    for _ in range(12):
+        idx = torch.randperm(400, generator=g)[:100]
+        lams.append(mini.step(x[idx], y[idx]).lam)
+    assert mini.state_dict()["state"][0]["minibatch"]
+    assert min(lams[1:]) >= 1.0  # from the second batch on, the floor lam_min_minibatch = 1 holds
+    off = LevenbergMarquardt(sine_mlp(8), "mse", lam_min_minibatch=None)
+    for _ in range(12):
+        idx = torch.randperm(400, generator=g)[:100]
+        info = off.step(x[idx], y[idx])
+    assert info.lam < 1.0

@@ -116,6 +116,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._output_shapes: dict[tuple, tuple[int, tuple[int, ...]]] = {}
         self._block_cache: list[torch.Tensor] | None = None
         self._comm = Communicator(settings["distributed"])
+        self._last_batch: tuple | None = None
         self._checked_ranks = False
 
     # ----------------------------------------------------------------------------------------- setup
@@ -372,9 +373,31 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             self._engine = FunctorchJacobian(self.model, self.layout)
             return self._engine.rows(x, y, self.curvature)
 
+    def _note_batch(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
+        """Records whether this step's batch differs from the previous one (mini-batch training).
+
+        The fingerprint is the shapes and 64 evenly spaced entries of inputs and targets: a full batch passed
+        again (full-batch training, curve fitting) matches it, a new batch almost surely does not (storage
+        addresses are no use: the allocator hands a new batch the freed memory of the last one). The flag lives
+        in the state, so a resumed run keeps the checkpoint's value until it has seen two batches.
+        """
+
+        def sample(t: torch.Tensor | None) -> tuple:
+            if t is None or t.numel() == 0:
+                return ()
+            flat = t.detach().reshape(-1)
+            index = torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()
+            return (tuple(t.shape), *flat[index].double().tolist())
+
+        fingerprint = sample(inputs) + sample(targets)
+        if self._last_batch is not None:
+            self._state["minibatch"] = fingerprint != self._last_batch
+        self._last_batch = fingerprint
+
     def _iterate(self, inputs, targets, theta0, noise) -> StepResult:
         s = self.settings
         state = self._state
+        self._note_batch(inputs, targets)
         self._forward_passes = 0
         n_local, per_sample = self._probe(inputs, targets, noise)
         if self._comm.active and not self._checked_ranks:
@@ -404,16 +427,20 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             return self._finish(result, theta0, accepted_step=None)
 
         d_saved = state["d"].clone()
+        lam, nu = state["lam"], state["nu"]
         d64 = update_damping(s["damping"], state["d"], system, s["d_floor"])
         d = d64.to(system.dtype)
         system.set_damping(d)
-        rule = LambdaRule(s["lambda_rule"], s["lambda_up"], s["lambda_down"], s["lam_min"], s["lam_max"],
+        lam_min = s["lam_min"]
+        if state.get("minibatch", False) and s["lam_min_minibatch"] is not None:
+            lam_min = max(lam_min, s["lam_min_minibatch"])
+            lam = max(lam, lam_min)
+        rule = LambdaRule(s["lambda_rule"], s["lambda_up"], s["lambda_down"], lam_min, s["lam_max"],
                           s["lam_skip_outside"])
         lmam = None
         if s["momentum"] is not None:
             lmam = LMAM(s["momentum"], s["delta_p_mode"], s["delta_p"], s["kappa"], s["xi"],
                         paper_code_factor2=s["paper_code_factor2"])
-        lam, nu = state["lam"], state["nu"]
         s_prev = state["s_prev"]
         s_prev_c = s_prev.to(system.g.dtype) if s_prev is not None else None
         eta = s["step_multiplier"]

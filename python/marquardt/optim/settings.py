@@ -24,6 +24,11 @@ DEFAULTS: dict[str, Any] = {
     "lambda_down": 3.0,
     "lam_min": 1e-10,
     "lam_max": 1e10,
+    # A floor for λ while the batches change from step to step (mini-batch training; detected by the optimizer,
+    # see LevenbergMarquardt._note_batch). Without it λ falls to ~1e-3 on MNIST and every step over-fits its
+    # own batch: on a validation split (train[50000:], paper CNN, ggn, 80 iterations of 600) the accuracy was
+    # 88.4% with no floor, 96.3% with 0.1, 97.8% with 1.0 and 97.3% with 10 (BENCHMARKS.md). None disables it.
+    "lam_min_minibatch": 1.0,
     "lam_skip_outside": False,
     "max_attempts": 10,
     "step_multiplier": 1.0,
@@ -68,6 +73,7 @@ PAPER: dict[str, Any] = {
     "lam_min": 1e-5,
     "lam_max": 1e5,
     "lam_skip_outside": True,
+    "lam_min_minibatch": None,
     "revert_d_on_reject": True,
     "max_attempts": 1,
     "momentum": "lmam",
@@ -91,6 +97,7 @@ VANILLA: dict[str, Any] = {
     "line_search": None,
     "uphill": False,
     "max_attempts": 1,
+    "lam_min_minibatch": None,
 }
 
 PRESETS = {"default": {}, "paper": PAPER, "vanilla": VANILLA}
@@ -146,5 +153,7 @@ def validate(s: dict[str, Any]) -> None:
             raise ValueError(f"Invalid {name}: {s[name]!r} (expected one of {allowed})")
     if s["uphill_max_ratio"] is not None and not s["uphill_max_ratio"] >= 1:
         raise ValueError(f"Invalid uphill_max_ratio: {s['uphill_max_ratio']!r} (expected None or >= 1)")
+    if s["lam_min_minibatch"] is not None and not (0 < s["lam_min_minibatch"] < s["lam_max"]):
+        raise ValueError(f"Invalid lam_min_minibatch: {s['lam_min_minibatch']!r} (expected None or in (0, lam_max))")
     if s["lam_min"] >= s["lam_max"]:
         raise ValueError(f"Invalid lambda bounds: lam_min={s['lam_min']} must be < lam_max={s['lam_max']}")
