@@ -85,6 +85,7 @@ def epoch(rank: int, world: int, port: int, curvature: str, out_path: str) -> No
     if rank == 0:
         Path(out_path).write_text(json.dumps({"seconds": seconds, "accuracy": accuracy}))
     if world > 1:
+        dist.barrier()  # nobody tears the group down while a peer still finishes its last collective
         dist.destroy_process_group()
 
 

@@ -8,6 +8,8 @@ no broadcast of the step; with n up to a few thousand the factorisation is cheap
 
 Failure behaviour: a rank that raises stops taking part in the collectives, and the others wait in their next
 all-reduce until the process group's timeout (``init_process_group(timeout=...)``) expires and raises there.
+Shutting down: call ``dist.barrier()`` before ``destroy_process_group()``; with gloo a rank that leaves while
+a peer still finishes the last all-reduce can make that peer abort (seen once in the 2-process tests).
 """
 
 from __future__ import annotations

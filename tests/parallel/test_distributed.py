@@ -49,6 +49,7 @@ def worker(rank, world, port, options, out_path):
         theta, reasons = train(model(), x[shard], y[shard], options)
         torch.save((theta, reasons), f"{out_path}.{rank}")
     finally:
+        dist.barrier()  # nobody tears the group down while a peer still finishes its last collective
         dist.destroy_process_group()
 
 
@@ -89,6 +90,7 @@ def mismatched_worker(rank, world, port, out_path):
             message = str(exc)
         torch.save(message, f"{out_path}.{rank}")
     finally:
+        dist.barrier()  # nobody tears the group down while a peer still finishes its last collective
         dist.destroy_process_group()
 
 
