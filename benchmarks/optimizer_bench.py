@@ -138,7 +138,7 @@ def memory(rows_list=(20000, 100000), width=64, budgets=(256 * 2**20, 512 * 2**2
 def mnist_per_iteration(batch=600, repeats=3, with_tlm=True) -> list[dict]:
     """One LM iteration of the paper's CNN (2202 params) on a real MNIST batch: ours (ggn, ef) vs the rest."""
     from benchmarks.paper.mnist_data import load
-    from tests.optim.test_optimizer import paper_cnn
+    from benchmarks.paper.models import paper_cnn
 
     x, y = load("train")
     x, y = x[:batch], y[:batch]

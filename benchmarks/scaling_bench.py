@@ -30,7 +30,7 @@ import resource, sys, torch
 sys.path.insert(0, {root!r})
 import marquardt
 from benchmarks.paper.mnist_data import load
-from tests.optim.test_optimizer import paper_cnn
+from benchmarks.paper.models import paper_cnn
 torch.set_num_threads(2)
 x, y = load("train")
 x, y = x[:{samples}], y[:{samples}]
@@ -63,7 +63,7 @@ def epoch(rank: int, world: int, port: int, curvature: str, out_path: str) -> No
 
     import marquardt
     from benchmarks.paper.mnist_data import load
-    from tests.optim.test_optimizer import paper_cnn
+    from benchmarks.paper.models import paper_cnn
 
     torch.set_num_threads(1)
     if world > 1:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import marquardt  # noqa: E402
 from benchmarks.paper.mnist_data import load  # noqa: E402
-from tests.optim.test_optimizer import paper_cnn  # noqa: E402
+from benchmarks.paper.models import paper_cnn  # noqa: E402
 
 
 def main(argv=None) -> int:

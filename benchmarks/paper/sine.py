@@ -1,8 +1,11 @@
 """Noisy-sine regression (the paper's §3.2 / Fig. 1 task): LM against L-BFGS, Hessian-free, K-FAC, Adam and SGD.
 
-    python benchmarks/paper/sine.py                 # 1-20-20-1 MLP, 1000 points, table + figure
-    python benchmarks/paper/sine.py --quick         # fewer iterations (used by the README demo)
-    python benchmarks/paper/sine.py --width 64      # the wider 1-64-64-1 variant
+    python benchmarks/paper/sine.py                          # 1-20-20-1 MLP, 1000 points, table + figure
+    python benchmarks/paper/sine.py --quick                  # fewer iterations (used by the README demo)
+    python benchmarks/paper/sine.py --width 64               # the wider 1-64-64-1 variant
+    python benchmarks/paper/sine.py --width 10 --depth 1 --seeds 0 1 2 3 4   # the authors' 1-10-1 MLP: Figures
+        1a (vanilla vs improved LM), 1b (all optimizers, time-matched and iteration-matched) and 3 (fitted
+        curves), medians over the seeds, written to results/sine/sine_<arch>_seeds.json for report.py
 
 Data: the authors' generator, x = linspace(−10, 10, N), y = sin x + 0.2·U[0, 1) (noise variance 0.2²/12 ≈ 3.3e-3,
 the floor of the training MSE). Each optimizer runs from the same initial weights; times are CPU seconds on one
@@ -56,6 +59,10 @@ class Run:
     seconds_to_floor: float | None = None
     iterations_to_floor: int | None = None
     curve: list[tuple[float, float]] = field(default_factory=list)  # (cpu seconds, mse)
+    prediction: list[float] = field(default_factory=list)  # the fitted curve on GRID (Figure 3)
+
+
+GRID = torch.linspace(-10, 10, 200).unsqueeze(1)
 
 
 def mse_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -81,6 +88,8 @@ def train(
         run.iterations, run.seconds, run.final_mse = it, clock, mse
         if clock >= max_seconds or (stop_at_floor and run.seconds_to_floor is not None):
             break
+    with torch.no_grad():
+        run.prediction = model(GRID).reshape(-1).tolist()
     return run
 
 
@@ -138,20 +147,31 @@ def kfac_runner(model, x, y, lr=0.05):
     return lambda: opt.step(x, y)
 
 
-def compare(width: int, n: int, lm_iters: int, seed: int, include_vanilla: bool = True) -> list[Run]:
+BASELINES = (("L-BFGS", lbfgs_runner), ("Hessian-free", hf_runner), ("K-FAC", kfac_runner), ("Adam", adam_runner),
+             ("SGD", sgd_runner))
+
+
+def compare(
+    width: int, n: int, lm_iters: int, seed: int, include_vanilla: bool = True, depth: int = 2,
+    time_factor: float = 3.0, protocol: str = "time",
+) -> list[Run]:
+    """LM for ``lm_iters`` iterations, then every other optimizer from the same initial weights, given either
+    ``time_factor`` × LM's CPU time (``protocol="time"``; the paper allows "the same time") or LM's number of
+    iterations (``protocol="iterations"``; one L-BFGS iteration is one ``step``, up to 20 inner iterations)."""
     x, y = sine_data(n, seed)
     runs = []
-    lm = mlp(width, seed=seed)
+    lm = mlp(width, depth, seed=seed)
     runs.append(train("LM (marquardt)", lm, lm_runner(lm, x, y), x, y, lm_iters, 1e9))
-    budget = max(runs[0].seconds, 1e-3) * 3  # the others get three times LM's wall time
+    if protocol == "time":
+        max_iters, budget = 10**6, max(runs[0].seconds, 1e-3) * time_factor
+    else:
+        max_iters, budget = lm_iters, 1e9
     if include_vanilla:
-        m = mlp(width, seed=seed)
+        m = mlp(width, depth, seed=seed)
         runs.append(train("vanilla LM", m, lm_runner(m, x, y, preset="vanilla"), x, y, lm_iters, budget))
-    baselines = (("L-BFGS", lbfgs_runner), ("Hessian-free", hf_runner), ("K-FAC", kfac_runner), ("Adam", adam_runner),
-                 ("SGD", sgd_runner))
-    for name, factory in baselines:
-        m = mlp(width, seed=seed)
-        runs.append(train(name, m, factory(m, x, y), x, y, 10**6, budget))
+    for name, factory in BASELINES:
+        m = mlp(width, depth, seed=seed)
+        runs.append(train(name, m, factory(m, x, y), x, y, max_iters, budget))
     return runs
 
 
@@ -187,21 +207,101 @@ def plot(runs: list[Run], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_seeds(per_seed: dict[str, dict[str, list[Run]]], x, y, path: Path, title: str) -> None:
+    """Figures 1a, 1b (time- and iteration-matched) and 3 in one image; curves are medians over seeds."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def median_curve(runs: list[Run]) -> list[float]:
+        length = min(len(r.curve) for r in runs)
+        return [statistics.median(r.curve[i][1] for r in runs) for i in range(length)]
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    timed, iterated = per_seed["time"], per_seed["iterations"]
+    for name in ("LM (marquardt)", "vanilla LM"):
+        axes[0].semilogy(range(1, len(median_curve(iterated[name])) + 1), median_curve(iterated[name]), label=name)
+    axes[0].set(title="Fig. 1a: vanilla vs improved LM", xlabel="iteration", ylabel="training MSE (median)")
+    for name, runs in timed.items():
+        seconds = [statistics.median(r.curve[i][0] for r in runs) for i in range(min(len(r.curve) for r in runs))]
+        axes[1].loglog([max(t, 1e-4) for t in seconds], median_curve(runs), label=name)
+    axes[1].set(title="Fig. 1b: time-matched", xlabel="CPU seconds (1 thread)", ylabel="training MSE (median)")
+    for name, runs in iterated.items():
+        axes[2].semilogy(range(1, len(median_curve(runs)) + 1), median_curve(runs), label=name)
+    axes[2].set(title="Fig. 1b: iteration-matched", xlabel="iteration", ylabel="training MSE (median)")
+    for ax in axes[:3]:
+        ax.axhline(NOISE_VARIANCE, color="k", ls=":", lw=0.8)
+    axes[2].legend(fontsize=7)
+    axes[3].scatter(x.reshape(-1), y.reshape(-1), s=2, color="0.7", label="data (seed 0)")
+    for name, runs in iterated.items():
+        axes[3].plot(GRID.reshape(-1), runs[0].prediction, label=name, lw=1)
+    axes[3].set(title="Fig. 3: fitted curves (seed 0, iteration-matched)", xlabel="x", ylabel="y")
+    axes[3].legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def multi_seed(args, title: str, arch: str) -> int:
+    per_seed: dict[str, dict[str, list[Run]]] = {"time": {}, "iterations": {}}
+    for seed in args.seeds:
+        for protocol in per_seed:
+            for run in compare(args.width, args.points, args.iterations, seed, depth=args.depth,
+                               time_factor=args.time_factor, protocol=protocol):
+                per_seed[protocol].setdefault(run.name, []).append(run)
+        print(f"seed {seed} done", flush=True)
+    for protocol, runs in per_seed.items():
+        medians = [Run(name, iterations=int(_median([r.iterations for r in rs])), seconds=_median([r.seconds for r in rs]),
+                       final_mse=_median([r.final_mse for r in rs]), best_mse=_median([r.best_mse for r in rs]))
+                   for name, rs in runs.items()]
+        print_table(medians, f"{title}, {protocol}-matched, medians of {len(args.seeds)} seeds")
+    figure = args.out / f"sine_{arch}_seeds.png"
+    plot_seeds(per_seed, *sine_data(args.points, args.seeds[0]), figure, title)
+    protocol = f"time-matched ({args.time_factor:g}x LM's CPU time)"
+    record = {"title": title, "seeds": args.seeds, "lm_iterations": args.iterations, "protocol": protocol,
+              "noise_variance": NOISE_VARIANCE, "figure": figure.as_posix(),
+              "runs": {name: [asdict(r) for r in rs] for name, rs in per_seed["time"].items()},
+              "iteration_matched": {name: [asdict(r) for r in rs] for name, rs in per_seed["iterations"].items()}}
+    (args.out / f"sine_{arch}_seeds.json").write_text(json.dumps(record))
+    print(f"figure: {figure}")
+    return 0
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=int, default=20)
+    p.add_argument("--depth", type=int, default=2, help="hidden layers (the authors' MLP: --width 10 --depth 1)")
     p.add_argument("--points", type=int, default=1000)
     p.add_argument("--iterations", type=int, default=100, help="LM iterations (the others are time-matched)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds: Figures 1a, 1b and 3")
+    p.add_argument("--time-factor", type=float, default=None,
+                   help="the others get this many times LM's CPU time (default 3; 1 with --seeds, as the paper)")
     p.add_argument("--quick", action="store_true", help="50 LM iterations")
     p.add_argument("--out", type=Path, default=Path("results/sine"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    iters = 50 if args.quick else args.iterations
-    title = f"noisy sine, 1-{args.width}-{args.width}-1 ELU MLP, {args.points} points"
-    runs = compare(args.width, args.points, iters, args.seed)
-    print_table(runs, title)
+    args.iterations = 50 if args.quick else args.iterations
+    arch = "-".join(["1"] + [str(args.width)] * args.depth + ["1"])
+    title = f"noisy sine, {arch} ELU MLP, {args.points} points"
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.seeds:
+        args.time_factor = 1.0 if args.time_factor is None else args.time_factor
+        return multi_seed(args, title, arch)
+    runs = compare(args.width, args.points, args.iterations, args.seed, depth=args.depth,
+                   time_factor=3.0 if args.time_factor is None else args.time_factor)
+    print_table(runs, title)
     figure = args.out / f"sine_w{args.width}.png"
     plot(runs, figure, title)
     (args.out / f"sine_w{args.width}.json").write_text(json.dumps([asdict(r) for r in runs]))

@@ -330,3 +330,56 @@ def test_lambda_floor_applies_to_changing_batches_only():
         idx = torch.randperm(400, generator=g)[:100]
         info = off.step(x[idx], y[idx])
     assert info.lam < 1.0
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual"])
+def test_subsampled_curvature_step_follows_its_formula(solver):
+    """curvature_samples=m: δ = −(A_m + λ diag d)⁻¹ g with A_m = (1/m) Σ_{i<m} JᵢᵀJᵢ and g the full-batch gradient."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    y = torch.randn(10, 2, dtype=torch.float64)
+    m = 4
+    opt = marquardt.LevenbergMarquardt(model, "mse", curvature_samples=m, solver=solver, momentum=None,
+                                       line_search=None, lam_init=0.5)
+    theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def out(flat, xx):
+        split = dict(zip(params, torch.split(flat, [v.numel() for v in params.values()])))
+        return torch.func.functional_call(model, {k: split[k].view_as(params[k]) for k in params}, (xx,))
+
+    J = torch.func.jacrev(lambda t: out(t, x[:m]))(theta0).reshape(m * 2, -1)
+    A = J.T @ J / m
+    g = torch.func.grad(lambda t: 0.5 * (out(t, x) - y).pow(2).sum(dim=1).mean())(theta0)
+    d = torch.maximum(torch.full_like(theta0, 0.01), A.diagonal())
+    expected = -torch.linalg.solve(A + 0.5 * torch.diag(d), g)
+    info = opt.step(x, y)
+    assert info.accepted and info.form == solver
+    theta1 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(theta1 - theta0, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_subsampled_curvature_with_all_samples_is_the_plain_step():
+    torch.manual_seed(4)
+    results = []
+    for m in (None, 64, 1000):
+        model = paper_cnn(0)
+        opt = marquardt.LevenbergMarquardt(model, "cross_entropy", curvature_samples=m)
+        torch.manual_seed(5)
+        x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+        torch.manual_seed(6)  # the same RReLU draw for every run
+        info = opt.step(x, y)
+        results.append((info.loss_after, torch.cat([p.detach().reshape(-1) for p in model.parameters()])))
+    for loss, theta in results[1:]:
+        assert loss == results[0][0]
+        torch.testing.assert_close(theta, results[0][1], rtol=0, atol=0)
+
+
+def test_subsampled_curvature_with_rrelu_reduces_the_loss():
+    torch.manual_seed(7)
+    model = paper_cnn(1)
+    opt = marquardt.LevenbergMarquardt(model, "cross_entropy", curvature_samples=16)
+    x, y = torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,))
+    losses = [opt.step(x, y).loss_after for _ in range(4)]
+    assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)

@@ -69,3 +69,28 @@ def test_kept_factor_gives_the_same_solves(system_cls, m, n):
         results.append((step, second))
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("m,n", [(4, 25), (1, 3), (12, 40)])
+def test_external_gradient_dual_equals_primal(m, n):
+    """Subsampled curvature: g does not come from the rows, so the dual form needs the general Woodbury solve."""
+    torch.manual_seed(10 + m)
+    J = torch.randn(m, n, dtype=torch.float64)
+    g = torch.randn(n, dtype=torch.float64)  # not in the row space of J
+    d = torch.rand(n, dtype=torch.float64) + 0.1
+    alpha = 0.25
+    systems = []
+    for cls in (PrimalSystem, DualSystem):
+        system = cls(n, alpha, torch.float64, torch.device("cpu"))
+        system.add_rows(J, torch.randn(m, dtype=torch.float64))
+        system.finalize()
+        system.set_gradient(g)
+        system.set_damping(d)
+        systems.append(system)
+    for lam in (0.05, 1.0, 30.0):
+        expected = -torch.linalg.solve(alpha * J.T @ J + lam * torch.diag(d), g)
+        for system in systems:
+            for keep in (False, True):
+                x, ok = system.lm_step(lam, keep_factor=keep)
+                assert ok
+                torch.testing.assert_close(x, expected, rtol=1e-8, atol=1e-10)

@@ -108,6 +108,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             self.curvature: Curvature = GaussNewtonMSE()
         else:
             self.curvature = make_curvature(loss, settings["curvature"])
+        if settings["curvature_samples"] is not None and (self.residual_fn is not None or settings["geodesic"]):
+            raise ValueError("curvature_samples: subsampled curvature needs loss='mse' or 'cross_entropy' and "
+                             "geodesic=False")
         if settings["geodesic"] and not self.curvature.supports_geodesic:
             raise ValueError("geodesic: acceleration has no meaning for the empirical Fisher (curvature='ef')")
         self.preset = preset
@@ -363,6 +366,26 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._state["forward_passes"] += 1
         return system, (total * alpha if math.isfinite(total) else math.inf)
 
+    def _gradient(self, batch, noise: NoiseReplay, alpha: float) -> tuple[torch.Tensor, float]:
+        """The loss's gradient g = α Σ ∇ℓᵢ and the loss α Σ ℓᵢ on the whole batch (one backward pass per chunk)."""
+        noise.replay()
+        g = torch.zeros(self.layout.numel, dtype=self.layout.dtype, device=self.layout.device)
+        total = 0.0
+        for x, y in batch:
+            with torch.enable_grad():
+                losses = self.curvature.per_sample_loss(self._outputs(x, y), y)
+                grads = torch.autograd.grad(losses.sum(), self.layout.params, allow_unused=True)
+            for i, grad in enumerate(grads):
+                if grad is not None:
+                    g[self.layout.slice_of(i)] += grad.reshape(-1)
+            total += float(losses.detach().double().sum())
+        self._comm.sum_(g)
+        total = self._comm.sum_float(total, self.layout.device)
+        noise.mark_first_evaluation_done()
+        self._forward_passes += 1
+        self._state["forward_passes"] += 1
+        return g * alpha, (total * alpha if math.isfinite(total) else math.inf)
+
     def _engine_rows(self, x, y):
         if isinstance(self._engine, FullJacobian):
             # in residual mode the callable (inside _functional_outputs) gets y; the residuals are the outputs
@@ -406,10 +429,25 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         n_samples = int(round(self._comm.sum_float(float(n_local), self.layout.device)))  # over all ranks
         alpha = 1.0 / n_samples if s["loss_scale"] == "mean" else 1.0
         rows_per_sample = 1 if self.curvature.name == "ef" else per_sample
-        plan = self._plan(n_samples, per_sample, rows_per_sample * n_samples)
+        # Subsampled curvature (ALGORITHM.md §9 item 6): A from the first m samples of the batch, g and every
+        # loss from all of it.
+        m_local = n_local if s["curvature_samples"] is None else min(n_local, s["curvature_samples"])
+        subsampled = self._comm.sum_float(float(n_local - m_local), self.layout.device) > 0
+        m_total = int(round(self._comm.sum_float(float(m_local), self.layout.device))) if subsampled else n_samples
+        plan = self._plan(m_total, per_sample, rows_per_sample * m_total)
         chunk = min(plan["chunk"], inputs.shape[0]) if self.residual_fn is None else inputs.shape[0]
-        batch = list(self._chunks(inputs, targets, chunk))
-        system, c0 = self._build_system(batch, plan, noise, alpha)
+        if subsampled:
+            # The curvature samples form the first chunks, so that replaying the noise gives them the same draw
+            # in the curvature pass as in the gradient pass and in every trial evaluation.
+            curvature_batch = list(self._chunks(inputs[:m_local], targets[:m_local], chunk))
+            batch = curvature_batch + list(self._chunks(inputs[m_local:], targets[m_local:], chunk))
+            g_full, c0 = self._gradient(batch, noise, alpha)
+            alpha_curvature = 1.0 / m_total if s["loss_scale"] == "mean" else n_samples / m_total
+            system, _ = self._build_system(curvature_batch, plan, noise, alpha_curvature)
+            system.set_gradient(g_full)
+        else:
+            batch = list(self._chunks(inputs, targets, chunk))
+            system, c0 = self._build_system(batch, plan, noise, alpha)
         g = system.g
         grad_inf = float(g.abs().max())
         theta_norm = float(theta0.double().norm())

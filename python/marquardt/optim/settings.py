@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     # 88.4% with no floor, 96.3% with 0.1, 97.8% with 1.0 and 97.3% with 10 (BENCHMARKS.md). None disables it.
     "lam_min_minibatch": 1.0,
     "lam_skip_outside": False,
+    # Subsampled curvature: A from the first curvature_samples samples of each batch, the gradient and every
+    # loss from the whole batch (ALGORITHM.md §9 item 6; HF does the same). None = the whole batch.
+    "curvature_samples": None,
     "max_attempts": 10,
     "step_multiplier": 1.0,
     "momentum": "lmam",
@@ -155,5 +158,8 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(f"Invalid uphill_max_ratio: {s['uphill_max_ratio']!r} (expected None or >= 1)")
     if s["lam_min_minibatch"] is not None and not (0 < s["lam_min_minibatch"] < s["lam_max"]):
         raise ValueError(f"Invalid lam_min_minibatch: {s['lam_min_minibatch']!r} (expected None or in (0, lam_max))")
+    m = s["curvature_samples"]
+    if m is not None and not (isinstance(m, int) and not isinstance(m, bool) and m >= 1):
+        raise ValueError(f"Invalid curvature_samples value: {m!r} (expected None or an int >= 1)")
     if s["lam_min"] >= s["lam_max"]:
         raise ValueError(f"Invalid lambda bounds: lam_min={s['lam_min']} must be < lam_max={s['lam_max']}")

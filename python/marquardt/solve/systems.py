@@ -9,6 +9,10 @@
       δ = −diag(d)⁻¹ 𝒥ᵀ (K + λ/α · I)⁻¹ ρ,
 
   which equals the primal step exactly, max-diagonal damping included (α = 1/N for the mean loss).
+
+Both accept a gradient from elsewhere (:meth:`set_gradient`): subsampled curvature (ALGORITHM.md §9 item 6)
+builds A from a part of the batch and takes g from all of it. The dual form then needs the general Woodbury
+identity, (A + λD)⁻¹ v = λ⁻¹ [D⁻¹v − D⁻¹𝒥ᵀ (K + λ/α · I)⁻¹ 𝒥 D⁻¹ v], because g is no longer α 𝒥ᵀρ.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ class PrimalSystem:
 
     def diagonal(self) -> torch.Tensor:
         return self.A.diagonal()
+
+    def set_gradient(self, g: torch.Tensor) -> None:
+        """Replaces g = α 𝒥ᵀρ with a gradient computed elsewhere (subsampled curvature)."""
+        self.g = g.to(self.dtype)
 
     def update_max_diagonal(self, d: torch.Tensor, floor: float) -> torch.Tensor:
         if d.dtype == self.A.dtype:
@@ -127,6 +135,7 @@ class DualSystem:
         self.K: torch.Tensor | None = None
         self.d: torch.Tensor | None = None
         self._factor: tuple[float, torch.Tensor] | None = None  # (λ, U) of K + λ/α I
+        self._external_gradient = False  # g does not come from these rows (see set_gradient)
 
     def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
         self._rows.append(rows.to(self.acc_dtype))
@@ -143,6 +152,11 @@ class DualSystem:
         self._rows, self._rho = [], []
         self.g = self.alpha * (self.J.T @ self.rho.to(self.acc_dtype)).to(self.dtype)
 
+    def set_gradient(self, g: torch.Tensor) -> None:
+        """Replaces g = α 𝒥ᵀρ with a gradient computed elsewhere; steps then use the general Woodbury solve."""
+        self.g = g.to(self.dtype)
+        self._external_gradient = True
+
     def diagonal(self) -> torch.Tensor:
         return (self.alpha * (self.J * self.J).sum(dim=0)).to(self.dtype)  # column squared norms
 
@@ -158,17 +172,29 @@ class DualSystem:
         ops.jtj_accumulate_(K, scaled.T)  # K = (𝒥 D^-1/2)(𝒥 D^-1/2)ᵀ, symmetric half only
         self.K = K.to(self.dtype)
 
+    def _solve_gram(self, lam: float, v: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(K + λ/α · I)⁻¹ v in row space, reusing a factor kept for this λ."""
+        assert self.K is not None
+        if self._factor is not None and self._factor[0] == lam:
+            y = torch.cholesky_solve(v.unsqueeze(1), self._factor[1], upper=True).squeeze(1)
+            return y, True
+        ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
+        y, info = ops.damped_cholesky_solve(self.K, ones, lam / self.alpha, v)
+        return y, int(info) == 0
+
     def solve_rows(self, lam: float, rho_like: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """x = (A + λ diag d)⁻¹ α 𝒥ᵀ ρ_like, through the m × m system (reusing a kept factor at this λ)."""
         assert self.K is not None and self.d is not None
-        if self._factor is not None and self._factor[0] == lam:
-            y = torch.cholesky_solve(rho_like.unsqueeze(1), self._factor[1], upper=True).squeeze(1)
-            ok = True
-        else:
-            ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
-            y, info = ops.damped_cholesky_solve(self.K, ones, lam / self.alpha, rho_like)
-            ok = int(info) == 0
+        y, ok = self._solve_gram(lam, rho_like)
         x = (self.J.T @ y.to(self.acc_dtype)).to(self.dtype) / self.d
+        return x, ok and bool(torch.isfinite(x).all())
+
+    def solve(self, lam: float, rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """x = (A + λ diag d)⁻¹ rhs for any rhs ∈ ℝⁿ (the general Woodbury identity of the module docstring)."""
+        assert self.K is not None and self.d is not None
+        scaled = rhs.to(self.dtype) / self.d  # D⁻¹ v
+        y, ok = self._solve_gram(lam, (self.J @ scaled.to(self.acc_dtype)).to(self.dtype))
+        x = (scaled - (self.J.T @ y.to(self.acc_dtype)).to(self.dtype) / self.d) / lam
         return x, ok and bool(torch.isfinite(x).all())
 
     def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
@@ -180,6 +206,8 @@ class DualSystem:
             if int(info) != 0:
                 return torch.zeros_like(self.g), False
             self._factor = (lam, U)
+        if self._external_gradient:
+            return self.solve(lam, -self.g)
         x, ok = self.solve_rows(lam, self.rho)
         return -x, ok
 

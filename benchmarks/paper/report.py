@@ -1,0 +1,201 @@
+"""Aggregates the experiment JSONs into tables (median and IQR over seeds), figures and RESULTS.md.
+
+    python benchmarks/paper/report.py [--mnist results/mnist] [--sine results/sine] [--output RESULTS.md]
+
+Reads what ``mnist.py`` and ``sine.py --seeds ...`` wrote; an experiment that has not been run is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+TARGET = 0.90
+#: The paper's Table 1 (ALGORITHM.md §7.1): time to 90% (s, GPU), "epochs" (= iterations) to 90%, converged,
+#: accuracy after "100 epochs" (= 100 iterations).
+PAPER_TABLE1 = {
+    "LM": (0.9, 4, "yes", 0.975), "K-FAC": (3.0, 26, "yes", 0.96), "Hessian-free": (4.7, 11, "no", 0.94),
+    "L-BFGS": (5.6, 17, "yes", 0.91), "Adam": (0.1, 13, "yes", 0.965), "SGD": (0.1, 26, "yes", 0.96),
+}
+#: The paper's Figure 1b plateaus of the sine training loss (§7.1).
+PAPER_FIGURE1 = {"LM (marquardt)": 0.001, "L-BFGS": 0.25, "Hessian-free": 0.25, "K-FAC": 0.5, "Adam": 0.5, "SGD": 0.5}
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(median, lower quartile, upper quartile); inf values count as larger than any finite one."""
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0], v[0], v[0]
+
+    def at(q: float) -> float:
+        pos = q * (len(v) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        if math.isinf(v[lo]) or math.isinf(v[hi]):
+            return v[hi] if pos - lo > 0 else v[lo]
+        return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+    return at(0.5), at(0.25), at(0.75)
+
+
+def fmt(values: list[float], spec: str = ".3f", scale: float = 1.0) -> str:
+    if not values:
+        return "-"
+    med, lo, hi = quartiles([v * scale for v in values])
+    show = lambda x: "never" if math.isinf(x) else format(x, spec)  # noqa: E731
+    return show(med) if len(values) == 1 else f"{show(med)} [{show(lo)}, {show(hi)}]"
+
+
+def load_runs(directory: Path) -> dict[str, list[dict]]:
+    """Optimizer -> its runs (one per seed), LM configurations first, then in the tables' order."""
+    from benchmarks.paper.mnist import TABLE1
+
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(directory.glob("*.json")):
+        run = json.loads(path.read_text())
+        runs.setdefault(run["optimizer"], []).append(run)
+    rank = {name: i for i, name in enumerate(TABLE1)}
+    return dict(sorted(runs.items(), key=lambda kv: (rank.get(kv[0], -1), list(runs).index(kv[0]))))
+
+
+def first_reach(run: dict, target: float = TARGET) -> tuple[float, float]:
+    """(iterations, step seconds) to the first evaluation at or above the target; (inf, inf) if never."""
+    for it, seconds, acc, _ in run["evals"]:
+        if acc >= target:
+            return float(it), float(seconds)
+    return math.inf, math.inf
+
+
+def accuracy_at(run: dict, iteration: int) -> float | None:
+    for it, _, acc, _ in run["evals"]:
+        if it == iteration:
+            return acc
+    return None
+
+
+def mnist_table(runs: dict[str, list[dict]], checkpoint: int = 100) -> list[str]:
+    header = ("| optimizer | seeds | time to 90% (CPU s) | iterations to 90% | epochs to 90% | reached 90% | "
+              f"accuracy after {checkpoint} it | final accuracy (it) |")
+    lines = [header, "|" + "---|" * 8]
+    for name, rs in runs.items():
+        reach = [first_reach(r) for r in rs]
+        epochs = [it * r["batch"] / r["n_train"] for (it, _), r in zip(reach, rs)]
+        at = [a for a in (accuracy_at(r, checkpoint) for r in rs) if a is not None]
+        final = [r["evals"][-1][2] for r in rs if r["evals"]]
+        iters = sorted({r["evals"][-1][0] for r in rs if r["evals"]})
+        lines.append(
+            f"| {name} | {len(rs)} | {fmt([s for _, s in reach], '.2f')} | {fmt([i for i, _ in reach], '.0f')} | "
+            f"{fmt(epochs, '.2f')} | {sum(math.isfinite(i) for i, _ in reach)}/{len(rs)} | "
+            f"{fmt(at, '.4f')} | {fmt(final, '.4f')} ({'/'.join(map(str, iters))}) |"
+        )
+    return lines
+
+
+def paper_table1() -> list[str]:
+    lines = ["| optimizer (paper, GPU) | time to 90% (s) | \"epochs\" (= iterations) to 90% | converged | accuracy after 100 it |",
+             "|---|---:|---:|---|---:|"]
+    for name, (t, it, conv, acc) in PAPER_TABLE1.items():
+        lines.append(f"| {name} | {t} | {it} | {conv} | {acc:.3f} |")
+    return lines
+
+
+def median_curve(rs: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """Iteration -> median over seeds of the test accuracy ('acc') or the mini-batch loss ('loss')."""
+    if key == "loss":
+        length = min(len(r["batch_loss"]) for r in rs)
+        return list(range(1, length + 1)), [statistics.median(r["batch_loss"][i] for r in rs) for i in range(length)]
+    common = set.intersection(*({e[0] for e in r["evals"]} for r in rs))
+    its = sorted(common)
+    table = [{e[0]: e[2] for e in r["evals"]} for r in rs]
+    return its, [statistics.median(t[i] for t in table) for i in its]
+
+
+def plot_mnist(runs: dict[str, list[dict]], path: Path, title: str, log_loss: bool = True) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rs in runs.items():
+        its, loss = median_curve(rs, "loss")
+        ax_loss.plot(its, loss, label=name)
+        its, acc = median_curve(rs, "acc")
+        ax_acc.plot(its, acc, marker=".", label=name)
+    ax_loss.set(xlabel="iteration (mini-batch)", ylabel="mini-batch loss (median over seeds)", title=title)
+    if log_loss:
+        ax_loss.set_yscale("log")
+    ax_acc.set(xlabel="iteration (mini-batch)", ylabel="test accuracy (median over seeds)", ylim=(0.5, 1.0))
+    ax_acc.axhline(TARGET, color="k", ls=":", lw=0.8)
+    ax_acc.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sine_section(directory: Path) -> list[str]:
+    lines = []
+    for path in sorted(directory.glob("sine_*_seeds.json")):
+        data = json.loads(path.read_text())
+        for key, protocol in (("runs", data["protocol"]), ("iteration_matched", "iteration-matched")):
+            lines += [f"### {data['title']}: {len(data['seeds'])} seeds, LM {data['lm_iterations']} iterations, "
+                      f"the others {protocol}", "",
+                      "| optimizer | iterations | final MSE | best MSE | CPU s to the noise floor | reached the floor | "
+                      "paper's plateau |", "|---|---|---|---|---|---|---:|"]
+            for name, rs in data[key].items():
+                floor = [r["seconds_to_floor"] if r["seconds_to_floor"] is not None else math.inf for r in rs]
+                paper = PAPER_FIGURE1.get(name)
+                lines.append(
+                    f"| {name} | {fmt([r['iterations'] for r in rs], '.0f')} | {fmt([r['final_mse'] for r in rs], '.3e')} | "
+                    f"{fmt([r['best_mse'] for r in rs], '.3e')} | {fmt(floor, '.2f')} | "
+                    f"{sum(math.isfinite(f) for f in floor)}/{len(rs)} | {paper if paper is not None else '-'} |")
+            lines.append("")
+        lines += [f"Noise variance {data['noise_variance']:.3e} (the floor of the training MSE; \"reached\" means "
+                  f"≤ 1.1 × that). Figures 1a, 1b and 3: `{data['figure']}`.", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mnist", type=Path, default=Path("results/mnist"))
+    p.add_argument("--sine", type=Path, default=Path("results/sine"))
+    p.add_argument("--output", type=Path, default=Path("RESULTS.md"))
+    args = p.parse_args(argv)
+    out = ["# Results: the paper's experiments, reproduced", "",
+           "Generated by `python benchmarks/paper/report.py` from the JSON runs under `results/`. Every figure is the",
+           "median over seeds with the interquartile range in brackets; times are CPU seconds of the optimizer steps",
+           "on one thread of this machine (evaluation excluded), so they compare optimizers with each other, not",
+           "with the paper's GPU seconds.", ""]
+    sections = [("table1", "MNIST CNN, Table 1 (batch 600, 100 iterations = 1 epoch)", "figure2.png", True),
+                ("swapped", "MNIST CNN, train and test swapped (Figure 4: train on the 10k test images, batch 512, "
+                 "evaluate on the 60k training images)", "figure4.png", True),
+                ("ablation", "MNIST CNN, ablation (Figure 5)", "figure5.png", True),
+                ("epochs", "MNIST CNN, full epochs", "epochs.png", False)]
+    for key, title, figure, _ in sections:
+        directory = args.mnist / key
+        runs = load_runs(directory) if directory.is_dir() else {}
+        if not runs:
+            continue
+        checkpoint = 100 if key != "swapped" else min(len(r["step_seconds"]) for rs in runs.values() for r in rs)
+        out += [f"## {title}", ""] + mnist_table(runs, checkpoint) + [""]
+        if key == "table1":
+            out += ["The paper's Table 1 (its \"epochs\" are iterations, ALGORITHM.md §7.3 A9):", ""] + paper_table1() + [""]
+        plot_mnist(runs, args.mnist / figure, title.split(" (")[0])
+        out += [f"Figure: `{(args.mnist / figure).as_posix()}`", ""]
+    if args.sine.is_dir():
+        sine = sine_section(args.sine)
+        if sine:
+            out += ["## Noisy sine (Figure 1)", ""] + sine
+    args.output.write_text("\n".join(out) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The paper-experiment scripts run end to end at tiny sizes (synthetic IDX files), so they cannot rot."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+
+import pytest
+import torch
+
+from benchmarks.paper import mnist, report
+
+
+def write_idx(path, magic: int, tensor: torch.Tensor) -> None:
+    shape = tuple(tensor.shape)
+    header = struct.pack(">II", magic, shape[0]) + b"".join(struct.pack(">I", s) for s in shape[1:])
+    path.write_bytes(gzip.compress(header + tensor.to(torch.uint8).numpy().tobytes()))
+
+
+@pytest.fixture(scope="module")
+def fake_mnist(tmp_path_factory):
+    """Learnable fake digits: class k lights up row block k of the image."""
+    directory = tmp_path_factory.mktemp("mnist")
+    g = torch.Generator().manual_seed(0)
+    for n, images, labels in ((96, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                              (40, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = torch.randint(0, 60, (n, 28, 28), generator=g)
+        for i, k in enumerate(y.tolist()):
+            x[i, 2 * k + 4 : 2 * k + 6, 4:24] = 255
+        write_idx(directory / images, 0x803, x)
+        write_idx(directory / labels, 0x801, y)
+    return directory
+
+
+def run(fake_mnist, out, *args):
+    return mnist.main([*args, "--data-dir", str(fake_mnist), "--out", str(out), "--no-progress", "--seeds", "0", "1"])
+
+
+def test_table1_runs_every_optimizer_and_reports(fake_mnist, tmp_path):
+    assert run(fake_mnist, tmp_path, "table1", "--iterations", "3", "--eval-every", "2") == 0
+    files = sorted((tmp_path / "table1").glob("*.json"))
+    assert len(files) == 2 * len(mnist.TABLE1)
+    record = json.loads((tmp_path / "table1" / "lm-ggn_seed0.json").read_text())
+    assert record["batch"] == 96 and len(record["step_seconds"]) == 3 and len(record["batch_loss"]) == 3
+    assert record["step_seconds"] == sorted(record["step_seconds"])  # cumulative step time
+    assert all(0.0 <= e[2] <= 1.0 for e in record["evals"])
+    assert math.isfinite(record["batch_loss"][-1])
+    output = tmp_path / "RESULTS.md"
+    assert report.main(["--mnist", str(tmp_path), "--sine", str(tmp_path / "none"), "--output", str(output)]) == 0
+    text = output.read_text()
+    for name in mnist.TABLE1:
+        assert f"| {name} | 2 |" in text
+    assert "The paper's Table 1" in text and (tmp_path / "figure2.png").stat().st_size > 0
+
+
+def test_swapped_ablation_epochs_and_sweep(fake_mnist, tmp_path):
+    assert run(fake_mnist, tmp_path, "swapped", "--iterations", "2", "--optimizers", "LM (ef)", "Adam") == 0
+    swapped = json.loads((tmp_path / "swapped" / "adam_seed0.json").read_text())
+    assert swapped["n_train"] == 40 and swapped["n_eval"] == 96  # the test images train, the training images test
+    assert run(fake_mnist, tmp_path, "ablation", "--iterations", "2") == 0
+    assert len(list((tmp_path / "ablation").glob("*.json"))) == 2 * 2 * len(mnist.optimizers.ABLATION)
+    assert run(fake_mnist, tmp_path, "epochs", "--epochs", "2") == 0
+    epochs = json.loads((tmp_path / "epochs" / "lm-ggn_seed0.json").read_text())
+    assert [e[0] for e in epochs["evals"]] == [1, 2]  # one 96-image batch per epoch of the fake set
+    assert run(fake_mnist, tmp_path, "sweep", "--iterations", "2", "--optimizers", "Adam") == 0
+    best = json.loads((tmp_path / "sweep.json").read_text())["best"]
+    assert best["Adam"] in mnist.optimizers.SWEEPS["Adam"]
+
+
+def test_quartiles_and_first_reach():
+    assert report.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0, 4.0)
+    assert report.quartiles([1.0, math.inf, math.inf]) == (math.inf, math.inf, math.inf)
+    run_record = {"evals": [(1, 0.1, 0.5, 1.0), (2, 0.2, 0.91, 0.5), (3, 0.3, 0.95, 0.4)]}
+    assert report.first_reach(run_record) == (2.0, 0.2)
+    assert report.first_reach(run_record, 0.99) == (math.inf, math.inf)
