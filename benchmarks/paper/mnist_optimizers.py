@@ -26,9 +26,10 @@ Step = Callable[[torch.Tensor, torch.Tensor], float]
 #: Our optimizer's configurations: name -> (preset, options).
 LM_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "LM (ggn)": ("default", {}),
-    # Curvature from 150 of the 600 samples (1500 rows: the dual form), gradient from all 600: chosen on the
-    # validation split (60 samples: 0.11 s/it but ~10 iterations to 90%; 150: 0.22 s/it, 3-4 iterations).
-    "LM (ggn, curvature on 150)": ("default", {"curvature_samples": 150}),
+    # Curvature from a quarter of the batch (150 of 600 samples: 1500 rows, the dual form), gradient from all of
+    # it. On the validation split: 60 samples took 0.11 s/it but ~10 iterations to 90%, 150 took 0.22 s/it and
+    # 3-4 iterations, the whole batch 0.81 s/it and 4 (a quarter also suits the sine task, BENCHMARKS.md).
+    "LM (ggn, curvature on 1/4)": ("default", {"curvature_samples": 0.25}),
     "LM (ef)": ("default", {"curvature": "ef"}),
     "LM paper preset (ef)": ("paper", {"curvature": "ef"}),
 }
@@ -86,7 +87,7 @@ def lbfgs(model: nn.Module, lr: float) -> Step:
             loss.backward()
             return loss
 
-        return float(opt.step(closure))
+        return float(opt.step(closure).detach())
 
     return step
 

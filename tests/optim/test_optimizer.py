@@ -332,16 +332,17 @@ def test_lambda_floor_applies_to_changing_batches_only():
     assert info.lam < 1.0
 
 
-@pytest.mark.parametrize("solver", ["primal", "dual"])
-def test_subsampled_curvature_step_follows_its_formula(solver):
-    """curvature_samples=m: δ = −(A_m + λ diag d)⁻¹ g with A_m = (1/m) Σ_{i<m} JᵢᵀJᵢ and g the full-batch gradient."""
+@pytest.mark.parametrize("solver,setting", [("primal", 4), ("dual", 4), ("dual", 0.4)])
+def test_subsampled_curvature_step_follows_its_formula(solver, setting):
+    """curvature_samples=m: δ = −(A_m + λ diag d)⁻¹ g, A_m = (1/m) Σ_{i∈S} JᵢᵀJᵢ over every (N//m)-th sample S
+    (offset by the step), and g the full-batch gradient."""
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     x = torch.randn(10, 3, dtype=torch.float64)
     y = torch.randn(10, 2, dtype=torch.float64)
     m = 4
-    opt = marquardt.LevenbergMarquardt(model, "mse", curvature_samples=m, solver=solver, momentum=None,
-                                       line_search=None, lam_init=0.5)
+    opt = marquardt.LevenbergMarquardt(model, "mse", curvature_samples=setting, solver=solver, momentum=None,
+                                       line_search=None, lam_init=5.0)
     theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     params = {k: v.detach() for k, v in model.named_parameters()}
 
@@ -349,15 +350,20 @@ def test_subsampled_curvature_step_follows_its_formula(solver):
         split = dict(zip(params, torch.split(flat, [v.numel() for v in params.values()])))
         return torch.func.functional_call(model, {k: split[k].view_as(params[k]) for k in params}, (xx,))
 
-    J = torch.func.jacrev(lambda t: out(t, x[:m]))(theta0).reshape(m * 2, -1)
-    A = J.T @ J / m
-    g = torch.func.grad(lambda t: 0.5 * (out(t, x) - y).pow(2).sum(dim=1).mean())(theta0)
-    d = torch.maximum(torch.full_like(theta0, 0.01), A.diagonal())
-    expected = -torch.linalg.solve(A + 0.5 * torch.diag(d), g)
-    info = opt.step(x, y)
-    assert info.accepted and info.form == solver
-    theta1 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    torch.testing.assert_close(theta1 - theta0, expected, rtol=1e-9, atol=1e-12)
+    d = torch.full_like(theta0, 0.01)
+    lam = 5.0
+    for step, subset in enumerate((slice(0, 8, 2), slice(1, 9, 2))):  # stride 10 // 4 = 2, offset = step % 2
+        theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        J = torch.func.jacrev(lambda t, s=subset: out(t, x[s]))(theta0).reshape(m * 2, -1)
+        A = J.T @ J / m
+        g = torch.func.grad(lambda t: 0.5 * (out(t, x) - y).pow(2).sum(dim=1).mean())(theta0)
+        d = torch.maximum(d, A.diagonal())
+        expected = -torch.linalg.solve(A + lam * torch.diag(d), g)
+        info = opt.step(x, y)
+        assert info.accepted and info.attempts == 1 and info.form == solver, (step, info)
+        lam = info.lam
+        theta1 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        torch.testing.assert_close(theta1 - theta0, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_subsampled_curvature_with_all_samples_is_the_plain_step():
@@ -383,3 +389,16 @@ def test_subsampled_curvature_with_rrelu_reduces_the_loss():
     x, y = torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,))
     losses = [opt.step(x, y).loss_after for _ in range(4)]
     assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 0.0, 1.5, True, "half"])
+def test_curvature_samples_is_validated(bad):
+    with pytest.raises(ValueError, match="curvature_samples"):
+        marquardt.LevenbergMarquardt(nn.Linear(2, 1), "mse", curvature_samples=bad)
+
+
+def test_curvature_samples_needs_a_model_loss_and_no_geodesic():
+    with pytest.raises(ValueError, match="curvature_samples"):
+        marquardt.LevenbergMarquardt(nn.Linear(2, 1), lambda z, y: z - y, curvature_samples=4)
+    with pytest.raises(ValueError, match="curvature_samples"):
+        marquardt.LevenbergMarquardt(nn.Linear(2, 1), "mse", curvature_samples=4, geodesic=True)

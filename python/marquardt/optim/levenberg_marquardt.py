@@ -366,6 +366,19 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._state["forward_passes"] += 1
         return system, (total * alpha if math.isfinite(total) else math.inf)
 
+    def _curvature_subset(self, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.
+
+        Evenly strided rather than the first m, so that an ordered full batch (a curve sampled on a grid) still
+        gets curvature from its whole range; the rotation visits every sample over n // m steps.
+        """
+        stride = n // m
+        offset = self._state["step"] % stride
+        picked = torch.arange(offset, offset + stride * m, stride, device=self.layout.device)
+        mask = torch.ones(n, dtype=torch.bool, device=self.layout.device)
+        mask[picked] = False
+        return picked, mask.nonzero().squeeze(1)
+
     def _gradient(self, batch, noise: NoiseReplay, alpha: float) -> tuple[torch.Tensor, float]:
         """The loss's gradient g = α Σ ∇ℓᵢ and the loss α Σ ℓᵢ on the whole batch (one backward pass per chunk)."""
         noise.replay()
@@ -429,9 +442,15 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         n_samples = int(round(self._comm.sum_float(float(n_local), self.layout.device)))  # over all ranks
         alpha = 1.0 / n_samples if s["loss_scale"] == "mean" else 1.0
         rows_per_sample = 1 if self.curvature.name == "ef" else per_sample
-        # Subsampled curvature (ALGORITHM.md §9 item 6): A from the first m samples of the batch, g and every
-        # loss from all of it.
-        m_local = n_local if s["curvature_samples"] is None else min(n_local, s["curvature_samples"])
+        # Subsampled curvature (ALGORITHM.md §9 item 6): A from m samples of the batch, g and every loss from
+        # all of it.
+        m_setting = s["curvature_samples"]
+        if m_setting is None:
+            m_local = n_local
+        elif isinstance(m_setting, float):
+            m_local = max(1, min(n_local, round(m_setting * n_local)))
+        else:
+            m_local = min(n_local, m_setting)
         subsampled = self._comm.sum_float(float(n_local - m_local), self.layout.device) > 0
         m_total = int(round(self._comm.sum_float(float(m_local), self.layout.device))) if subsampled else n_samples
         plan = self._plan(m_total, per_sample, rows_per_sample * m_total)
@@ -439,8 +458,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         if subsampled:
             # The curvature samples form the first chunks, so that replaying the noise gives them the same draw
             # in the curvature pass as in the gradient pass and in every trial evaluation.
-            curvature_batch = list(self._chunks(inputs[:m_local], targets[:m_local], chunk))
-            batch = curvature_batch + list(self._chunks(inputs[m_local:], targets[m_local:], chunk))
+            picked, rest = self._curvature_subset(n_local, m_local)
+            curvature_batch = list(self._chunks(inputs[picked], targets[picked], chunk))
+            batch = curvature_batch + list(self._chunks(inputs[rest], targets[rest], chunk))
             g_full, c0 = self._gradient(batch, noise, alpha)
             alpha_curvature = 1.0 / m_total if s["loss_scale"] == "mean" else n_samples / m_total
             system, _ = self._build_system(curvature_batch, plan, noise, alpha_curvature)
