@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment == "sweep":
         return sweep(args, data, batch)
     if args.experiment == "ablation":
-        names = [f"ablation: {v} ({c})" for c in ("ggn", "ef") for v in optimizers.ABLATION]
+        names = [f"ablation: {v} ({c})" for c in optimizers.ABLATION_CURVATURES for v in optimizers.ABLATION]
         iterations = args.iterations or 100
     elif args.experiment == "epochs":
         names = ["LM (ggn)", "Adam"]
