@@ -76,3 +76,15 @@ def test_quartiles_and_first_reach():
     run_record = {"evals": [(1, 0.1, 0.5, 1.0), (2, 0.2, 0.91, 0.5), (3, 0.3, 0.95, 0.4)]}
     assert report.first_reach(run_record) == (2.0, 0.2)
     assert report.first_reach(run_record, 0.99) == (math.inf, math.inf)
+
+
+@pytest.mark.parametrize("model,blocks", [("mlp100k", "200"), ("cnn100k", "128")])
+def test_large_networks_runs_block_diagonal_against_adam(fake_mnist, tmp_path, model, blocks):
+    from benchmarks import large_networks
+
+    assert large_networks.main(["--model", model, "--iterations", "2", "--curvature-samples", "0.05", "--blocks",
+                                blocks, "--data-dir", str(fake_mnist), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / f"{model}_seed0.json").read_text())
+    assert result["parameters"] > 100_000 and result["blocks"] > 100  # the dense system would not fit
+    assert [p[0] for p in result["lm"]] == [1, 2]
+    assert [p[1] for p in result["adam"]] >= [p[1] for p in result["lm"]]  # Adam evaluated at LM's CPU times
