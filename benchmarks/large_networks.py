@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(f"{result['model']}: {result['parameters']} parameters in {result['blocks']} blocks (largest "
           f"{result['largest_block']}); peak RSS grew {result['peak_rss_growth_mib']:.0f} MiB")
-    for (it, t, acc), (a_it, a_t, a_acc) in zip(result["lm"], result["adam"]):
+    for (it, t, acc), (a_it, _, a_acc) in zip(result["lm"], result["adam"]):
         print(f"  after {t:8.1f} CPU s: LM {acc:.4f} ({it} it)   Adam {a_acc:.4f} ({a_it} it)")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.model}_seed{args.seed}.json"
