@@ -5,7 +5,8 @@
     python benchmarks/paper/sine.py --width 64               # the wider 1-64-64-1 variant
     python benchmarks/paper/sine.py --width 10 --depth 1 --seeds 0 1 2 3 4   # the authors' 1-10-1 MLP: Figures
         1a (vanilla vs improved LM), 1b (all optimizers, time-matched and iteration-matched) and 3 (fitted
-        curves), medians over the seeds, written to results/sine/sine_<arch>_seeds.json for report.py
+        curves), medians over the seeds, written to results/sine/sine_<arch>_seeds.json for report.py; the
+        baselines use the best learning rate of a small sweep (time-matched, on a seed that is not reported)
 
 Data: the authors' generator, x = linspace(−10, 10, N), y = sin x + 0.2·U[0, 1) (noise variance 0.2²/12 ≈ 3.3e-3,
 the floor of the training MSE). Each optimizer runs from the same initial weights; times are CPU seconds on one
@@ -133,10 +134,10 @@ def lbfgs_runner(model, x, y, lr=1.0):
     return lambda: opt.step(closure)
 
 
-def hf_runner(model, x, y):
+def hf_runner(model, x, y, lr=1.0):
     from marquardt.baselines import HessianFree
 
-    opt = HessianFree(model, "mse")
+    opt = HessianFree(model, "mse", lr=lr)
     return lambda: opt.step(x, y)
 
 
@@ -149,11 +150,35 @@ def kfac_runner(model, x, y, lr=0.05):
 
 BASELINES = (("L-BFGS", lbfgs_runner), ("Hessian-free", hf_runner), ("K-FAC", kfac_runner), ("Adam", adam_runner),
              ("SGD", sgd_runner))
+#: The learning-rate grid of each baseline (``--sweep``); the defaults of the runners are the starting values.
+SWEEPS = {"L-BFGS": (0.1, 0.3, 1.0), "Hessian-free": (0.1, 0.3, 1.0), "K-FAC": (0.01, 0.05, 0.2),
+          "Adam": (0.001, 0.003, 0.01, 0.03), "SGD": (0.003, 0.01, 0.03, 0.05)}
+SWEEP_SEED = 100  # not one of the reported seeds
+
+
+def sweep(width: int, depth: int, n: int, lm_iters: int, time_factor: float, out: Path) -> dict[str, float]:
+    """Each baseline at each learning rate of its grid, time-matched to LM, on a seed that is not reported;
+    best = the lowest final training MSE. Written to ``out`` for later runs."""
+    x, y = sine_data(n, SWEEP_SEED)
+    lm = mlp(width, depth, seed=SWEEP_SEED)
+    budget = max(train("LM", lm, lm_runner(lm, x, y), x, y, lm_iters, 1e9).seconds, 1e-3) * time_factor
+    best: dict[str, float] = {}
+    for name, factory in BASELINES:
+        scores = {}
+        for lr in SWEEPS[name]:
+            model = mlp(width, depth, seed=SWEEP_SEED)
+            run = train(name, model, factory(model, x, y, lr=lr), x, y, 10**6, budget)
+            scores[lr] = run.final_mse if run.final_mse == run.final_mse else float("inf")  # NaN: diverged
+            print(f"sweep {name:<13} lr {lr:<6g} final MSE {scores[lr]:.3e}", flush=True)
+        best[name] = min(scores, key=lambda k: scores[k])
+    out.write_text(json.dumps(best, indent=1))
+    print(f"best learning rates: {best} -> {out}")
+    return best
 
 
 def compare(
     width: int, n: int, lm_iters: int, seed: int, include_vanilla: bool = True, depth: int = 2,
-    time_factor: float = 3.0, protocol: str = "time",
+    time_factor: float = 3.0, protocol: str = "time", lrs: dict[str, float] | None = None,
 ) -> list[Run]:
     """LM for ``lm_iters`` iterations, then every other optimizer from the same initial weights, given either
     ``time_factor`` × LM's CPU time (``protocol="time"``; the paper allows "the same time") or LM's number of
@@ -171,7 +196,8 @@ def compare(
         runs.append(train("vanilla LM", m, lm_runner(m, x, y, preset="vanilla"), x, y, lm_iters, budget))
     for name, factory in BASELINES:
         m = mlp(width, depth, seed=seed)
-        runs.append(train(name, m, factory(m, x, y), x, y, max_iters, budget))
+        options = {"lr": lrs[name]} if lrs and name in lrs else {}
+        runs.append(train(name, m, factory(m, x, y, **options), x, y, max_iters, budget))
     return runs
 
 
@@ -249,10 +275,14 @@ def plot_seeds(per_seed: dict[str, dict[str, list[Run]]], x, y, path: Path, titl
 
 def multi_seed(args, title: str, arch: str) -> int:
     per_seed: dict[str, dict[str, list[Run]]] = {"time": {}, "iterations": {}}
+    sweep_file = args.out / f"sweep_{arch}.json"
+    if args.sweep or not sweep_file.is_file():
+        sweep(args.width, args.depth, args.points, args.iterations, args.time_factor, sweep_file)
+    lrs = json.loads(sweep_file.read_text())
     for seed in args.seeds:
         for protocol in per_seed:
             for run in compare(args.width, args.points, args.iterations, seed, depth=args.depth,
-                               time_factor=args.time_factor, protocol=protocol):
+                               time_factor=args.time_factor, protocol=protocol, lrs=lrs):
                 per_seed[protocol].setdefault(run.name, []).append(run)
         print(f"seed {seed} done", flush=True)
     for protocol, runs in per_seed.items():
@@ -263,7 +293,7 @@ def multi_seed(args, title: str, arch: str) -> int:
     figure = args.out / f"sine_{arch}_seeds.png"
     plot_seeds(per_seed, *sine_data(args.points, args.seeds[0]), figure, title)
     protocol = f"time-matched ({args.time_factor:g}x LM's CPU time)"
-    record = {"title": title, "seeds": args.seeds, "lm_iterations": args.iterations, "protocol": protocol,
+    record = {"title": title, "seeds": args.seeds, "learning_rates": lrs, "lm_iterations": args.iterations, "protocol": protocol,
               "noise_variance": NOISE_VARIANCE, "figure": figure.as_posix(),
               "runs": {name: [asdict(r) for r in rs] for name, rs in per_seed["time"].items()},
               "iteration_matched": {name: [asdict(r) for r in rs] for name, rs in per_seed["iterations"].items()}}
@@ -289,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-factor", type=float, default=None,
                    help="the others get this many times LM's CPU time (default 3; 1 with --seeds, as the paper)")
     p.add_argument("--quick", action="store_true", help="50 LM iterations")
+    p.add_argument("--sweep", action="store_true", help="(with --seeds) redo the baselines' learning-rate sweep")
     p.add_argument("--out", type=Path, default=Path("results/sine"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
