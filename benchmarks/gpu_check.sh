@@ -50,6 +50,13 @@ if [ -n "${GPU_EXTRA:-}" ]; then
   timeout 200 bash -c "$GPU_EXTRA" 2>&1 | tee "$OUT/extra.log" | tail -30
 fi
 
+step "the whole LM step on the GPU: CPU agreement, host syncs, MNIST iteration and time to 90% vs Adam"
+mnist_dir=()
+[ -d data/mnist ] && mnist_dir=(--data-dir data/mnist)   # carry data/mnist (the IDX files) to the device
+timeout 200 $PY benchmarks/gpu_end_to_end.py --device cuda "${mnist_dir[@]}" ${GPU_CHECK_QUICK:+--quick} \
+  --json "$OUT/end_to_end.json" 2>&1 | tee "$OUT/end_to_end.log" | tail -12
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
 step "SYRK kernel variants (quick sweep; default: 2 blocks/SM, slab 8, float64 on cuBLAS tiles)"
 for variant in "MARQUARDT_SYRK_BLOCKS_PER_SM=1" "MARQUARDT_SYRK_SLAB=16" "MARQUARDT_SYRK_BLOCKS_PER_SM=1 MARQUARDT_SYRK_SLAB=16" "MARQUARDT_SYRK_F64=own"; do
   echo "--- $variant"

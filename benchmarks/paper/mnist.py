@@ -81,6 +81,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: in
 
 def batches(n: int, batch: int, seed: int):
     """Index batches forever: a fresh permutation per epoch (seeded), the last partial batch dropped."""
+    if not 1 <= batch <= n:
+        raise ValueError(f"batch: expected 1 <= batch <= {n} (the number of samples), got {batch}")
     epoch = 0
     while True:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(1000 * seed + epoch))

@@ -88,3 +88,18 @@ def test_large_networks_runs_block_diagonal_against_adam(fake_mnist, tmp_path, m
     assert result["parameters"] > 100_000 and result["blocks"] > 100  # the dense system would not fit
     assert [p[0] for p in result["lm"]] == [1, 2]
     assert [p[1] for p in result["adam"]] >= [p[1] for p in result["lm"]]  # Adam evaluated at LM's CPU times
+
+
+def test_gpu_end_to_end_script_runs_on_the_cpu(fake_mnist, tmp_path):
+    from benchmarks import gpu_end_to_end
+
+    out = tmp_path / "e2e.json"
+    assert gpu_end_to_end.main(["--device", "cpu", "--quick", "--data-dir", str(fake_mnist), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["sine"]["ok"] and len(result["sine"]["cpu"]) == 5
+    assert any(key.startswith("time to 90%") for key in result["mnist"])
+
+
+def test_batches_refuses_a_batch_larger_than_the_data():
+    with pytest.raises(ValueError, match="batch"):
+        next(mnist.batches(10, 20, 0))
