@@ -96,6 +96,33 @@ def mnist_table(runs: dict[str, list[dict]], checkpoint: int = 100) -> list[str]
     return lines
 
 
+def target_lines(table1: dict[str, list[dict]], epochs: dict[str, list[dict]]) -> list[str]:
+    """The paper-experiments issue's MNIST targets, checked on the medians over seeds, for each LM configuration."""
+    lines = ["| configuration | 90% within 4 iterations | ≥ 97.5% after 100 iterations | ≥ 98.0% after 5 epochs | "
+             "time to 90% ≤ Adam's |", "|---|---|---|---|---|"]
+    adam = [first_reach(r)[1] for r in table1.get("Adam", [])]
+    adam_time = quartiles(adam)[0] if adam else math.nan
+
+    def verdict(ok: bool | None, text: str) -> str:
+        return f"{text} ({'met' if ok else 'missed'})" if ok is not None else "not run"
+
+    for name in (n for n in table1 if n.startswith("LM (ggn")):
+        rs = table1[name]
+        its, secs = zip(*(first_reach(r) for r in rs))
+        it_med, t_med = quartiles(list(its))[0], quartiles(list(secs))[0]
+        at100 = [a for a in (accuracy_at(r, 100) for r in rs) if a is not None]
+        acc_med = quartiles(at100)[0] if at100 else None
+        final = [r["evals"][-1][2] for r in epochs.get(name, []) if r["evals"] and r["evals"][-1][0] >= 500]
+        ep_med = quartiles(final)[0] if final else None
+        lines.append(
+            f"| {name} | {verdict(it_med <= 4, f'median {it_med:.0f}')} | "
+            f"{verdict(acc_med >= 0.975 if acc_med is not None else None, f'{acc_med:.4f}' if acc_med else '-')} | "
+            f"{verdict(ep_med >= 0.98 if ep_med is not None else None, f'{ep_med:.4f}' if ep_med else '-')} | "
+            f"{verdict(t_med <= adam_time if adam else None, f'{t_med:.2f} s vs {adam_time:.2f} s')} |"
+        )
+    return lines
+
+
 def paper_table1() -> list[str]:
     lines = ["| optimizer (paper, GPU) | time to 90% (s) | \"epochs\" (= iterations) to 90% | converged | accuracy after 100 it |",
              "|---|---:|---:|---|---:|"]
@@ -186,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         out += [f"## {title}", ""] + mnist_table(runs, checkpoint) + [""]
         if key == "table1":
             out += ["The paper's Table 1 (its \"epochs\" are iterations, ALGORITHM.md §7.3 A9):", ""] + paper_table1() + [""]
+            epochs_dir = args.mnist / "epochs"
+            out += ["Targets (medians over seeds):", ""]
+            out += target_lines(runs, load_runs(epochs_dir) if epochs_dir.is_dir() else {}) + [""]
         plot_mnist(runs, args.mnist / figure, title.split(" (")[0])
         out += [f"Figure: `{(args.mnist / figure).as_posix()}`", ""]
     if args.sine.is_dir():
