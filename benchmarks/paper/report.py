@@ -118,7 +118,7 @@ def target_lines(table1: dict[str, list[dict]], epochs: dict[str, list[dict]]) -
             f"| {name} | {verdict(it_med <= 4, f'median {it_med:.0f}')} | "
             f"{verdict(acc_med >= 0.975 if acc_med is not None else None, f'{acc_med:.4f}' if acc_med else '-')} | "
             f"{verdict(ep_med >= 0.98 if ep_med is not None else None, f'{ep_med:.4f}' if ep_med else '-')} | "
-            f"{verdict(t_med <= adam_time if adam else None, f'{t_med:.2f} s vs {adam_time:.2f} s')} |"
+            f"{verdict(math.isfinite(t_med) and t_med <= adam_time if adam else None, f'{t_med:.2f} s vs {adam_time:.2f} s')} |"
         )
     return lines
 
