@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
            "with the paper's GPU seconds.", ""]
     sections = [("table1", "MNIST CNN, Table 1 (batch 600, 100 iterations = 1 epoch)", "figure2.png", True),
                 ("swapped", "MNIST CNN, train and test swapped (Figure 4: train on the 10k test images, batch 512, "
-                 "evaluate on the 60k training images)", "figure4.png", True),
+                 "evaluate on training images)", "figure4.png", True),
                 ("ablation", "MNIST CNN, ablation (Figure 5)", "figure5.png", True),
                 ("epochs", "MNIST CNN, full epochs", "epochs.png", False)]
     for key, title, figure, _ in sections:
@@ -210,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             continue
         checkpoint = 100 if key != "swapped" else min(len(r["step_seconds"]) for rs in runs.values() for r in rs)
-        out += [f"## {title}", ""] + mnist_table(runs, checkpoint) + [""]
+        first = next(iter(runs.values()))[0]
+        setup = (f"Training set {first['n_train']} images in batches of {first['batch']}; accuracy on "
+                 f"{first['n_eval']} evaluation images; seeds {sorted({r['seed'] for rs in runs.values() for r in rs})}.")
+        out += [f"## {title}", "", setup, ""] + mnist_table(runs, checkpoint) + [""]
         if key == "table1":
             out += ["The paper's Table 1 (its \"epochs\" are iterations, ALGORITHM.md §7.3 A9):", ""] + paper_table1() + [""]
             epochs_dir = args.mnist / "epochs"
