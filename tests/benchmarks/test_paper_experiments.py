@@ -103,3 +103,14 @@ def test_gpu_end_to_end_script_runs_on_the_cpu(fake_mnist, tmp_path):
 def test_batches_refuses_a_batch_larger_than_the_data():
     with pytest.raises(ValueError, match="batch"):
         next(mnist.batches(10, 20, 0))
+
+
+def test_loss_curves_script(tmp_path):
+    from benchmarks import loss_curves
+
+    assert loss_curves.main(["--budget-scale", "0.01", "--skip-mnist", "--out", str(tmp_path)]) == 0
+    curves = json.loads((tmp_path / "sine_1-20-20-1.json").read_text())
+    assert {"ours", "ours, curvature on 1/4", "L-BFGS", "Adam"} <= set(curves)
+    for curve in curves.values():
+        times = [t for t, _ in curve]
+        assert times == sorted(times) and all(math.isfinite(v) for _, v in curve)
