@@ -46,18 +46,24 @@ def sine_task(width: int, budget: float) -> dict[str, list]:
     x, y = sine_data(1000)
     mse = lambda model: lambda: float(((model(x) - y) ** 2).mean().detach())  # noqa: E731
     curves = {}
+    def lm(model, **options):
+        opt = marquardt.LevenbergMarquardt(model, "mse", **options)
+        return lambda: opt.step(x, y)
+
     factories = {
-        "ours": lambda m: (lambda opt=marquardt.LevenbergMarquardt(m, "mse"): opt.step(x, y)),
-        "ours, curvature on 1/4": lambda m: (
-            lambda opt=marquardt.LevenbergMarquardt(m, "mse", curvature_samples=0.25): opt.step(x, y)),
+        "ours": lm,
+        "ours, curvature on 1/4": lambda m: lm(m, curvature_samples=0.25),
         "L-BFGS": lambda m: lbfgs_runner(m, x, y),
         "Adam": lambda m: adam_runner(m, x, y),
     }
     try:
         from torch_levenberg_marquardt.training import LevenbergMarquardtModule
 
-        factories["torch-levenberg-marquardt"] = lambda m: (
-            lambda t=LevenbergMarquardtModule(m, solve_method="cholesky"): t.training_step(x, y))
+        def tlm(model):
+            module = LevenbergMarquardtModule(model, solve_method="cholesky")
+            return lambda: module.training_step(x, y)
+
+        factories["torch-levenberg-marquardt"] = tlm
     except ImportError:
         pass
     for name, make in factories.items():
