@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         sine = sine_section(args.sine)
         if sine:
             out += ["## Noisy sine (Figure 1)", ""] + sine
+    notes = args.mnist.parent / "notes.md"  # hand-written reading of the numbers, kept beside the runs
+    if notes.is_file():
+        out += [notes.read_text().rstrip(), ""]
     args.output.write_text("\n".join(out) + "\n")
     print(f"wrote {args.output}")
     return 0
