@@ -43,11 +43,12 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return at(0.5), at(0.25), at(0.75)
 
 
-def fmt(values: list[float], spec: str = ".3f", scale: float = 1.0) -> str:
+def fmt(values: list[float], spec: str = ".3f", scale: float = 1.0, inf_text: str = "never") -> str:
+    """Median [lower quartile, upper quartile]; NaN (a diverged run) counts as inf and prints as inf_text."""
     if not values:
         return "-"
-    med, lo, hi = quartiles([v * scale for v in values])
-    show = lambda x: "never" if math.isinf(x) else format(x, spec)  # noqa: E731
+    med, lo, hi = quartiles([math.inf if v != v else v * scale for v in values])
+    show = lambda x: inf_text if math.isinf(x) else format(x, spec)  # noqa: E731
     return show(med) if len(values) == 1 else f"{show(med)} [{show(lo)}, {show(hi)}]"
 
 
@@ -179,8 +180,9 @@ def sine_section(directory: Path) -> list[str]:
                 floor = [r["seconds_to_floor"] if r["seconds_to_floor"] is not None else math.inf for r in rs]
                 paper = PAPER_FIGURE1.get(name)
                 lines.append(
-                    f"| {name} | {fmt([r['iterations'] for r in rs], '.0f')} | {fmt([r['final_mse'] for r in rs], '.3e')} | "
-                    f"{fmt([r['best_mse'] for r in rs], '.3e')} | {fmt(floor, '.2f')} | "
+                    f"| {name} | {fmt([r['iterations'] for r in rs], '.0f')} | "
+                    f"{fmt([r['final_mse'] for r in rs], '.3e', inf_text='diverged')} | "
+                    f"{fmt([r['best_mse'] for r in rs], '.3e', inf_text='diverged')} | {fmt(floor, '.2f')} | "
                     f"{sum(math.isfinite(f) for f in floor)}/{len(rs)} | {paper if paper is not None else '-'} |")
             lines.append("")
         lines += [f"Noise variance {data['noise_variance']:.3e} (the floor of the training MSE; \"reached\" means "
