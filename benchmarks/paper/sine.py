@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -235,8 +236,6 @@ def plot(runs: list[Run], path: Path, title: str) -> None:
 
 def plot_seeds(per_seed: dict[str, dict[str, list[Run]]], x, y, path: Path, title: str) -> None:
     """Figures 1a, 1b (time- and iteration-matched) and 3 in one image; curves are medians over seeds."""
-    import statistics
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,9 +285,9 @@ def multi_seed(args, title: str, arch: str) -> int:
                 per_seed[protocol].setdefault(run.name, []).append(run)
         print(f"seed {seed} done", flush=True)
     for protocol, runs in per_seed.items():
-        medians = [Run(name, iterations=int(_median([r.iterations for r in rs])), seconds=_median([r.seconds for r in rs]),
-                       final_mse=_median([r.final_mse for r in rs]), best_mse=_median([r.best_mse for r in rs]))
-                   for name, rs in runs.items()]
+        med = lambda rs, key: statistics.median(getattr(r, key) for r in rs)  # noqa: E731
+        medians = [Run(name, iterations=int(med(rs, "iterations")), seconds=med(rs, "seconds"),
+                       final_mse=med(rs, "final_mse"), best_mse=med(rs, "best_mse")) for name, rs in runs.items()]
         print_table(medians, f"{title}, {protocol}-matched, medians of {len(args.seeds)} seeds")
     figure = args.out / f"sine_{arch}_seeds.png"
     plot_seeds(per_seed, *sine_data(args.points, args.seeds[0]), figure, title)
@@ -300,12 +299,6 @@ def multi_seed(args, title: str, arch: str) -> int:
     (args.out / f"sine_{arch}_seeds.json").write_text(json.dumps(record))
     print(f"figure: {figure}")
     return 0
-
-
-def _median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -451,7 +451,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             m_local = max(1, min(n_local, round(m_setting * n_local)))
         else:
             m_local = min(n_local, m_setting)
-        subsampled = self._comm.sum_float(float(n_local - m_local), self.layout.device) > 0
+        # (no all-reduce on the default path: only a subsampling rank can make the step subsampled)
+        subsampled = m_setting is not None and self._comm.sum_float(float(n_local - m_local), self.layout.device) > 0
         m_total = int(round(self._comm.sum_float(float(m_local), self.layout.device))) if subsampled else n_samples
         plan = self._plan(m_total, per_sample, rows_per_sample * m_total)
         chunk = min(plan["chunk"], inputs.shape[0]) if self.residual_fn is None else inputs.shape[0]
