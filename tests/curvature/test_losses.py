@@ -17,6 +17,7 @@ def test_ggn_factor_reproduces_autograd_hessian_and_gradient(soft):
     y = torch.softmax(torch.randn(N, c, dtype=torch.float64), 1) if soft else torch.randint(0, c, (N,))
     ggn = GeneralizedGaussNewtonCE()
     W, rho = ggn.weights(z, y)
+    assert W.shape == (N, c, c - 1) and rho.shape == (N, c - 1)  # the Hessian's rank, not c
     for i in range(N):
         def loss_i(zi):
             return ggn.per_sample_loss(zi.unsqueeze(0), y[i : i + 1])[0]
@@ -25,6 +26,24 @@ def test_ggn_factor_reproduces_autograd_hessian_and_gradient(soft):
         grad = torch.func.grad(loss_i)(z[i])
         torch.testing.assert_close(W[i] @ W[i].T, H, rtol=1e-12, atol=1e-14)  # L Lᵀ = ∂²ℓ/∂z²
         torch.testing.assert_close(W[i] @ rho[i], grad, rtol=1e-12, atol=1e-14)  # L ρ = p − y = ∂ℓ/∂z
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 10])
+def test_ggn_factor_is_exact_and_finite_at_extreme_probabilities(c):
+    # Near-one-hot and uniform probabilities, a true class with tiny probability, and one class (zero Hessian).
+    z = torch.tensor([[40.0] + [0.0] * (c - 1), [0.0] * c, [-30.0] * (c - 1) + [5.0]], dtype=torch.float64)[:, :c]
+    y = torch.zeros(3, dtype=torch.long)
+    ggn = GeneralizedGaussNewtonCE()
+    W, rho = ggn.weights(z, y)
+    p = torch.softmax(z, 1)
+    H = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    assert torch.isfinite(W).all() and torch.isfinite(rho).all()
+    # probabilities below the 1e-12 floor (e^-40) are raised to it, so L Lᵀ is exact to c times that floor
+    torch.testing.assert_close(W @ W.transpose(1, 2), H, rtol=1e-10, atol=c * 1.5e-12)
+    grad = p - torch.nn.functional.one_hot(y, c).double()
+    torch.testing.assert_close(torch.einsum("scq,sq->sc", W, rho), grad, rtol=1e-10, atol=1e-12)
+    assert ggn.rows_per_sample(c) == W.shape[2]
+    torch.testing.assert_close(ggn.hessian_factor(z), W)
 
 
 def test_ef_rows_are_loss_gradients():

@@ -111,57 +111,59 @@ class FastPathJacobian:
         # reach the output, in which case its columns are zeroed there; so no up-front zero fill is needed.
         rows = z.new_empty(q, S, self.layout.numel)
         outputs = [records[id(m)][0][1] for m in self.modules]
-        patches: dict[int, torch.Tensor] = {}  # unfolded conv inputs, shared by the q backward passes
+        # One backward pass per column k of W gives every layer's signal δ; the per-sample products are then
+        # formed for all q columns at once (one bmm of q·Cout rows per convolution instead of q thin ones).
+        deltas: list[list[torch.Tensor | None]] = [[] for _ in self.modules]
         for k in range(q):
             grad_z = W[:, :, k].reshape(z.shape).to(z.dtype)
-            deltas = torch.autograd.grad(z, outputs, grad_outputs=grad_z, retain_graph=k < q - 1, allow_unused=True)
-            for m, delta in zip(self.modules, deltas):
-                a = records[id(m)][0][0]
-                if delta is None:  # the layer does not influence the output: its columns are zero
-                    for pname in ("weight", "bias"):
-                        cols = self.columns.get((id(m), pname))
-                        if cols is not None:
-                            rows[k][:, cols] = 0
-                    continue
-                self._fill(rows[k], m, a, delta, patches)
+            grads = torch.autograd.grad(z, outputs, grad_outputs=grad_z, retain_graph=k < q - 1, allow_unused=True)
+            for per_module, delta in zip(deltas, grads):
+                per_module.append(delta)
+        for m, per_module in zip(self.modules, deltas):
+            if any(delta is None for delta in per_module):  # the layer does not reach the output: zero columns
+                for pname in ("weight", "bias"):
+                    cols = self.columns.get((id(m), pname))
+                    if cols is not None:
+                        rows[:, :, cols] = 0
+                continue
+            self._fill(rows, m, records[id(m)][0][0], torch.stack(per_module))
         return rows.reshape(q * S, -1), _flat_rho(rho), losses
 
-    def _fill(
-        self, out: torch.Tensor, m: nn.Module, a: torch.Tensor, delta: torch.Tensor, patches: dict[int, torch.Tensor]
-    ) -> None:
-        S = a.shape[0]
+    def _fill(self, out: torch.Tensor, m: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> None:
+        """Writes layer m's columns of the rows out [q, S, n] from its input a [S, ...] and signals δ [q, S, ...]."""
+        q, S = delta.shape[0], delta.shape[1]
         if isinstance(m, nn.Linear) and a.dim() == 2:
             # One position per sample: the per-sample weight gradient is an outer product δᵢ aᵢᵀ, written
             # straight into the rows (a broadcast multiply; bmm with an inner size of 1 is several times slower).
             cols = self.columns.get((id(m), "weight"))
             if cols is not None:
-                torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=out[:, cols].view(S, delta.shape[1], a.shape[1]))
+                view = out[:, :, cols].view(q, S, delta.shape[2], a.shape[1])
+                torch.mul(delta.unsqueeze(3), a.unsqueeze(1), out=view)
             cols = self.columns.get((id(m), "bias"))
             if cols is not None:
-                out[:, cols] = delta
+                out[:, :, cols] = delta
             return
-        if isinstance(m, nn.Linear):
-            a3 = a.reshape(S, -1, a.shape[-1])
-            d3 = delta.reshape(S, -1, delta.shape[-1])
-            grad_w = torch.bmm(d3.transpose(1, 2), a3)  # [S, out, in]
-            grad_b = d3.sum(dim=1)
+        if isinstance(m, nn.Linear):  # inputs with extra positions [S, ..., in]
+            a3 = a.reshape(S, -1, a.shape[-1])  # [S, P, in]
+            d3 = delta.reshape(q, S, -1, delta.shape[-1]).permute(1, 0, 3, 2).reshape(S, -1, a3.shape[1])
+            grad_w = torch.bmm(d3, a3).view(S, q, -1)  # [S, q·out, P] x [S, P, in]
+            grad_b = d3.sum(dim=2).view(S, q, -1)
         else:
             if isinstance(m, nn.Conv1d):  # as a 2-d convolution of height 1
                 a = a.unsqueeze(2)
-                delta = delta.unsqueeze(2)
+                delta = delta.unsqueeze(3)
                 kernel, dilation = (1, *m.kernel_size), (1, *m.dilation)
                 padding, stride = (0, *m.padding), (1, *m.stride)
             else:
                 kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
-            if id(m) not in patches:
-                patches[id(m)] = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
-            d3 = delta.reshape(S, delta.shape[1], -1)  # [S, Cout, L]
-            grad_w = torch.bmm(d3, patches[id(m)])  # [S, Cout, L] x [S, L, Cin*k] -> [S, Cout, Cin*k]
-            grad_b = d3.sum(dim=2)
+            patches = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
+            d3 = delta.reshape(q, S, delta.shape[2], -1).transpose(0, 1).reshape(S, q * delta.shape[2], -1)
+            grad_w = torch.bmm(d3, patches).view(S, q, -1)  # [S, q·Cout, L] x [S, L, Cin·k]
+            grad_b = d3.sum(dim=2).view(S, q, -1)
         for pname, grad in (("weight", grad_w), ("bias", grad_b)):
             cols = self.columns.get((id(m), pname))
             if cols is not None:
-                out[:, cols] = grad.reshape(S, -1)
+                out[:, :, cols] = grad.transpose(0, 1)
 
 
 class FunctorchJacobian:

@@ -441,7 +441,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             self._checked_ranks = True
         n_samples = int(round(self._comm.sum_float(float(n_local), self.layout.device)))  # over all ranks
         alpha = 1.0 / n_samples if s["loss_scale"] == "mean" else 1.0
-        rows_per_sample = 1 if self.curvature.name == "ef" else per_sample
+        rows_per_sample = self.curvature.rows_per_sample(per_sample)
         # Subsampled curvature (ALGORITHM.md §9 item 6): A from m samples of the batch, g and every loss from
         # all of it.
         m_setting = s["curvature_samples"]
