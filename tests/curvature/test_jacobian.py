@@ -28,8 +28,14 @@ def cnn1d():
     return nn.Sequential(nn.Conv1d(2, 3, 3, padding=2, dilation=2), nn.ELU(), nn.Flatten(), nn.Linear(3 * 6, 4)).double()
 
 
+def positional_mlp():
+    """A Linear layer applied at every position of a sequence (inputs [S, P, in]), then a classifier."""
+    return nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 2, 4)).double()
+
+
 CASES = {
     "mlp": (mlp, (6, 3)),
+    "positional_mlp": (positional_mlp, (5, 4, 3)),
     "cnn2d": (cnn2d, (5, 1, 8, 8)),
     "cnn1d": (cnn1d, (4, 2, 6)),
 }
