@@ -36,6 +36,8 @@ MODELS = {"cnn100k": (mnist_cnn, "100k"), "cnn1m": (mnist_cnn, "1m"), "mlp100k":
 def run(args) -> dict:
     x, y = load("train", args.data_dir)
     x_test, y_test = load("test", args.data_dir)
+    if args.validation:  # choose settings on train[:50000] / train[50000:], never on the test set
+        x, y, x_test, y_test = x[:50000], y[:50000], x[50000:], y[50000:]
     if args.eval_limit:
         x_test, y_test = x_test[: args.eval_limit], y_test[: args.eval_limit]
     build, size = MODELS[args.model]
@@ -48,7 +50,8 @@ def run(args) -> dict:
     n = sum(p.numel() for p in model.parameters())
     blocks = int(args.blocks) if args.blocks.isdigit() else args.blocks
     opt = marquardt.LevenbergMarquardt(model, "cross_entropy", solver="block_diagonal", blocks=blocks,
-                                       curvature_samples=args.curvature_samples, memory_budget=args.memory_budget)
+                                       curvature_samples=args.curvature_samples, memory_budget=args.memory_budget,
+                                       lam_min_minibatch=args.lam_floor)
     order = batches(x.shape[0], batch, args.seed)
     lm_points, clock, rss0 = [], 0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for it in range(1, iterations + 1):
@@ -69,7 +72,7 @@ def run(args) -> dict:
     adam = torch.optim.Adam(model.parameters(), lr=args.adam_lr)
     order = batches(x.shape[0], batch, args.seed)
     adam_points, clock, it = [], 0.0, 0
-    targets = [t for _, t, _ in lm_points]
+    targets = [t for _, t, _ in lm_points] if not args.validation else []  # (a validation run compares λ floors)
     while targets:
         idx = next(order)
         t0 = time.process_time()
@@ -83,7 +86,7 @@ def run(args) -> dict:
             adam_points.append((it, clock, acc))
             print(f"Adam it {it:4d} ({it / per_epoch:.2f} epochs)  {clock:8.1f} s  test accuracy {acc:.4f}", flush=True)
             targets.pop(0)
-    return {"model": args.model, "parameters": n, "blocks": len(blocks_used), "largest_block": largest,
+    return {"model": args.model, "parameters": n, "lam_floor": args.lam_floor, "validation": args.validation, "blocks": len(blocks_used), "largest_block": largest,
             "curvature_samples": args.curvature_samples, "peak_rss_growth_mib": peak_mib, "lm": lm_points,
             "adam": adam_points, "adam_lr": args.adam_lr}
 
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", default="unit", help="'unit', 'layer' or a group size")
     p.add_argument("--curvature-samples", type=float, default=0.1)
     p.add_argument("--memory-budget", type=int, default=3 * 2**30)
+    p.add_argument("--lam-floor", type=float, default=1.0, help="lam_min_minibatch (the mini-batch λ floor)")
+    p.add_argument("--validation", action="store_true", help="train on train[:50000], evaluate on train[50000:]")
     p.add_argument("--adam-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-limit", type=int, default=None)
@@ -112,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     for (it, t, acc), (a_it, _, a_acc) in zip(result["lm"], result["adam"]):
         print(f"  after {t:8.1f} CPU s: LM {acc:.4f} ({it} it)   Adam {a_acc:.4f} ({a_it} it)")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.model}_seed{args.seed}.json"
+    tag = ("_val" if args.validation else "") + (f"_floor{args.lam_floor:g}" if args.lam_floor != 1.0 else "")
+    path = args.out / f"{args.model}_seed{args.seed}{tag}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"-> {path}")
     return 0

@@ -18,6 +18,8 @@ CONFIGS = {
     "line_search": {"lam_init": 1e-7, "max_attempts": 1},
     "rejections": {"lam_init": 1e-7, "max_attempts": 1, "line_search": None},
     "block_diagonal": {"solver": "block_diagonal", "blocks": "unit", "lam_init": 1e-3},
+    # every 2nd sample of each rank's shard is every 2nd sample of the whole batch: the same curvature subset
+    "subsampled": {"curvature_samples": 0.5},
 }
 STEPS = 8
 

@@ -343,7 +343,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             self._block_cache = fit_to_budget(blocks, self.layout, budget, per_entry(max(b.numel() for b in blocks)))
         return self._block_cache
 
-    def _build_system(self, batch, plan: dict[str, Any], noise: NoiseReplay, alpha: float):
+    def _build_system(self, batch, plan: dict[str, Any], noise: NoiseReplay, alpha: float, first: bool = True):
+        """The curvature system of these chunks and α Σ ℓᵢ over them; ``first``: this pass covers the whole batch
+        (it then marks where one forward pass leaves the random generator)."""
         n = self.layout.numel
         device = self.layout.device
         if plan["form"] == "primal":
@@ -361,7 +363,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         system.reduce(self._comm)  # data-parallel: A, g and the loss summed over the ranks (marquardt.parallel)
         total = self._comm.sum_float(total, device)
         system.finalize()
-        noise.mark_first_evaluation_done()
+        if first:
+            noise.mark_first_evaluation_done()
         self._forward_passes += 1
         self._state["forward_passes"] += 1
         return system, (total * alpha if math.isfinite(total) else math.inf)
@@ -380,8 +383,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         return picked, mask.nonzero().squeeze(1)
 
     def _gradient(self, batch, noise: NoiseReplay, alpha: float) -> tuple[torch.Tensor, float]:
-        """The loss's gradient g = α Σ ∇ℓᵢ and the loss α Σ ℓᵢ on the whole batch (one backward pass per chunk)."""
-        noise.replay()
+        """The gradient g = α Σ ∇ℓᵢ and the loss α Σ ℓᵢ over these chunks (one backward pass per chunk).
+
+        The chunks follow those of the curvature pass in the batch order, so the random generator is continued
+        where that pass left it, not replayed."""
         g = torch.zeros(self.layout.numel, dtype=self.layout.dtype, device=self.layout.device)
         total = 0.0
         for x, y in batch:
@@ -461,11 +466,16 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             # in the curvature pass as in the gradient pass and in every trial evaluation.
             picked, rest = self._curvature_subset(n_local, m_local)
             curvature_batch = list(self._chunks(inputs[picked], targets[picked], chunk))
-            batch = curvature_batch + list(self._chunks(inputs[rest], targets[rest], chunk))
-            g_full, c0 = self._gradient(batch, noise, alpha)
+            rest_batch = list(self._chunks(inputs[rest], targets[rest], chunk))
+            batch = curvature_batch + rest_batch
             alpha_curvature = 1.0 / m_total if s["loss_scale"] == "mean" else n_samples / m_total
-            system, _ = self._build_system(curvature_batch, plan, noise, alpha_curvature)
-            system.set_gradient(g_full)
+            # One pass in the order of every trial evaluation: the curvature samples' rows, whose α𝒥ᵀρ is
+            # their share of the gradient (Wρ = ∂ℓ/∂z), then plain backward passes over the other samples.
+            system, c_curvature = self._build_system(curvature_batch, plan, noise, alpha_curvature, first=False)
+            g_rest, c_rest = self._gradient(rest_batch, noise, alpha)
+            share = alpha / alpha_curvature
+            system.set_gradient(system.g.to(g_rest.dtype) * share + g_rest)
+            c0 = c_curvature * share + c_rest
         else:
             batch = list(self._chunks(inputs, targets, chunk))
             system, c0 = self._build_system(batch, plan, noise, alpha)
