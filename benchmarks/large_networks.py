@@ -41,7 +41,7 @@ def run(args) -> dict:
     if args.eval_limit:
         x_test, y_test = x_test[: args.eval_limit], y_test[: args.eval_limit]
     build, size = MODELS[args.model]
-    batch = min(600, x.shape[0])
+    batch = min(args.batch, x.shape[0])
     per_epoch = x.shape[0] // batch
     iterations = args.iterations or args.epochs * per_epoch
     checkpoints = sorted({max(1, round(iterations * f)) for f in (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)}
@@ -49,8 +49,9 @@ def run(args) -> dict:
     model = build(size, args.seed)
     n = sum(p.numel() for p in model.parameters())
     blocks = int(args.blocks) if args.blocks.isdigit() else args.blocks
+    samples = int(args.curvature_samples) if args.curvature_samples >= 1 else args.curvature_samples  # count
     opt = marquardt.LevenbergMarquardt(model, "cross_entropy", solver="block_diagonal", blocks=blocks,
-                                       curvature_samples=args.curvature_samples, memory_budget=args.memory_budget,
+                                       curvature_samples=samples, memory_budget=args.memory_budget,
                                        lam_min_minibatch=args.lam_floor)
     order = batches(x.shape[0], batch, args.seed)
     lm_points, clock, rss0 = [], 0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -72,7 +73,8 @@ def run(args) -> dict:
     adam = torch.optim.Adam(model.parameters(), lr=args.adam_lr)
     order = batches(x.shape[0], batch, args.seed)
     adam_points, clock, it = [], 0.0, 0
-    targets = [t for _, t, _ in lm_points] if not args.validation else []  # (a validation run compares λ floors)
+    # a validation run compares λ floors, and --no-adam reuses an earlier run's Adam curve
+    targets = [t for _, t, _ in lm_points] if not (args.validation or args.no_adam) else []
     while targets:
         idx = next(order)
         t0 = time.process_time()
@@ -86,7 +88,8 @@ def run(args) -> dict:
             adam_points.append((it, clock, acc))
             print(f"Adam it {it:4d} ({it / per_epoch:.2f} epochs)  {clock:8.1f} s  test accuracy {acc:.4f}", flush=True)
             targets.pop(0)
-    return {"model": args.model, "parameters": n, "lam_floor": args.lam_floor, "validation": args.validation, "blocks": len(blocks_used), "largest_block": largest,
+    return {"model": args.model, "parameters": n, "lam_floor": args.lam_floor, "validation": args.validation,
+            "batch": batch, "blocks": len(blocks_used), "largest_block": largest,
             "curvature_samples": args.curvature_samples, "peak_rss_growth_mib": peak_mib, "lm": lm_points,
             "adam": adam_points, "adam_lr": args.adam_lr}
 
@@ -97,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--iterations", type=int, default=None, help="instead of --epochs")
     p.add_argument("--blocks", default="unit", help="'unit', 'layer' or a group size")
-    p.add_argument("--curvature-samples", type=float, default=0.1)
+    p.add_argument("--curvature-samples", type=float, default=0.1, help="a fraction of the batch, or a count >= 1")
     p.add_argument("--memory-budget", type=int, default=3 * 2**30)
     p.add_argument("--lam-floor", type=float, default=1.0, help="lam_min_minibatch (the mini-batch λ floor)")
     p.add_argument("--validation", action="store_true", help="train on train[:50000], evaluate on train[50000:]")
+    p.add_argument("--no-adam", action="store_true", help="LM only")
+    p.add_argument("--batch", type=int, default=600, help="mini-batch size (LM and Adam)")
     p.add_argument("--adam-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-limit", type=int, default=None)
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  after {t:8.1f} CPU s: LM {acc:.4f} ({it} it)   Adam {a_acc:.4f} ({a_it} it)")
     args.out.mkdir(parents=True, exist_ok=True)
     tag = ("_val" if args.validation else "") + (f"_floor{args.lam_floor:g}" if args.lam_floor != 1.0 else "")
+    tag += (f"_batch{args.batch}" if args.batch != 600 else "") + (f"_cs{args.curvature_samples:g}"
+                                                                      if args.curvature_samples != 0.1 else "")
     path = args.out / f"{args.model}_seed{args.seed}{tag}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"-> {path}")
