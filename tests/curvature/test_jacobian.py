@@ -102,30 +102,6 @@ def test_fast_path_with_train_mode_rrelu_reuses_the_noise():
     assert torch.equal(z1, z2), "replaying the noise must reproduce the forward pass exactly"
 
 
-def test_fast_path_without_batched_backward_gives_the_same_rows(monkeypatch):
-    """Where vmap cannot batch the backward pass over W's columns, the one-by-one passes give the same rows."""
-    torch.manual_seed(0)
-    model = cnn2d()
-    layout = ParameterLayout.of(model)
-    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
-    y = torch.randint(0, 4, (5,))
-    curvature = make_curvature("cross_entropy", "ggn")
-    batched, _, _ = FastPathJacobian(model, layout).rows(x, y, curvature)
-    plain_grad = torch.autograd.grad
-    calls = []
-
-    def no_batching(*args, **kwargs):
-        calls.append(kwargs.get("is_grads_batched", False))
-        if kwargs.get("is_grads_batched"):
-            raise RuntimeError("Batching rule not implemented")
-        return plain_grad(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", no_batching)
-    one_by_one, _, _ = FastPathJacobian(model, layout).rows(x, y, curvature)
-    assert calls == [True] + [False] * 3  # the batched try, then one pass per column of W (c - 1 = 3)
-    torch.testing.assert_close(one_by_one, batched, rtol=1e-12, atol=1e-14)
-
-
 def test_fast_path_refuses_unsupported_layers():
     model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
     with pytest.raises(NotApplicable, match="LayerNorm"):
