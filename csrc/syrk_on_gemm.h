@@ -13,7 +13,7 @@ namespace marquardt {
 
 void syrk_upper_block_rows(const at::Tensor& A, const at::Tensor& J, double alpha, int64_t width);
 void syrk_upper_recursive(const at::Tensor& A, const at::Tensor& J, double alpha, int64_t leaf);
-// Lower triangle := transpose of the upper one, block row by block row (no n x n temporary).
+// Lower triangle := transpose of the upper one (contiguous CPU A), in square tiles of the given size.
 void mirror_upper(const at::Tensor& A, int64_t block);
 
 }  // namespace marquardt

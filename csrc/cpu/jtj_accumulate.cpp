@@ -27,7 +27,7 @@ void jtj_accumulate_cpu(const at::Tensor& A, const at::Tensor& J, const std::opt
     syrk_upper_block_rows(A, Jc, alpha, /*width=*/256);
   }
   if (r.has_value()) g->addmv_(Jc.t(), *r, 1.0, alpha);
-  mirror_upper(A, /*block=*/256);
+  mirror_upper(A, /*block=*/64);
 }
 
 }  // namespace
