@@ -402,3 +402,26 @@ def test_curvature_samples_needs_a_model_loss_and_no_geodesic():
         marquardt.LevenbergMarquardt(nn.Linear(2, 1), lambda z, y: z - y, curvature_samples=4)
     with pytest.raises(ValueError, match="curvature_samples"):
         marquardt.LevenbergMarquardt(nn.Linear(2, 1), "mse", curvature_samples=4, geodesic=True)
+
+
+def test_line_search_never_reevaluates_the_trial_point():
+    """Backtracking starts at the failed trial point (s = 1) and may double back to it: its loss is reused."""
+    x, y = sine_data(200)
+    model = sine_mlp(8)
+    opt = LevenbergMarquardt(model, "mse", lam_init=1e-7, max_attempts=1, line_search="backtrack", momentum=None)
+    evaluated = []
+    loss_at = opt._loss_at
+
+    def recording(theta, *args):
+        evaluated.append(theta.clone())
+        return loss_at(theta, *args)
+
+    opt._loss_at = recording
+    reasons = []
+    for _ in range(6):
+        evaluated.clear()
+        info = opt.step(x, y)
+        reasons.append(info.reason)
+        assert len(evaluated) == len({tuple(t.tolist()) for t in evaluated}), "a point was evaluated twice"
+        assert info.forward_passes == 1 + len(evaluated)  # the curvature pass, then each distinct trial point
+    assert "line_search" in reasons

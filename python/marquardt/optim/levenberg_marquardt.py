@@ -555,8 +555,14 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 break
             lam, nu = rule.rejected(lam, nu)
             if s["line_search"] is not None:
-                def loss_along(m: float, direction: torch.Tensor = delta) -> float:
-                    return self._loss_at(theta0 + (m * direction).to(theta0.dtype), batch, noise, alpha)
+                # The trial point is θ0 + η·δ: backtracking starts there (s = 1) and may double back to it,
+                # so its known loss saves up to two forward passes over the batch.
+                known = {eta: c1}
+
+                def loss_along(m: float, direction: torch.Tensor = delta, known: dict = known) -> float:
+                    if m not in known:
+                        known[m] = self._loss_at(theta0 + (m * direction).to(theta0.dtype), batch, noise, alpha)
+                    return known[m]
 
                 s_star, c_star, _ = line_search.search(s["line_search"], loss_along, c0)
                 if math.isfinite(c_star) and (c_star < c0 or s["line_search_apply_always"]):
