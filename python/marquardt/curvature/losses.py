@@ -133,11 +133,6 @@ class _CrossEntropy(Curvature):
             return F.cross_entropy(outputs, targets.long(), reduction="none")
         return -(targets.to(outputs.dtype) * F.log_softmax(outputs, dim=1)).sum(dim=1)
 
-    def hessian_factor(self, outputs: torch.Tensor) -> torch.Tensor:
-        return _softmax_factor(torch.softmax(outputs, dim=1))[0]
-
-    def rows_per_sample(self, outputs_per_sample: int) -> int:
-        return max(outputs_per_sample - 1, 1)
 
 
 def _softmax_factor(p: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,9 +147,8 @@ def _softmax_factor(p: torch.Tensor, y: torch.Tensor | None = None) -> tuple[tor
         return zero.unsqueeze(1), (zero if y is not None else None)
     r = p.argmax(dim=1, keepdim=True)  # [N, 1]
     # The other classes in increasing order, then r: sorting on (class index + c if it is r) moves r last.
-    order = torch.arange(c, device=p.device).expand(n, c) + c * (torch.arange(c, device=p.device) == r)
-    perm = order.argsort(dim=1)
-    others = perm[:, : c - 1]
+    classes = torch.arange(c, device=p.device)
+    others = (classes + c * (classes == r)).argsort(dim=1)[:, : c - 1]
     p_t = p.gather(1, others)  # p̃ [N, c−1]
     p_r = p.gather(1, r)  # [N, 1]
     # The floor keeps ρ finite; the same s in L and ρ keeps Lρ = p − y exact (L Lᵀ is then off by < the floor).
@@ -181,8 +175,13 @@ class GeneralizedGaussNewtonCE(_CrossEntropy):
     name = "ggn"
 
     def weights(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        L, rho = _softmax_factor(torch.softmax(outputs, dim=1), self._one_hot(outputs, targets))
-        return L, rho
+        return _softmax_factor(torch.softmax(outputs, dim=1), self._one_hot(outputs, targets))
+
+    def hessian_factor(self, outputs: torch.Tensor) -> torch.Tensor:
+        return _softmax_factor(torch.softmax(outputs, dim=1))[0]
+
+    def rows_per_sample(self, outputs_per_sample: int) -> int:
+        return max(outputs_per_sample - 1, 1)
 
 
 class EmpiricalFisherCE(_CrossEntropy):
