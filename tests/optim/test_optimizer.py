@@ -332,15 +332,21 @@ def test_lambda_floor_applies_to_changing_batches_only():
     assert info.lam < 1.0
 
 
-@pytest.mark.parametrize("solver,setting", [("primal", 4), ("dual", 4), ("dual", 0.4)])
-def test_subsampled_curvature_step_follows_its_formula(solver, setting):
+EVEN, ODD, ALL = slice(0, 8, 2), slice(1, 9, 2), slice(0, 10)  # stride 10 // 4 = 2, offset = step % 2
+
+
+@pytest.mark.parametrize("solver,setting,subsets", [
+    ("primal", 4, (EVEN, ODD)), ("dual", 4, (EVEN, ODD)), ("dual", 0.4, (EVEN, ODD)),
+    # a schedule: 4 samples at step 0, the whole batch at step 1, 0.4 of it from step 2 (offset 2 % 2 = 0)
+    ("dual", {0: 4, 1: None, 2: 0.4}, (EVEN, ALL, EVEN)), ("primal", {0: 1.0, 1: 4}, (ALL, ODD)),
+])
+def test_subsampled_curvature_step_follows_its_formula(solver, setting, subsets):
     """curvature_samples=m: δ = −(A_m + λ diag d)⁻¹ g, A_m = (1/m) Σ_{i∈S} JᵢᵀJᵢ over every (N//m)-th sample S
-    (offset by the step), and g the full-batch gradient."""
+    (offset by the step), and g the full-batch gradient; a schedule picks m per step."""
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     x = torch.randn(10, 3, dtype=torch.float64)
     y = torch.randn(10, 2, dtype=torch.float64)
-    m = 4
     opt = marquardt.LevenbergMarquardt(model, "mse", curvature_samples=setting, solver=solver, momentum=None,
                                        line_search=None, lam_init=5.0)
     theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -352,8 +358,9 @@ def test_subsampled_curvature_step_follows_its_formula(solver, setting):
 
     d = torch.full_like(theta0, 0.01)
     lam = 5.0
-    for step, subset in enumerate((slice(0, 8, 2), slice(1, 9, 2))):  # stride 10 // 4 = 2, offset = step % 2
+    for step, subset in enumerate(subsets):
         theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        m = x[subset].shape[0]
         J = torch.func.jacrev(lambda t, s=subset: out(t, x[s]))(theta0).reshape(m * 2, -1)
         A = J.T @ J / m
         g = torch.func.grad(lambda t: 0.5 * (out(t, x) - y).pow(2).sum(dim=1).mean())(theta0)
@@ -391,7 +398,8 @@ def test_subsampled_curvature_with_rrelu_reduces_the_loss():
     assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 0.0, 1.5, True, "half"])
+@pytest.mark.parametrize("bad", [0, -3, 0.0, 1.5, True, "half", {1: 0.5}, {0: 0.5, -1: None}, {0: 0},
+                                 {0: 0.25, 2.5: None}, {0: 0.25, True: None}])
 def test_curvature_samples_is_validated(bad):
     with pytest.raises(ValueError, match="curvature_samples"):
         marquardt.LevenbergMarquardt(nn.Linear(2, 1), "mse", curvature_samples=bad)

@@ -36,7 +36,7 @@ from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
 from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
 from ..solve.systems import DualSystem, PrimalSystem
-from .settings import resolve
+from .settings import curvature_samples_at, resolve
 
 ResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -449,7 +449,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         rows_per_sample = self.curvature.rows_per_sample(per_sample)
         # Subsampled curvature (ALGORITHM.md §9 item 6): A from m samples of the batch, g and every loss from
         # all of it.
-        m_setting = s["curvature_samples"]
+        m_setting = curvature_samples_at(s["curvature_samples"], state["step"])
         if m_setting is None:
             m_local = n_local
         elif isinstance(m_setting, float):

@@ -33,7 +33,9 @@ DEFAULTS: dict[str, Any] = {
     # Subsampled curvature: A from curvature_samples evenly strided samples of each batch (a count, or a
     # fraction of the batch; the offset rotates from step to step), the gradient and every loss from the whole
     # batch (ALGORITHM.md §9 item 6; HF does the same). None = the whole batch. A quarter of the batch cut the
-    # time to the sine noise floor 2.5-3x at the same iteration count (BENCHMARKS.md).
+    # time to the sine noise floor 2.5-3x at the same iteration count (BENCHMARKS.md). A schedule
+    # {first step: setting, ...} changes it as training goes on, e.g. {0: 0.25, 10: None}: a quarter of the
+    # batch for the first 10 steps, then all of it (see curvature_samples_at).
     "curvature_samples": None,
     "max_attempts": 10,
     "step_multiplier": 1.0,
@@ -160,12 +162,30 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(f"Invalid uphill_max_ratio: {s['uphill_max_ratio']!r} (expected None or >= 1)")
     if s["lam_min_minibatch"] is not None and not (0 < s["lam_min_minibatch"] < s["lam_max"]):
         raise ValueError(f"Invalid lam_min_minibatch: {s['lam_min_minibatch']!r} (expected None or in (0, lam_max))")
-    m = s["curvature_samples"]
-    count = isinstance(m, int) and not isinstance(m, bool) and m >= 1
-    fraction = isinstance(m, float) and 0.0 < m <= 1.0
-    if m is not None and not (count or fraction):
-        raise ValueError(
-            f"Invalid curvature_samples value: {m!r} (expected None, an int >= 1 or a fraction in (0, 1])"
-        )
+    _validate_curvature_samples(s["curvature_samples"])
     if s["lam_min"] >= s["lam_max"]:
         raise ValueError(f"Invalid lambda bounds: lam_min={s['lam_min']} must be < lam_max={s['lam_max']}")
+
+
+def _is_sample_count(m: Any) -> bool:
+    count = isinstance(m, int) and not isinstance(m, bool) and m >= 1
+    fraction = isinstance(m, float) and 0.0 < m <= 1.0
+    return m is None or count or fraction
+
+
+def _validate_curvature_samples(m: Any) -> None:
+    expected = "expected None, an int >= 1, a fraction in (0, 1], or a schedule {first step: one of those} with key 0"
+    if isinstance(m, dict):
+        steps_ok = all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in m) and 0 in m
+        if not (steps_ok and all(_is_sample_count(v) for v in m.values())):
+            raise ValueError(f"Invalid curvature_samples value: {m!r} ({expected})")
+    elif not _is_sample_count(m):
+        raise ValueError(f"Invalid curvature_samples value: {m!r} ({expected})")
+
+
+def curvature_samples_at(setting: Any, step: int) -> int | float | None:
+    """The curvature sample setting in force at ``step`` (0 = the first step): the setting itself, or for a
+    schedule ``{first step: setting}`` the entry with the largest first step <= ``step``."""
+    if not isinstance(setting, dict):
+        return setting
+    return setting[max(k for k in setting if k <= step)]
