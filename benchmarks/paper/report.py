@@ -187,7 +187,45 @@ def sine_section(directory: Path) -> list[str]:
             lines.append("")
         lines += [f"Noise variance {data['noise_variance']:.3e} (the floor of the training MSE; \"reached\" means "
                   f"≤ 1.1 × that). Figures 1a, 1b and 3: `{data['figure']}`.", ""]
+        lines += sine_target_lines(data)
     return lines
+
+
+def _first_reach_of_level(curve: list, level: float) -> tuple[float, float]:
+    """(iterations, CPU s) until the MSE first drops to ``level`` along a run's (seconds, mse) curve."""
+    return next(((i + 1, t) for i, (t, mse) in enumerate(curve) if mse <= level), (math.inf, math.inf))
+
+
+def sine_target_lines(data: dict, within: float = 0.01, lm_iterations: int = 30) -> list[str]:
+    """The paper-experiments issue's sine target, per seed then as medians: the training MSE within ``within``
+    of the best value any optimizer reaches (over both protocols' runs), within ``lm_iterations`` LM
+    iterations, and sooner in CPU time than every baseline."""
+    lm_name = "LM (marquardt)"
+    names = list(data["runs"])
+    per_seed = {"lm_its": [], "lm_excess": [], **{n: [] for n in names}}
+    for k in range(len(data["seeds"])):
+        runs = {n: [data[key][n][k] for key in ("runs", "iteration_matched") if n in data[key]] for n in names}
+        best = min(r["best_mse"] for rs in runs.values() for r in rs if r["best_mse"] == r["best_mse"])  # NaN: diverged
+        level = best * (1 + within)
+        lm_curve = runs[lm_name][0]["curve"]
+        per_seed["lm_its"].append(_first_reach_of_level(lm_curve, level)[0])
+        at = lm_curve[min(lm_iterations, len(lm_curve)) - 1][1]
+        per_seed["lm_excess"].append(at / best - 1)
+        for n in names:
+            per_seed[n].append(min(_first_reach_of_level(r["curve"], level)[1] for r in runs[n]))
+    lm_time = quartiles(per_seed[lm_name])[0]
+    beaten = [n for n in names if n != lm_name and math.isfinite(t := quartiles(per_seed[n])[0]) and t <= lm_time]
+    its = quartiles(per_seed["lm_its"])[0]
+    lines = [f"Target (within {within:.0%} of the best MSE any optimizer reaches, within {lm_iterations} LM "
+             f"iterations, before every baseline in CPU time): LM gets there after a median of "
+             f"{'never (within its run)' if not math.isfinite(its) else f'{its:.0f} iterations'} "
+             f"({'met' if its <= lm_iterations else 'missed'}); after {lm_iterations} iterations its MSE is a median "
+             f"{quartiles(per_seed['lm_excess'])[0]:.1%} above that best. CPU s to that level: "
+             + ", ".join(f"{n} {fmt(per_seed[n], '.2f')}" for n in names)
+             + (f" ({'missed: ' + ', '.join(beaten) + ' got there no later' if beaten else 'LM first: met'}).")]
+    if not math.isfinite(lm_time):
+        lines[0] = lines[0][:-1] + "; LM itself never got there within its run."
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
