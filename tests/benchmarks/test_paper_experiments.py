@@ -70,6 +70,32 @@ def test_swapped_ablation_epochs_and_sweep(fake_mnist, tmp_path):
     assert best["Adam"] in mnist.optimizers.SWEEPS["Adam"]
 
 
+def test_validation_experiment_holds_out_the_end_of_the_training_set(fake_mnist, tmp_path):
+    name = mnist.optimizers.SCHEDULED
+    assert run(fake_mnist, tmp_path, "validation", "--iterations", "2", "--optimizers", name) == 0
+    record = json.loads((tmp_path / "validation" / f"{mnist.slug(name)}_seed1.json").read_text())
+    assert (record["n_train"], record["n_eval"]) == (80, 16)  # train[:5/6] trains, train[5/6:] is evaluated
+    assert len(record["step_seconds"]) == 2 and math.isfinite(record["batch_loss"][-1])
+
+
+def _sine_record(lm_curve, other_curve):
+    run = lambda curve: {"curve": curve, "best_mse": min(m for _, m in curve)}  # noqa: E731
+    runs = {"LM (marquardt)": [run(lm_curve)], "Adam": [run(other_curve)]}
+    return {"seeds": [0], "runs": runs, "iteration_matched": runs}
+
+
+def test_sine_target_verdicts():
+    lm = [(0.1 * i, 1.0 / i) for i in range(1, 41)]  # reaches its best (1/40) at iteration 40, 4.0 s
+    slow = [(1.0 * i, 1.0 / i) for i in range(1, 41)]  # the same values, ten times later
+    text = report.sine_target_lines(_sine_record(lm, slow))[0]
+    assert "after a median of 40 iterations (missed)" in text and "LM first: met" in text
+    fast = [(0.01 * i, 0.5 / i) for i in range(1, 41)]  # a better best value, reached sooner
+    text = report.sine_target_lines(_sine_record(lm, fast), lm_iterations=50)[0]
+    assert "never (within its run) (missed)" in text and "missed: Adam got there no later" in text
+    text = report.sine_target_lines(_sine_record(lm[:20], slow[:20]), lm_iterations=30)[0]
+    assert "after a median of 20 iterations (met)" in text and "LM first: met" in text
+
+
 def test_quartiles_and_first_reach():
     assert report.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0, 4.0)
     assert report.quartiles([1.0, math.inf, math.inf]) == (math.inf, math.inf, math.inf)
