@@ -410,6 +410,9 @@ def test_curvature_samples_needs_a_model_loss_and_no_geodesic():
         marquardt.LevenbergMarquardt(nn.Linear(2, 1), lambda z, y: z - y, curvature_samples=4)
     with pytest.raises(ValueError, match="curvature_samples"):
         marquardt.LevenbergMarquardt(nn.Linear(2, 1), "mse", curvature_samples=4, geodesic=True)
+    with pytest.raises(ValueError, match="curvature_samples"):
+        marquardt.LevenbergMarquardt(nn.Linear(2, 1), "mse", curvature_samples={0: None, 5: 4}, geodesic=True)
+    marquardt.LevenbergMarquardt(nn.Linear(2, 1), "mse", curvature_samples={0: None}, geodesic=True)  # never subsampled
 
 
 def test_line_search_never_reevaluates_the_trial_point():

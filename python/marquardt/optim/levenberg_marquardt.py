@@ -36,7 +36,7 @@ from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
 from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
 from ..solve.systems import DualSystem, PrimalSystem
-from .settings import curvature_samples_at, resolve
+from .settings import curvature_samples_at, resolve, subsamples_curvature
 
 ResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -108,7 +108,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             self.curvature: Curvature = GaussNewtonMSE()
         else:
             self.curvature = make_curvature(loss, settings["curvature"])
-        if settings["curvature_samples"] is not None and (self.residual_fn is not None or settings["geodesic"]):
+        subsampled = subsamples_curvature(settings["curvature_samples"])
+        if subsampled and (self.residual_fn is not None or settings["geodesic"]):
             raise ValueError("curvature_samples: subsampled curvature needs loss='mse' or 'cross_entropy' and "
                              "geodesic=False")
         if settings["geodesic"] and not self.curvature.supports_geodesic:

@@ -167,7 +167,7 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(f"Invalid lambda bounds: lam_min={s['lam_min']} must be < lam_max={s['lam_max']}")
 
 
-def _is_sample_count(m: Any) -> bool:
+def _is_sample_setting(m: Any) -> bool:
     count = isinstance(m, int) and not isinstance(m, bool) and m >= 1
     fraction = isinstance(m, float) and 0.0 < m <= 1.0
     return m is None or count or fraction
@@ -177,10 +177,16 @@ def _validate_curvature_samples(m: Any) -> None:
     expected = "expected None, an int >= 1, a fraction in (0, 1], or a schedule {first step: one of those} with key 0"
     if isinstance(m, dict):
         steps_ok = all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in m) and 0 in m
-        if not (steps_ok and all(_is_sample_count(v) for v in m.values())):
+        if not (steps_ok and all(_is_sample_setting(v) for v in m.values())):
             raise ValueError(f"Invalid curvature_samples value: {m!r} ({expected})")
-    elif not _is_sample_count(m):
+    elif not _is_sample_setting(m):
         raise ValueError(f"Invalid curvature_samples value: {m!r} ({expected})")
+
+
+def subsamples_curvature(setting: Any) -> bool:
+    """Whether the setting (or any entry of a schedule) builds the curvature from part of the batch."""
+    values = setting.values() if isinstance(setting, dict) else (setting,)
+    return any(v is not None for v in values)
 
 
 def curvature_samples_at(setting: Any, step: int) -> int | float | None:
