@@ -216,16 +216,22 @@ def sine_target_lines(data: dict, within: float = 0.01, lm_iterations: int = 30)
     lm_time = quartiles(per_seed[lm_name])[0]
     beaten = [n for n in names if n != lm_name and math.isfinite(t := quartiles(per_seed[n])[0]) and t <= lm_time]
     its = quartiles(per_seed["lm_its"])[0]
-    lines = [f"Target (within {within:.0%} of the best MSE any optimizer reaches, within {lm_iterations} LM "
-             f"iterations, before every baseline in CPU time): LM gets there after a median of "
-             f"{'never (within its run)' if not math.isfinite(its) else f'{its:.0f} iterations'} "
-             f"({'met' if its <= lm_iterations else 'missed'}); after {lm_iterations} iterations its MSE is a median "
-             f"{quartiles(per_seed['lm_excess'])[0]:.1%} above that best. CPU s to that level: "
-             + ", ".join(f"{n} {fmt(per_seed[n], '.2f')}" for n in names)
-             + (f" ({'missed: ' + ', '.join(beaten) + ' got there no later' if beaten else 'LM first: met'}).")]
+    reached = f"{its:.0f}" if math.isfinite(its) else f"not within its {len(lm_curve)}"
     if not math.isfinite(lm_time):
-        lines[0] = lines[0][:-1] + "; LM itself never got there within its run."
-    return lines + [""]
+        first = "missed (LM does not get there)"
+    else:
+        first = "missed: " + ", ".join(beaten) + " no later" if beaten else "met (LM first)"
+    return [
+        f"Sine target: within {within:.0%} of the best training MSE any optimizer reaches (over both protocols' "
+        f"runs), within {lm_iterations} LM iterations, and before every baseline in CPU time (medians over seeds):",
+        "",
+        "| part | measured | verdict |",
+        "|---|---|---|",
+        f"| LM iterations to that level | {reached} | {'met' if its <= lm_iterations else 'missed'} |",
+        f"| LM's MSE after {lm_iterations} iterations | {quartiles(per_seed['lm_excess'])[0]:.1%} above the best | - |",
+        "| CPU s to that level | " + ", ".join(f"{n} {fmt(per_seed[n], '.2f')}" for n in names) + f" | {first} |",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

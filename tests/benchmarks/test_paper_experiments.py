@@ -87,13 +87,16 @@ def _sine_record(lm_curve, other_curve):
 def test_sine_target_verdicts():
     lm = [(0.1 * i, 1.0 / i) for i in range(1, 41)]  # reaches its best (1/40) at iteration 40, 4.0 s
     slow = [(1.0 * i, 1.0 / i) for i in range(1, 41)]  # the same values, ten times later
-    text = report.sine_target_lines(_sine_record(lm, slow))[0]
-    assert "after a median of 40 iterations (missed)" in text and "LM first: met" in text
+    text = "\n".join(report.sine_target_lines(_sine_record(lm, slow)))
+    assert "| LM iterations to that level | 40 | missed |" in text and "| met (LM first) |" in text
     fast = [(0.01 * i, 0.5 / i) for i in range(1, 41)]  # a better best value, reached sooner
-    text = report.sine_target_lines(_sine_record(lm, fast), lm_iterations=50)[0]
-    assert "never (within its run) (missed)" in text and "missed: Adam got there no later" in text
-    text = report.sine_target_lines(_sine_record(lm[:20], slow[:20]), lm_iterations=30)[0]
-    assert "after a median of 20 iterations (met)" in text and "LM first: met" in text
+    text = "\n".join(report.sine_target_lines(_sine_record(lm, fast), lm_iterations=50))
+    assert "| not within its 40 | missed |" in text and "missed (LM does not get there)" in text
+    text = "\n".join(report.sine_target_lines(_sine_record(lm[:20], slow[:20]), lm_iterations=30))
+    assert "| LM iterations to that level | 20 | met |" in text and "| met (LM first) |" in text
+    faster = [(0.05 * i, 1.0 / i) for i in range(1, 21)]  # the same values, sooner than LM
+    text = "\n".join(report.sine_target_lines(_sine_record(lm[:20], faster), lm_iterations=30))
+    assert "| missed: Adam no later |" in text
 
 
 def test_quartiles_and_first_reach():
