@@ -125,45 +125,46 @@ class FastPathJacobian:
 
     @staticmethod
     def _signals(z: torch.Tensor, outputs: list[torch.Tensor], W: torch.Tensor) -> list[torch.Tensor | None]:
-        """Each layer's backpropagated signals δ [q, S, ...] for the q output-space directions W[:, :, k]
-        (one backward pass per direction; ``is_grads_batched`` measured no faster on the paper's CNN)."""
+        """Each layer's backpropagated signals δ [S, q, ...] for the q output-space directions W[:, :, k]
+        (one backward pass per direction; ``is_grads_batched`` measured no faster on the paper's CNN). Sample-
+        major, so that a convolution's signals reshape to the [S, q·Cout, L] operand of its bmm without a copy."""
         q = W.shape[2]
         per_direction = [
             torch.autograd.grad(z, outputs, grad_outputs=W[:, :, k].reshape(z.shape).to(z.dtype),
                                 retain_graph=k < q - 1, allow_unused=True)
             for k in range(q)
         ]
-        return [None if any(d is None for d in ds) else torch.stack(ds) for ds in zip(*per_direction)]
+        return [None if any(d is None for d in ds) else torch.stack(ds, dim=1) for ds in zip(*per_direction)]
 
     def _fill(self, out: torch.Tensor, m: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> None:
-        """Writes layer m's columns of the rows out [q, S, n] from its input a [S, ...] and signals δ [q, S, ...]."""
-        q, S = delta.shape[0], delta.shape[1]
+        """Writes layer m's columns of the rows out [q, S, n] from its input a [S, ...] and signals δ [S, q, ...]."""
+        S, q = delta.shape[0], delta.shape[1]
         if isinstance(m, nn.Linear) and a.dim() == 2:
             # One position per sample: the per-sample weight gradient is an outer product δᵢ aᵢᵀ, written
             # straight into the rows (a broadcast multiply; bmm with an inner size of 1 is several times slower).
             cols = self.columns.get((id(m), "weight"))
             if cols is not None:
                 view = out[:, :, cols].view(q, S, delta.shape[2], a.shape[1])
-                torch.mul(delta.unsqueeze(3), a.unsqueeze(1), out=view)
+                torch.mul(delta.transpose(0, 1).unsqueeze(3), a.unsqueeze(1), out=view)
             cols = self.columns.get((id(m), "bias"))
             if cols is not None:
-                out[:, :, cols] = delta
+                out[:, :, cols] = delta.transpose(0, 1)
             return
         if isinstance(m, nn.Linear):  # inputs with extra positions [S, ..., in]
             a3 = a.reshape(S, -1, a.shape[-1])  # [S, P, in]
-            d3 = delta.reshape(q, S, -1, delta.shape[-1]).permute(1, 0, 3, 2).reshape(S, -1, a3.shape[1])
+            d3 = delta.reshape(S, q, -1, delta.shape[-1]).transpose(2, 3).reshape(S, -1, a3.shape[1])
             grad_w = torch.bmm(d3, a3).view(S, q, -1)  # [S, q·out, P] x [S, P, in]
             grad_b = d3.sum(dim=2).view(S, q, -1)
         else:
             if isinstance(m, nn.Conv1d):  # as a 2-d convolution of height 1
                 a = a.unsqueeze(2)
-                delta = delta.unsqueeze(3)
+                delta = delta.unsqueeze(3)  # [S, q, Cout, 1, L]
                 kernel, dilation = (1, *m.kernel_size), (1, *m.dilation)
                 padding, stride = (0, *m.padding), (1, *m.stride)
             else:
                 kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
             patches = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
-            d3 = delta.reshape(q, S, delta.shape[2], -1).transpose(0, 1).reshape(S, q * delta.shape[2], -1)
+            d3 = delta.reshape(S, q * delta.shape[2], -1)  # [S, q·Cout, L], a view
             grad_w = torch.bmm(d3, patches).view(S, q, -1)  # [S, q·Cout, L] x [S, L, Cin·k]
             grad_b = d3.sum(dim=2).view(S, q, -1)
         for pname, grad in (("weight", grad_w), ("bias", grad_b)):
