@@ -368,6 +368,7 @@ def test_subsampled_curvature_step_follows_its_formula(solver, setting, subsets)
         expected = -torch.linalg.solve(A + lam * torch.diag(d), g)
         info = opt.step(x, y)
         assert info.accepted and info.attempts == 1 and info.form == solver, (step, info)
+        assert info.curvature_samples == m
         lam = info.lam
         theta1 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         torch.testing.assert_close(theta1 - theta0, expected, rtol=1e-9, atol=1e-12)

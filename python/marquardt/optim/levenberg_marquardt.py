@@ -63,6 +63,7 @@ class StepResult:
     step_norm: float
     theta_norm: float
     predicted_reduction: float | None = None
+    curvature_samples: int | None = None  # batch samples (all ranks) the curvature came from; None: residual fn
     converged: str | None = None  # set by fit(): 'ftol', 'xtol', 'gtol' or None
     notes: list[str] = field(default_factory=list)
 
@@ -487,7 +488,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             loss_before=c0, loss_after=c0, accepted=False, reason="rejected", lam=state["lam"], multiplier=0.0,
             attempts=0, forward_passes=0, jacobian_passes=1, solves=0, form=system.form,
             engine=self._engine.name, momentum_used=False, geodesic_used=False, grad_norm_inf=grad_inf,
-            step_norm=0.0, theta_norm=theta_norm,
+            step_norm=0.0, theta_norm=theta_norm, curvature_samples=m_total if self.residual_fn is None else None,
         )
         if not math.isfinite(c0) or not bool(torch.isfinite(g).all()):
             result.notes.append("loss or gradient not finite at the current parameters; no step taken")
