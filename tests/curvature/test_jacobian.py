@@ -7,7 +7,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from marquardt.curvature.jacobian import FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
+from marquardt.curvature.jacobian import (
+    FastPathJacobian,
+    FullJacobian,
+    FunctorchJacobian,
+    NotApplicable,
+    _per_sample_weight_grad_by_grouped_conv,
+)
 from marquardt.curvature.losses import make_curvature
 from marquardt.curvature.noise import NoiseReplay
 from marquardt.curvature.params import ParameterLayout
@@ -24,6 +30,14 @@ def cnn2d(act=nn.ReLU):
     ).double()
 
 
+def cnn2d_wide():
+    """A second convolution with Cin·k² = 72 > GROUPED_CONV_MAX_PATCH: its rows come from unfold + bmm."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.Tanh(), nn.Conv2d(8, 2, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(),
+        nn.Linear(2 * 4 * 4, 4),
+    ).double()
+
+
 def cnn1d():
     return nn.Sequential(nn.Conv1d(2, 3, 3, padding=2, dilation=2), nn.ELU(), nn.Flatten(), nn.Linear(3 * 6, 4)).double()
 
@@ -37,6 +51,7 @@ CASES = {
     "mlp": (mlp, (6, 3)),
     "positional_mlp": (positional_mlp, (5, 4, 3)),
     "cnn2d": (cnn2d, (5, 1, 8, 8)),
+    "cnn2d_wide": (cnn2d_wide, (4, 1, 9, 9)),
     "cnn1d": (cnn1d, (4, 2, 6)),
 }
 
@@ -128,3 +143,24 @@ def test_frozen_layers_and_scalar_parameters():
     rows, _, _ = FunctorchJacobian(model, layout).rows(x, y, curvature)
     ref, _ = reference_rows(model, layout, curvature, x, y)
     torch.testing.assert_close(rows, ref)
+
+
+@pytest.mark.parametrize("S,c_in,hw,c_out,kernel,stride,dilation,padding", [
+    (1, 1, (9, 9), 2, (3, 3), (1, 1), (1, 1), (0, 0)),  # one sample
+    (3, 2, (10, 7), 3, (3, 2), (2, 3), (1, 1), (1, 0)),  # strides that leave a remainder, a non-square kernel
+    (2, 3, (11, 11), 1, (3, 3), (3, 2), (2, 1), (2, 1)),  # dilation with stride
+    (4, 2, (1, 13), 2, (1, 3), (1, 2), (1, 2), (0, 1)),  # a Conv1d as a 2-d convolution of height 1
+])
+def test_grouped_conv_weight_grad_equals_autograd(S, c_in, hw, c_out, kernel, stride, dilation, padding):
+    """Per-sample, per-direction weight gradients ∂⟨δ_{s,k}, conv(a_s; w)⟩/∂w against torch.func.grad."""
+    torch.manual_seed(1)
+    q = 2
+    a = torch.randn(S, c_in, *hw, dtype=torch.float64)
+    w = torch.randn(c_out, c_in, *kernel, dtype=torch.float64)
+    conv = lambda ww, xs: torch.nn.functional.conv2d(xs, ww, stride=stride, padding=padding, dilation=dilation)  # noqa: E731
+    delta = torch.randn(S, q, *conv(w, a).shape[1:], dtype=torch.float64)
+    ours = _per_sample_weight_grad_by_grouped_conv(a, delta, kernel, dilation, padding, stride)
+    for s in range(S):
+        for k in range(q):
+            ref = torch.func.grad(lambda ww: (conv(ww, a[s : s + 1])[0] * delta[s, k]).sum())(w)
+            torch.testing.assert_close(ours[s, k], ref.reshape(-1), rtol=1e-10, atol=1e-12)

@@ -54,10 +54,31 @@ def _rows_from_output_jacobian(
     return _combine(W, Jz), _flat_rho(rho), curvature.per_sample_loss(z, y)
 
 
+def _per_sample_weight_grad_by_grouped_conv(
+    a: torch.Tensor, delta: torch.Tensor, kernel: tuple, dilation: tuple, padding: tuple, stride: tuple
+) -> torch.Tensor:
+    """Per-sample, per-direction weight gradients [S, q, Cout·Cin·kh·kw] of a 2-d convolution from its input
+    a [S, Cin, H, W] and signals δ [S, q, Cout, Ho, Wo], as one grouped convolution: the input channels act as
+    the batch, each sample is a group, and the signals are the filters (correlating an input with its output
+    gradient gives the weight gradient; stride and dilation trade places). The result can run past the kernel
+    size when the stride does not divide the input evenly, hence the narrowing."""
+    S, q, c_out = delta.shape[:3]
+    filters = delta.reshape(S * q * c_out, 1, *delta.shape[3:])
+    out = F.conv2d(a.transpose(0, 1), filters, stride=dilation, padding=padding, dilation=stride, groups=S)
+    out = out[:, :, : kernel[0], : kernel[1]]  # [Cin, S·q·Cout, kh, kw]
+    c_in = a.shape[1]
+    return out.reshape(c_in, S, q, c_out, -1).permute(1, 2, 3, 0, 4).reshape(S, q, -1)
+
+
 class FastPathJacobian:
     """Per-sample rows from layer inputs and backpropagated signals (see the module docstring)."""
 
     name = "fast"
+    #: On the CPU a convolution whose weight has at most this many entries per output channel (Cin·kh·kw) forms
+    #: its per-sample weight gradients by one grouped convolution instead of unfold + bmm: measured on one thread
+    #: (batch 600, 36-72 output rows), 2.4-2.8× faster at Cin·k² = 25-50, 1.5× at 27 with 32×32 inputs, and
+    #: 1.6-2.7× slower at 72-100 (the paper CNN's first layer, 25, takes it; its second, 100, does not).
+    GROUPED_CONV_MAX_PATCH = 64
     SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
     def __init__(self, model: nn.Module, layout: ParameterLayout) -> None:
@@ -163,9 +184,12 @@ class FastPathJacobian:
                 padding, stride = (0, *m.padding), (1, *m.stride)
             else:
                 kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
-            patches = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
             d3 = delta.reshape(S, q * delta.shape[2], -1)  # [S, q·Cout, L], a view
-            grad_w = torch.bmm(d3, patches).view(S, q, -1)  # [S, q·Cout, L] x [S, L, Cin·k]
+            if a.device.type == "cpu" and a.shape[1] * kernel[0] * kernel[1] <= self.GROUPED_CONV_MAX_PATCH:
+                grad_w = _per_sample_weight_grad_by_grouped_conv(a, delta, kernel, dilation, padding, stride)
+            else:
+                patches = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
+                grad_w = torch.bmm(d3, patches).view(S, q, -1)  # [S, q·Cout, L] x [S, L, Cin·k]
             grad_b = d3.sum(dim=2).view(S, q, -1)
         for pname, grad in (("weight", grad_w), ("bias", grad_b)):
             cols = self.columns.get((id(m), pname))
