@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  after {t:8.1f} CPU s: LM {acc:.4f} ({it} it)   Adam {a_acc:.4f} ({a_it} it)")
     args.out.mkdir(parents=True, exist_ok=True)
     tag = ("_val" if args.validation else "") + (f"_floor{args.lam_floor:g}" if args.lam_floor != 1.0 else "")
-    tag += (f"_batch{args.batch}" if args.batch != 600 else "") + (f"_cs{args.curvature_samples:g}"
-                                                                      if args.curvature_samples != 0.1 else "")
+    tag += f"_batch{args.batch}" if args.batch != 600 else ""
+    tag += f"_cs{args.curvature_samples:g}" if args.curvature_samples != 0.1 else ""
     path = args.out / f"{args.model}_seed{args.seed}{tag}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"-> {path}")

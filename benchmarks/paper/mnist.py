@@ -45,8 +45,7 @@ from benchmarks.paper.models import paper_cnn  # noqa: E402
 
 TARGET = 0.90
 TABLE1 = ["LM (ggn)", "LM (ggn, curvature on 1/4)", "LM (ggn, curvature on 1/6)", optimizers.SCHEDULED, "LM (ef)",
-          "LM paper preset (ef)",
-          "SGD", "Adam", "L-BFGS", "Hessian-free", "K-FAC"]
+          "LM paper preset (ef)", "SGD", "Adam", "L-BFGS", "Hessian-free", "K-FAC"]
 
 
 @dataclass

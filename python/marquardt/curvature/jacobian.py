@@ -6,7 +6,7 @@ Three engines, all returning the same rows (tests/curvature checks them against 
 * :class:`FastPathJacobian` - for models whose trainable parameters all live in ``Linear``/``Conv1d``/``Conv2d``
   layers (any parameter-free modules in between: activations, pooling, flatten, RReLU, dropout). One forward
   pass with hooks records each layer's input aᵢ; then one backward pass per column k of W gives each layer's
-  backpropagated signal δᵢ and the per-sample rows are δᵢ ⊗ aᵢ (unfolded for convolutions), as
+  backpropagated signal δᵢ and the per-sample rows are δᵢ ⊗ aᵢ (correlated over positions for convolutions), as
   per-sample-gradient libraries do. It needs no ``vmap``, so it works with train-mode RReLU, whose noise the
   backward pass reuses from the forward pass.
 * :class:`FunctorchJacobian` - any per-sample-separable model: ``vmap(jacrev(f_single))`` over the samples.
@@ -140,7 +140,7 @@ class FastPathJacobian:
                     if cols is not None:
                         rows[:, :, cols] = 0
                 continue
-            # the per-sample products for all q columns at once (one bmm of q·Cout rows per convolution)
+            # the per-sample products for all q columns at once (one bmm or grouped convolution per layer)
             self._fill(rows, m, records[id(m)][0][0], delta)
         return rows.reshape(q * S, -1), _flat_rho(rho), losses
 

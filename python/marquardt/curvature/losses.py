@@ -134,7 +134,6 @@ class _CrossEntropy(Curvature):
         return -(targets.to(outputs.dtype) * F.log_softmax(outputs, dim=1)).sum(dim=1)
 
 
-
 def _softmax_factor(p: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(L [N, c, c−1] with L Lᵀ = diag(p) − ppᵀ, and ρ [N, c−1] with Lρ = p − y when y is given).
 

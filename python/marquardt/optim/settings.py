@@ -167,16 +167,19 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(f"Invalid lambda bounds: lam_min={s['lam_min']} must be < lam_max={s['lam_max']}")
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _is_sample_setting(m: Any) -> bool:
-    count = isinstance(m, int) and not isinstance(m, bool) and m >= 1
-    fraction = isinstance(m, float) and 0.0 < m <= 1.0
-    return m is None or count or fraction
+    """None (the whole batch), a count >= 1 or a fraction in (0, 1]."""
+    return m is None or (_is_int(m) and m >= 1) or (isinstance(m, float) and 0.0 < m <= 1.0)
 
 
 def _validate_curvature_samples(m: Any) -> None:
     expected = "expected None, an int >= 1, a fraction in (0, 1], or a schedule {first step: one of those} with key 0"
     if isinstance(m, dict):
-        steps_ok = all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in m) and 0 in m
+        steps_ok = 0 in m and all(_is_int(k) and k >= 0 for k in m)
         if not (steps_ok and all(_is_sample_setting(v) for v in m.values())):
             raise ValueError(f"Invalid curvature_samples value: {m!r} ({expected})")
     elif not _is_sample_setting(m):
