@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacfwd, jacrev, vmap
 
+from ..solve.factored import FactoredRows, LinearFactors
 from .losses import Curvature
 from .params import ParameterLayout
 
@@ -105,10 +106,15 @@ class FastPathJacobian:
             module, pname = owner[id(p)]
             self.columns[(id(module), pname)] = layout.slice_of(i)
 
-    def rows(
-        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows [q*S, n], ρ [q*S] and the per-sample losses [S] at the current parameters."""
+    @property
+    def all_linear(self) -> bool:
+        """Every trainable layer is a Linear (then :meth:`factors` applies when their inputs are [batch, features])."""
+        return all(isinstance(m, nn.Linear) for m in self.modules)
+
+    def _forward_and_signals(self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature):
+        """One forward pass with hooks and the backward passes: each layer's input and signals δ [S, q, ...]
+        (None for a layer that does not reach the output), ρ [S, q], the per-sample losses, W [S, c, q] and the
+        outputs z."""
         records: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {id(m): [] for m in self.modules}
 
         def hook(module, inputs, output):
@@ -127,13 +133,20 @@ class FastPathJacobian:
         z_detached = z.detach()
         losses = curvature.per_sample_loss(z_detached, y)
         W, rho = curvature.weights(z_detached, y)
+        outputs = [records[id(m)][0][1] for m in self.modules]
+        inputs = [records[id(m)][0][0] for m in self.modules]
+        return inputs, self._signals(z, outputs, W), rho, losses, W, z_detached
+
+    def rows(
+        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows [q*S, n], ρ [q*S] and the per-sample losses [S] at the current parameters."""
+        inputs, deltas, rho, losses, W, z = self._forward_and_signals(x, y, curvature)
         S, q = W.shape[0], W.shape[2]
         # Every column is written below (each parameter belongs to one recorded layer) unless a layer does not
         # reach the output, in which case its columns are zeroed there; so no up-front zero fill is needed.
         rows = z.new_empty(q, S, self.layout.numel)
-        outputs = [records[id(m)][0][1] for m in self.modules]
-        deltas = self._signals(z, outputs, W)
-        for m, delta in zip(self.modules, deltas):
+        for m, a, delta in zip(self.modules, inputs, deltas):
             if delta is None:  # the layer does not reach the output: its columns are zero
                 for pname in ("weight", "bias"):
                     cols = self.columns.get((id(m), pname))
@@ -141,8 +154,32 @@ class FastPathJacobian:
                         rows[:, :, cols] = 0
                 continue
             # the per-sample products for all q columns at once (one bmm or grouped convolution per layer)
-            self._fill(rows, m, records[id(m)][0][0], delta)
+            self._fill(rows, m, a, delta)
         return rows.reshape(q * S, -1), _flat_rho(rho), losses
+
+    def factors(
+        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature
+    ) -> tuple[FactoredRows, torch.Tensor, torch.Tensor]:
+        """The rows of :meth:`rows` as per-layer factors (solve/factored.py), ρ and the per-sample losses; only
+        for Linear layers applied to [batch, features] inputs (else NotApplicable). Row k·S + s is direction k
+        of sample s, as in :meth:`rows`."""
+        if not self.all_linear:
+            raise NotApplicable("factored rows need every trainable layer to be a Linear")
+        inputs, deltas, rho, losses, W, z = self._forward_and_signals(x, y, curvature)
+        q = W.shape[2]
+        layers = []
+        for m, a, delta in zip(self.modules, inputs, deltas):
+            if a.dim() != 2:
+                raise NotApplicable("factored rows need Linear inputs of shape [batch, features]")
+            if delta is None:  # does not reach the output: zero columns, no factors
+                continue
+            layers.append(LinearFactors(
+                inputs=a.repeat(q, 1),  # [q·S, in], k-major like the rows
+                signals=delta.transpose(0, 1).reshape(-1, delta.shape[2]),  # [q·S, out]
+                weight=self.columns.get((id(m), "weight")),
+                bias=self.columns.get((id(m), "bias")),
+            ))
+        return FactoredRows(self.layout.numel, q * W.shape[0], layers, z.dtype), _flat_rho(rho), losses
 
     @staticmethod
     def _signals(z: torch.Tensor, outputs: list[torch.Tensor], W: torch.Tensor) -> list[torch.Tensor | None]:

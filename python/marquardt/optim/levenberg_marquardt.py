@@ -35,7 +35,7 @@ from ..policy.damping import update_damping
 from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
 from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
-from ..solve.systems import DualSystem, PrimalSystem
+from ..solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from .settings import curvature_samples_at, resolve, subsamples_curvature
 
 ResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,6 +64,7 @@ class StepResult:
     theta_norm: float
     predicted_reduction: float | None = None
     curvature_samples: int | None = None  # batch samples (all ranks) the curvature came from; None: residual fn
+    cg_iterations: int | None = None  # conjugate-gradient iterations of all solves (dual_method 'pcg'), else None
     converged: str | None = None  # set by fit(): 'ftol', 'xtol', 'gtol' or None
     notes: list[str] = field(default_factory=list)
 
@@ -120,6 +121,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._engine = self._make_engine(settings["engine"])
         self._output_shapes: dict[tuple, tuple[int, tuple[int, ...]]] = {}
         self._block_cache: list[torch.Tensor] | None = None
+        self._factored_unavailable = False  # set when the model turned out not to suit dual_method 'pcg'
         self._comm = Communicator(settings["distributed"])
         self._last_batch: tuple | None = None
         self._checked_ranks = False
@@ -354,13 +356,26 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             system = PrimalSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         elif plan["form"] == "block_diagonal":
             system = BlockDiagonalSystem(plan["blocks"], n, alpha, plan["dtype"], device, plan["acc_dtype"])
+        elif self._factored_dual():
+            tol = self.settings["dual_tol"] or (1e-12 if plan["acc_dtype"] == torch.float64 else 1e-10)
+            system = FactoredDualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"], tol=tol)
         else:
             system = DualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         noise.replay()
         total = 0.0
         for x, y in batch:
-            rows, rho, losses = self._engine_rows(x, y)
-            system.add_rows(rows, rho)
+            if isinstance(system, FactoredDualSystem):
+                try:
+                    rows, rho, losses = self._engine.factors(x, y, self.curvature)
+                except NotApplicable as exc:  # e.g. a Linear on [batch, positions, features]
+                    if self.settings["dual_method"] == "pcg":
+                        raise ValueError(f"dual_method='pcg' does not apply to this model: {exc}") from exc
+                    self._factored_unavailable = True
+                    return self._build_system(batch, plan, noise, alpha, first)
+                system.add_factors(rows, rho)
+            else:
+                rows, rho, losses = self._engine_rows(x, y)
+                system.add_rows(rows, rho)
             total += float(losses.double().sum())
         system.reduce(self._comm)  # data-parallel: A, g and the loss summed over the ranks (marquardt.parallel)
         total = self._comm.sum_float(total, device)
@@ -370,6 +385,15 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._forward_passes += 1
         self._state["forward_passes"] += 1
         return system, (total * alpha if math.isfinite(total) else math.inf)
+
+    def _factored_dual(self) -> bool:
+        """Whether the dual system keeps its rows factored and solves by PCG (settings: dual_method)."""
+        method = self.settings["dual_method"]
+        fast_linear = isinstance(self._engine, FastPathJacobian) and self._engine.all_linear
+        if method == "pcg" and not fast_linear:
+            raise ValueError("dual_method='pcg' needs every trainable layer to be a Linear and the fast Jacobian "
+                             f"engine (this model runs the {self._engine.name!r} engine); use 'auto' or 'cholesky'")
+        return method != "cholesky" and fast_linear and not self._factored_unavailable
 
     def _curvature_subset(self, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.
@@ -572,6 +596,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                     result.reason, result.multiplier, result.loss_after = "line_search", s_star, c_star
                     break
 
+        if isinstance(system, FactoredDualSystem):
+            result.cg_iterations = sum(system.cg_iterations)
         if accepted_step is None and s["revert_d_on_reject"]:
             state["d"].copy_(d_saved)
         state["lam"], state["nu"] = lam, nu

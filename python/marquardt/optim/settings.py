@@ -58,6 +58,16 @@ DEFAULTS: dict[str, Any] = {
     "loss_scale": "mean",
     "distributed": "auto",  # sum over torch.distributed ranks when a process group is initialised
     "solver": "auto",  # 'primal', 'dual', 'block_diagonal', or 'auto' (smallest that fits memory_budget)
+    # How the dual system (K + λ/α I) y = v is solved. 'pcg': the rows stay factored per Linear layer and
+    # conjugate gradients run on the exact K, preconditioned by a Hadamard-product Gram (solve/factored.py;
+    # 3-4x less time per iteration on the 1-64-64-1 sine MLP at 1000 rows, BENCHMARKS.md); 'cholesky': K is
+    # formed from the rows and factored. 'auto': 'pcg' when every trainable layer is a Linear on [batch,
+    # features] inputs and the fast Jacobian engine runs, else 'cholesky'.
+    "dual_method": "auto",
+    # CG stops at this relative residual of the row-space system; None = 1e-10 for float32 rows (below the
+    # rounding of a float32 K, which the Cholesky path factors) and 1e-12 for float64 rows. The step then
+    # equals the Cholesky one to about this times the preconditioned condition number (1-4 measured).
+    "dual_tol": None,
     "blocks": "layer",  # block_diagonal: 'layer', 'unit' (a weight row with its bias) or a group size
     "engine": "auto",
     "memory_budget": 512 * 2**20,
@@ -150,6 +160,12 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(
             f"Invalid solver value: {s['solver']!r} (expected 'auto', 'primal', 'dual' or 'block_diagonal')"
         )
+    if s["dual_method"] not in ("auto", "cholesky", "pcg"):
+        raise ValueError(
+            f"Invalid dual_method value: {s['dual_method']!r} (expected 'auto', 'cholesky' or 'pcg')"
+        )
+    if not (s["dual_tol"] is None or (isinstance(s["dual_tol"], float) and 0.0 < s["dual_tol"] < 1.0)):
+        raise ValueError(f"Invalid dual_tol value: {s['dual_tol']!r} (expected None or a float in (0, 1))")
     if not (s["blocks"] in ("layer", "unit") or (isinstance(s["blocks"], int) and s["blocks"] >= 1)):
         raise ValueError(f"Invalid blocks value: {s['blocks']!r} (expected 'layer', 'unit' or an int >= 1)")
     if s["engine"] not in ("auto", "fast", "functorch", "full"):

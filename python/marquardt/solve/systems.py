@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
+from .factored import FactoredRows, RankOnePreconditioner, preconditioned_cg
 
 
 class PrimalSystem:
@@ -109,10 +110,31 @@ class PrimalSystem:
         return float(s @ (self.A @ s))
 
 
+class DenseRows:
+    """Explicit rows 𝒥 (m × n, stored in the accumulation dtype), with the products a dual solve needs; vectors
+    keep their own dtype. :class:`~marquardt.solve.factored.FactoredRows` is the same interface without 𝒥."""
+
+    def __init__(self, J: torch.Tensor) -> None:
+        self.J = J
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """𝒥 v."""
+        return (self.J @ v.to(self.J.dtype)).to(v.dtype)
+
+    def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
+        """𝒥ᵀ y."""
+        return (self.J.T @ y.to(self.J.dtype)).to(y.dtype)
+
+    def column_sq_norms(self) -> torch.Tensor:
+        """diag(𝒥ᵀ𝒥)."""
+        return (self.J * self.J).sum(dim=0)
+
+
 class DualSystem:
     """The rows themselves (m × n, m < n) and a solve in row space."""
 
     form = "dual"
+    method = "cholesky"  # how (K + λ/α I) y = v is solved
 
     def __init__(
         self,
@@ -124,12 +146,12 @@ class DualSystem:
     ) -> None:
         self.alpha = alpha
         self.n = n
-        self.dtype = dtype  # of the m x m factorisation
+        self.dtype = dtype  # of the m x m factorisation and of the row-space vectors
         self.acc_dtype = accumulate_dtype or dtype  # of the rows and of K's accumulation
         self.device = device
-        self._rows: list[torch.Tensor] = []
+        self._rows: list = []
         self._rho: list[torch.Tensor] = []
-        self.J = torch.empty(0, n, dtype=self.acc_dtype, device=device)
+        self.rows = None  # the row operator (DenseRows here), set by finalize
         self.rho = torch.empty(0, dtype=dtype, device=device)
         self.g = torch.zeros(n, dtype=dtype, device=device)
         self.K: torch.Tensor | None = None
@@ -146,11 +168,19 @@ class DualSystem:
             raise ValueError("solver='dual' keeps every rank's rows and cannot be summed across ranks; use "
                              "solver='primal' or 'block_diagonal' with torch.distributed")
 
+    def _stack_rows(self):
+        return DenseRows(self._rows[0] if len(self._rows) == 1 else torch.cat(self._rows))
+
     def finalize(self) -> None:
-        self.J = self._rows[0] if len(self._rows) == 1 else torch.cat(self._rows)
+        self.rows = self._stack_rows()
         self.rho = torch.cat(self._rho)
         self._rows, self._rho = [], []
-        self.g = self.alpha * (self.J.T @ self.rho.to(self.acc_dtype)).to(self.dtype)
+        self.g = self.alpha * self.rows.rmatvec(self.rho)
+
+    @property
+    def J(self) -> torch.Tensor:
+        """The explicit rows (dense form only)."""
+        return self.rows.J
 
     def set_gradient(self, g: torch.Tensor) -> None:
         """Replaces g = α 𝒥ᵀρ with a gradient computed elsewhere; steps then use the general Woodbury solve."""
@@ -158,7 +188,7 @@ class DualSystem:
         self._external_gradient = True
 
     def diagonal(self) -> torch.Tensor:
-        return (self.alpha * (self.J * self.J).sum(dim=0)).to(self.dtype)  # column squared norms
+        return (self.alpha * self.rows.column_sq_norms()).to(self.dtype)
 
     def update_max_diagonal(self, d: torch.Tensor, floor: float) -> torch.Tensor:
         d.copy_(torch.maximum(d, self.diagonal().to(d.dtype)).clamp_min(floor))
@@ -172,6 +202,16 @@ class DualSystem:
         ops.jtj_accumulate_(K, scaled.T)  # K = (𝒥 D^-1/2)(𝒥 D^-1/2)ᵀ, symmetric half only
         self.K = K.to(self.dtype)
 
+    def _keep_factor(self, lam: float) -> bool:
+        """Factors K + λ/α I once for the solves that follow at this λ; False if it is not positive definite."""
+        assert self.K is not None
+        ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
+        U, info = ops.damped_cholesky_factor(self.K, ones, lam / self.alpha)
+        if int(info) != 0:
+            return False
+        self._factor = (lam, U)
+        return True
+
     def _solve_gram(self, lam: float, v: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(K + λ/α · I)⁻¹ v in row space, reusing a factor kept for this λ."""
         assert self.K is not None
@@ -184,28 +224,23 @@ class DualSystem:
 
     def solve_rows(self, lam: float, rho_like: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """x = (A + λ diag d)⁻¹ α 𝒥ᵀ ρ_like, through the m × m system (reusing a kept factor at this λ)."""
-        assert self.K is not None and self.d is not None
+        assert self.d is not None
         y, ok = self._solve_gram(lam, rho_like)
-        x = (self.J.T @ y.to(self.acc_dtype)).to(self.dtype) / self.d
+        x = self.rows.rmatvec(y) / self.d
         return x, ok and bool(torch.isfinite(x).all())
 
     def solve(self, lam: float, rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """x = (A + λ diag d)⁻¹ rhs for any rhs ∈ ℝⁿ (the general Woodbury identity of the module docstring)."""
-        assert self.K is not None and self.d is not None
+        assert self.d is not None
         scaled = rhs.to(self.dtype) / self.d  # D⁻¹ v
-        y, ok = self._solve_gram(lam, (self.J @ scaled.to(self.acc_dtype)).to(self.dtype))
-        x = (scaled - (self.J.T @ y.to(self.acc_dtype)).to(self.dtype) / self.d) / lam
+        y, ok = self._solve_gram(lam, self.rows.matvec(scaled))
+        x = (scaled - self.rows.rmatvec(y) / self.d) / lam
         return x, ok and bool(torch.isfinite(x).all())
 
     def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
         self._factor = None
-        if keep_factor:
-            assert self.K is not None
-            ones = torch.ones(self.K.shape[0], dtype=self.dtype, device=self.device)
-            U, info = ops.damped_cholesky_factor(self.K, ones, lam / self.alpha)
-            if int(info) != 0:
-                return torch.zeros_like(self.g), False
-            self._factor = (lam, U)
+        if keep_factor and not self._keep_factor(lam):
+            return torch.zeros_like(self.g), False
         if self._external_gradient:
             return self.solve(lam, -self.g)
         x, ok = self.solve_rows(lam, self.rho)
@@ -213,4 +248,56 @@ class DualSystem:
 
     def quadratic(self, s: torch.Tensor) -> float:
         """sᵀ A s = α ‖𝒥 s‖²."""
-        return float(self.alpha * (self.J @ s.to(self.acc_dtype)).double().pow(2).sum())
+        return float(self.alpha * self.rows.matvec(s).double().pow(2).sum())
+
+
+class FactoredDualSystem(DualSystem):
+    """The dual form for networks of Linear layers: the rows stay factored (solve/factored.py) and the m × m
+    system is solved by conjugate gradients with the exact K, preconditioned by a Hadamard-product Gram.
+
+    The same step as :class:`DualSystem` up to the CG tolerance (a relative residual of ``tol`` in the row-space
+    system, in float64 by default), at m² (out + in) per layer to set up instead of m² n; it never holds 𝒥.
+    A CG run that does not converge counts as a failed factorisation (λ goes up, which also speeds CG up)."""
+
+    method = "pcg"
+
+    def __init__(self, *args, tol: float = 1e-10, max_iter: int = 200, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tol = tol
+        self.max_iter = max_iter
+        self._preconditioner: RankOnePreconditioner | None = None
+        self.cg_iterations: list[int] = []  # of every solve since set_damping (for the step result and tests)
+
+    def add_factors(self, rows: FactoredRows, rho: torch.Tensor) -> None:
+        self._rows.append(rows)
+        self._rho.append(rho.to(self.dtype))
+
+    def _stack_rows(self):
+        return FactoredRows.cat(self._rows).to(self.acc_dtype)  # products in the rows' dtype, as DenseRows
+
+    @property
+    def J(self) -> torch.Tensor:
+        raise AttributeError("the factored dual system has no explicit rows")
+
+    def set_damping(self, d: torch.Tensor) -> None:
+        self.d = d
+        self._d_inv = 1.0 / d
+        self._preconditioner = RankOnePreconditioner(self.rows.approximate_gram(self._d_inv, self.acc_dtype))
+        self.cg_iterations = []
+
+    def _keep_factor(self, lam: float) -> bool:
+        assert self._preconditioner is not None
+        return self._preconditioner.factor(lam / self.alpha) is not None
+
+    def _solve_gram(self, lam: float, v: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        assert self._preconditioner is not None
+        mu = lam / self.alpha
+        if self._preconditioner.factor(mu) is None:
+            return torch.zeros_like(v), False
+
+        def apply(p: torch.Tensor) -> torch.Tensor:  # (K + μI) p with K = 𝒥 D⁻¹ 𝒥ᵀ through the factors
+            return self.rows.matvec(self._d_inv * self.rows.rmatvec(p)) + mu * p
+
+        result = preconditioned_cg(apply, lambda r: self._preconditioner.apply(mu, r), v, self.tol, self.max_iter)
+        self.cg_iterations.append(result.iterations)
+        return result.x, result.converged

@@ -1,0 +1,211 @@
+"""Jacobian rows of Linear layers held as per-layer factors, and the dual solve that never forms them.
+
+For a ``Linear`` layer applied to one feature vector per sample, the columns of residual row r that belong to
+the layer are the outer product of its backpropagated signal δ_r (out) and its input a_r (in):
+
+    weight: vec(δ_r a_rᵀ)  (the [out, in] layout of the weight),   bias: δ_r.
+
+So the m × n rows 𝒥 never need to exist: with the m × out signals Δ and the m × in inputs 𝒜 of each layer,
+
+    𝒥 v    = Σ_layers rowsum((Δ V) ∘ 𝒜) + Δ b           (V, b: the layer's part of v)
+    𝒥ᵀ y   = [ Δᵀ diag(y) 𝒜 , Δᵀ y ]  per layer
+    diag(𝒥ᵀ𝒥) = [ (Δ∘Δ)ᵀ (𝒜∘𝒜) , (Δ∘Δ)ᵀ 1 ]  per layer
+
+each at the cost of one GEMM the size of the layer's weight times m, instead of m × n per product with the rows
+themselves, and m × m × n to form the dual matrix K = 𝒥 D⁻¹ 𝒥ᵀ.
+
+The dual system (K + μI) y = v (ALGORITHM.md §3.5) is then solved by preconditioned conjugate gradients with
+the exact K applied through the factors. The preconditioner is K with D⁻¹ replaced, per layer, by the nearest
+rank-one matrix u vᵀ in the log domain (bias as an extra input column of ones): then the layer's part of K is a
+Hadamard product of two small Grams (the neural-tangent-kernel identity),
+
+    Σ_{o,k} δ_ro u_o δ_so · a_rk v_k a_sk = (Δ diag(u) Δᵀ) ∘ (𝒜 diag(v) 𝒜ᵀ),
+
+formed in m² (out + in) instead of m² · out · in. When D⁻¹ lies within a factor c of that rank-one fit entry
+by entry, the preconditioned matrix has condition number at most c (both sides are sums of the same positive
+terms), and CG converges in a few iterations: on the sine MLP (1-64-64-1, max-diagonal damping) the measured
+condition numbers were 1.3-3.2 and CG needed 7-18 iterations for a relative residual of 1e-10.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+
+
+@dataclass
+class LinearFactors:
+    """One Linear layer's share of the rows: row r is vec(signals[r] ⊗ inputs[r]) on the weight's columns and
+    signals[r] on the bias's (either slice may be None: frozen or absent)."""
+
+    inputs: torch.Tensor  # [m, in]
+    signals: torch.Tensor  # [m, out]
+    weight: slice | None
+    bias: slice | None
+
+
+class FactoredRows:
+    """The m × n rows 𝒥 of a stack of Linear layers, as per-layer factors (see the module docstring).
+
+    Columns of layers that do not reach the output are zero (they have no factors here)."""
+
+    def __init__(self, n: int, m: int, layers: list[LinearFactors], dtype: torch.dtype) -> None:
+        self.n = n
+        self.m = m
+        self.layers = layers
+        self.dtype = dtype
+
+    @staticmethod
+    def cat(chunks: list[FactoredRows]) -> FactoredRows:
+        """The rows of several chunks stacked in order (the layers line up: the same model made them)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        layers = [
+            LinearFactors(torch.cat([c.layers[i].inputs for c in chunks]),
+                          torch.cat([c.layers[i].signals for c in chunks]), first.weight, first.bias)
+            for i, first in enumerate(chunks[0].layers)
+        ]
+        return FactoredRows(chunks[0].n, sum(c.m for c in chunks), layers, chunks[0].dtype)
+
+    def to(self, dtype: torch.dtype) -> FactoredRows:
+        layers = [LinearFactors(f.inputs.to(dtype), f.signals.to(dtype), f.weight, f.bias) for f in self.layers]
+        return FactoredRows(self.n, self.m, layers, dtype)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """𝒥 v (m), computed in the factors' dtype and returned in v's (as DenseRows does)."""
+        v_ = v.to(self.dtype)
+        out = v_.new_zeros(self.m)
+        for f in self.layers:
+            if f.weight is not None:
+                V = v_[f.weight].view(f.signals.shape[1], f.inputs.shape[1])
+                out += ((f.signals @ V) * f.inputs).sum(dim=1)
+            if f.bias is not None:
+                out += f.signals @ v_[f.bias]
+        return out.to(v.dtype)
+
+    def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
+        """𝒥ᵀ y (n), computed in the factors' dtype and returned in y's."""
+        y_ = y.to(self.dtype)
+        out = y_.new_zeros(self.n)
+        for f in self.layers:
+            if f.weight is not None:
+                out[f.weight] = ((f.signals * y_.unsqueeze(1)).T @ f.inputs).reshape(-1)
+            if f.bias is not None:
+                out[f.bias] = f.signals.T @ y_
+        return out.to(y.dtype)
+
+    def column_sq_norms(self) -> torch.Tensor:
+        """diag(𝒥ᵀ𝒥) (n)."""
+        out = torch.zeros(self.n, dtype=self.dtype, device=self.layers[0].signals.device if self.layers else None)
+        for f in self.layers:
+            s2 = f.signals * f.signals
+            if f.weight is not None:
+                out[f.weight] = (s2.T @ (f.inputs * f.inputs)).reshape(-1)
+            if f.bias is not None:
+                out[f.bias] = s2.sum(dim=0)
+        return out
+
+    def approximate_gram(self, d_inv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """K̃ ≈ 𝒥 diag(d_inv) 𝒥ᵀ (m × m) with each layer's d_inv replaced by its log-domain rank-one fit."""
+        K = torch.zeros(self.m, self.m, dtype=dtype, device=d_inv.device)
+        gram_signals, gram_inputs = torch.empty_like(K), torch.empty_like(K)
+        for f in self.layers:
+            signals, inputs = f.signals.to(dtype), f.inputs.to(dtype)
+            out_features = signals.shape[1]
+            blocks, columns = [], []  # d_inv as [out, in'] and the input columns it weights (ones for the bias)
+            if f.weight is not None:
+                blocks.append(d_inv[f.weight].view(out_features, -1))
+                columns.append(inputs)
+            if f.bias is not None:
+                blocks.append(d_inv[f.bias].view(out_features, 1))
+                columns.append(inputs.new_ones(inputs.shape[0], 1))
+            u, v = _rank_one_log_fit(torch.cat(blocks, dim=1).to(torch.float64))
+            # Each Gram by jtj_accumulate_ (one triangle), then K += Gram_δ ∘ Gram_a in place.
+            ops.jtj_accumulate_(gram_signals.zero_(), (signals * u.sqrt().to(dtype)).T)
+            ops.jtj_accumulate_(gram_inputs.zero_(), (torch.cat(columns, dim=1) * v.sqrt().to(dtype)).T)
+            K.addcmul_(gram_signals, gram_inputs)
+        return K
+
+
+def _rank_one_log_fit(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive u, v with log(u_o v_k) the least-squares fit of log E_ok (exact when E has one row or column)."""
+    L = E.log()
+    row = L.mean(dim=1)
+    col = L.mean(dim=0) - L.mean()
+    return row.exp(), col.exp()
+
+
+@dataclass
+class CGResult:
+    x: torch.Tensor
+    converged: bool
+    iterations: int
+    relative_residual: float
+
+
+def preconditioned_cg(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    precondition: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    tol: float,
+    max_iter: int,
+) -> CGResult:
+    """x with apply(x) = b (symmetric positive definite), by CG preconditioned with ``precondition`` ≈ apply⁻¹;
+    stops when ‖b − apply(x)‖ ≤ tol ‖b‖ (the recursively updated residual)."""
+    x = torch.zeros_like(b)
+    b_norm = float(b.norm())
+    if b_norm == 0.0:
+        return CGResult(x, True, 0, 0.0)
+    r = b.clone()
+    z = precondition(r)
+    p = z.clone()
+    rz = r @ z
+    rel = 1.0
+    for it in range(1, max_iter + 1):
+        Ap = apply(p)
+        curvature = p @ Ap
+        if not bool(curvature > 0):  # not positive definite (or non-finite): give up, the caller raises λ
+            return CGResult(x, False, it, rel)
+        step = rz / curvature
+        x += step * p
+        r -= step * Ap
+        rel = float(r.norm()) / b_norm
+        if rel <= tol:
+            return CGResult(x, True, it, rel)
+        z = precondition(r)
+        rz_next = r @ z
+        p = z + (rz_next / rz) * p
+        rz = rz_next
+    return CGResult(x, False, max_iter, rel)
+
+
+class RankOnePreconditioner:
+    """(K̃ + μI)⁻¹ by a Cholesky factor of the approximate Gram, kept for the last μ."""
+
+    def __init__(self, K_approx: torch.Tensor) -> None:
+        self.K = K_approx
+        self._mu: float | None = None
+        self._U: torch.Tensor | None = None
+
+    def factor(self, mu: float) -> torch.Tensor | None:
+        """The upper factor of K̃ + μI (None if it is not positive definite even in float64)."""
+        if self._mu != mu:
+            self._mu, self._U = mu, None
+            for dtype in dict.fromkeys((self.K.dtype, torch.float64)):
+                K = self.K.to(dtype)
+                U, info = ops.damped_cholesky_factor(K, torch.ones(K.shape[0], dtype=dtype, device=K.device), mu)
+                if int(info) == 0:
+                    self._U = U
+                    break
+        return self._U
+
+    def apply(self, mu: float, r: torch.Tensor) -> torch.Tensor:
+        U = self.factor(mu)
+        assert U is not None
+        # Two triangular solves: a third of cholesky_solve's time at m = 1000 (it copies the factor each call).
+        z = torch.linalg.solve_triangular(U.mT, r.to(U.dtype).unsqueeze(1), upper=False)
+        return torch.linalg.solve_triangular(U, z, upper=True).squeeze(1).to(r.dtype)
