@@ -244,3 +244,19 @@ def test_linear_factors_shapes_document_the_layout():
     rows = FactoredRows(8, 4, [f], torch.float32)
     assert rows.matvec(torch.ones(8)).shape == (4,) and rows.rmatvec(torch.ones(4)).shape == (8,)
     torch.testing.assert_close(rows.rmatvec(torch.ones(4)), torch.tensor([4.0] * 6 + [4.0] * 2))
+
+
+def test_approximate_gram_reuses_its_workspace():
+    model, x, y, curvature = batch("deep", "gn", 11)
+    layout = ParameterLayout.of(model)
+    rows, _, _ = FastPathJacobian(model, layout).factors(x, y, curvature)
+    d_inv = torch.rand(layout.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(8)) + 0.2
+    expected = rows.approximate_gram(d_inv, torch.float64)
+    workspace: dict[str, torch.Tensor] = {}
+    first = rows.approximate_gram(d_inv, torch.float64, workspace)
+    first_ptr = first.data_ptr()
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    first.fill_(float("nan"))  # a stale buffer must be overwritten, not accumulated into
+    again = rows.approximate_gram(d_inv, torch.float64, workspace)
+    assert again.data_ptr() == first_ptr and set(workspace) == {"gram", "gram_signals", "gram_inputs"}
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)

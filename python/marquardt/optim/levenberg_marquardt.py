@@ -122,6 +122,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._output_shapes: dict[tuple, tuple[int, tuple[int, ...]]] = {}
         self._block_cache: list[torch.Tensor] | None = None
         self._factored_unavailable = False  # set when the model turned out not to suit dual_method 'pcg'
+        self._dual_workspace: dict[str, torch.Tensor] = {}  # m × m buffers reused from step to step
         self._comm = Communicator(settings["distributed"])
         self._last_batch: tuple | None = None
         self._checked_ranks = False
@@ -358,7 +359,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             system = BlockDiagonalSystem(plan["blocks"], n, alpha, plan["dtype"], device, plan["acc_dtype"])
         elif self._factored_dual():
             tol = self.settings["dual_tol"] or (1e-12 if plan["acc_dtype"] == torch.float64 else 1e-10)
-            system = FactoredDualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"], tol=tol)
+            system = FactoredDualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"], tol=tol,
+                                        workspace=self._dual_workspace)
         else:
             system = DualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         noise.replay()

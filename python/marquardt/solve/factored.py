@@ -109,10 +109,18 @@ class FactoredRows:
                 out[f.bias] = s2.sum(dim=0)
         return out
 
-    def approximate_gram(self, d_inv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """K̃ ≈ 𝒥 diag(d_inv) 𝒥ᵀ (m × m) with each layer's d_inv replaced by its log-domain rank-one fit."""
-        K = torch.zeros(self.m, self.m, dtype=dtype, device=d_inv.device)
-        gram_signals, gram_inputs = torch.empty_like(K), torch.empty_like(K)
+    def approximate_gram(
+        self, d_inv: torch.Tensor, dtype: torch.dtype, workspace: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """K̃ ≈ 𝒥 diag(d_inv) 𝒥ᵀ (m × m) with each layer's d_inv replaced by its log-domain rank-one fit.
+
+        ``workspace``: m × m buffers kept from an earlier call and reused (the result is one of them). Fresh
+        buffers of a few MiB come back from the allocator as new pages, and faulting them in cost as much as
+        the Grams themselves (~5 of 12 ms at m = 1000 on one core)."""
+        shape = (self.m, self.m)
+        K = _buffer(workspace, "gram", shape, dtype, d_inv.device).zero_()
+        gram_signals = _buffer(workspace, "gram_signals", shape, dtype, d_inv.device)
+        gram_inputs = _buffer(workspace, "gram_inputs", shape, dtype, d_inv.device)
         for f in self.layers:
             signals, inputs = f.signals.to(dtype), f.inputs.to(dtype)
             out_features = signals.shape[1]
@@ -129,6 +137,17 @@ class FactoredRows:
             ops.jtj_accumulate_(gram_inputs.zero_(), (torch.cat(columns, dim=1) * v.sqrt().to(dtype)).T)
             K.addcmul_(gram_signals, gram_inputs)
         return K
+
+
+def _buffer(workspace: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, int], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+    """workspace[name] when it has this shape, dtype and device (else a new one, kept there)."""
+    if workspace is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    t = workspace.get(name)
+    if t is None or t.shape != shape or t.dtype != dtype or t.device != device:
+        t = workspace[name] = torch.empty(shape, dtype=dtype, device=device)
+    return t
 
 
 def _rank_one_log_fit(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

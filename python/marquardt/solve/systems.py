@@ -261,10 +261,15 @@ class FactoredDualSystem(DualSystem):
 
     method = "pcg"
 
-    def __init__(self, *args, tol: float = 1e-10, max_iter: int = 200, **kwargs) -> None:
+    #: m × m buffers are kept in the caller's workspace between steps up to this many bytes in all.
+    WORKSPACE_MAX_BYTES = 64 * 2**20
+
+    def __init__(self, *args, tol: float = 1e-10, max_iter: int = 200,
+                 workspace: dict[str, torch.Tensor] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.tol = tol
         self.max_iter = max_iter
+        self.workspace = workspace
         self._preconditioner: RankOnePreconditioner | None = None
         self.cg_iterations: list[int] = []  # of every solve since set_damping (for the step result and tests)
 
@@ -282,7 +287,11 @@ class FactoredDualSystem(DualSystem):
     def set_damping(self, d: torch.Tensor) -> None:
         self.d = d
         self._d_inv = 1.0 / d
-        self._preconditioner = RankOnePreconditioner(self.rows.approximate_gram(self._d_inv, self.acc_dtype))
+        m = self.rows.m
+        buffer_bytes = 3 * m * m * torch.finfo(self.acc_dtype).bits // 8
+        keep = self.workspace is not None and buffer_bytes <= self.WORKSPACE_MAX_BYTES
+        K_approx = self.rows.approximate_gram(self._d_inv, self.acc_dtype, self.workspace if keep else None)
+        self._preconditioner = RankOnePreconditioner(K_approx)
         self.cg_iterations = []
 
     def _keep_factor(self, lam: float) -> bool:
