@@ -10,7 +10,7 @@ import marquardt
 from marquardt.curvature.jacobian import FastPathJacobian, NotApplicable
 from marquardt.curvature.losses import make_curvature
 from marquardt.curvature.params import ParameterLayout
-from marquardt.solve.factored import FactoredRows, LinearFactors, preconditioned_cg
+from marquardt.solve.factored import FactoredRows, LinearFactors, factored_dual_pays, preconditioned_cg
 from marquardt.solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 
 
@@ -219,8 +219,12 @@ def test_optimizer_pcg_follows_the_cholesky_trajectory(options):
 
 def test_dual_method_auto_and_its_errors():
     x, y = _sine()
-    auto = marquardt.LevenbergMarquardt(_mlp(), "mse")
-    result = auto.step(x, y)
+    small = marquardt.LevenbergMarquardt(_mlp(), "mse").step(x, y)  # 40 rows x 193 parameters: K is cheap
+    assert small.form == "dual" and small.cg_iterations is None
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(1, 64), nn.ELU(), nn.Linear(64, 64), nn.ELU(), nn.Linear(64, 1)).double()
+    xw, yw = _sine(100)
+    result = marquardt.LevenbergMarquardt(wide, "mse").step(xw, yw)  # 100 x 4353: the factored solve pays
     assert result.form == "dual" and result.cg_iterations is not None
     cnn = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 38, 1)).double()
     xc = x.T.unsqueeze(0).expand(3, 1, 40).contiguous()
@@ -260,3 +264,11 @@ def test_approximate_gram_reuses_its_workspace():
     again = rows.approximate_gram(d_inv, torch.float64, workspace)
     assert again.data_ptr() == first_ptr and set(workspace) == {"gram", "gram_signals", "gram_inputs"}
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+def test_factored_dual_pays_where_it_was_measured_faster():
+    sine = lambda w: [(w, 1), (w, w), (1, w)]  # noqa: E731 - the 1-w-w-1 MLP's (out, in) shapes
+    assert not factored_dual_pays(100, 481, sine(20)) and not factored_dual_pays(400, 481, sine(20))
+    assert not factored_dual_pays(250, 1153, sine(32)) and factored_dual_pays(800, 1153, sine(32))
+    assert factored_dual_pays(250, 4353, sine(64)) and factored_dual_pays(250, 16897, sine(128))
+    assert not factored_dual_pays(10_000, 40, [(4, 4), (4, 4)])  # narrow layers: the Grams cost as much as K

@@ -35,6 +35,7 @@ from ..policy.damping import update_damping
 from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
 from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
+from ..solve.factored import factored_dual_pays
 from ..solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from .settings import curvature_samples_at, resolve, subsamples_curvature
 
@@ -339,7 +340,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             )
         else:
             chunk = int(min(n_samples, left // bytes_per_sample))
-        return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk, "blocks": blocks}
+        return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk, "blocks": blocks,
+                "rows": rows_total}
 
     def _blocks(self, budget: int, per_entry) -> list[torch.Tensor]:
         """The block partition for solver='block_diagonal', computed once (it depends on the model only)."""
@@ -357,7 +359,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             system = PrimalSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         elif plan["form"] == "block_diagonal":
             system = BlockDiagonalSystem(plan["blocks"], n, alpha, plan["dtype"], device, plan["acc_dtype"])
-        elif self._factored_dual():
+        elif self._factored_dual(plan["rows"]):
             tol = self.settings["dual_tol"] or (1e-12 if plan["acc_dtype"] == torch.float64 else 1e-10)
             system = FactoredDualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"], tol=tol,
                                         workspace=self._dual_workspace)
@@ -388,14 +390,17 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._state["forward_passes"] += 1
         return system, (total * alpha if math.isfinite(total) else math.inf)
 
-    def _factored_dual(self) -> bool:
-        """Whether the dual system keeps its rows factored and solves by PCG (settings: dual_method)."""
+    def _factored_dual(self, rows: int) -> bool:
+        """Whether the dual system of this many rows keeps them factored and solves by PCG (dual_method)."""
         method = self.settings["dual_method"]
         fast_linear = isinstance(self._engine, FastPathJacobian) and self._engine.all_linear
         if method == "pcg" and not fast_linear:
             raise ValueError("dual_method='pcg' needs every trainable layer to be a Linear and the fast Jacobian "
                              f"engine (this model runs the {self._engine.name!r} engine); use 'auto' or 'cholesky'")
-        return method != "cholesky" and fast_linear and not self._factored_unavailable
+        if method == "cholesky" or not fast_linear or self._factored_unavailable:
+            return False
+        shapes = [(m.out_features, m.in_features) for m in self._engine.modules]
+        return method == "pcg" or factored_dual_pays(rows, self.layout.numel, shapes)
 
     def _curvature_subset(self, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.

@@ -62,7 +62,8 @@ DEFAULTS: dict[str, Any] = {
     # conjugate gradients run on the exact K, preconditioned by a Hadamard-product Gram (solve/factored.py;
     # 3-4x less time per iteration on the 1-64-64-1 sine MLP at 1000 rows, BENCHMARKS.md); 'cholesky': K is
     # formed from the rows and factored. 'auto': 'pcg' when every trainable layer is a Linear on [batch,
-    # features] inputs and the fast Jacobian engine runs, else 'cholesky'.
+    # features] inputs, the fast Jacobian engine runs and the problem is large and wide enough for it to pay
+    # (solve.factored.factored_dual_pays), else 'cholesky'.
     "dual_method": "auto",
     # CG stops at this relative residual of the row-space system; None = 1e-10 for float32 rows (below the
     # rounding of a float32 K, which the Cholesky path factors) and 1e-12 for float64 rows. The step then
