@@ -272,3 +272,23 @@ def test_factored_dual_pays_where_it_was_measured_faster():
     assert not factored_dual_pays(250, 1153, sine(32)) and factored_dual_pays(800, 1153, sine(32))
     assert factored_dual_pays(250, 4353, sine(64)) and factored_dual_pays(250, 16897, sine(128))
     assert not factored_dual_pays(10_000, 40, [(4, 4), (4, 4)])  # narrow layers: the Grams cost as much as K
+
+
+def test_pcg_training_resumes_bit_identically_from_a_checkpoint():
+    x, y = _sine()
+    straight = _mlp()
+    opt = marquardt.LevenbergMarquardt(straight, "mse", solver="dual", dual_method="pcg")
+    for _ in range(6):
+        opt.step(x, y)
+    first = _mlp()
+    opt1 = marquardt.LevenbergMarquardt(first, "mse", solver="dual", dual_method="pcg")
+    for _ in range(3):
+        opt1.step(x, y)
+    resumed = _mlp()
+    resumed.load_state_dict(first.state_dict())
+    opt2 = marquardt.LevenbergMarquardt(resumed, "mse", solver="dual", dual_method="pcg")
+    opt2.load_state_dict(opt1.state_dict())
+    for _ in range(3):
+        opt2.step(x, y)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
