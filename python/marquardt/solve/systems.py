@@ -9,8 +9,10 @@
       δ = −diag(d)⁻¹ 𝒥ᵀ (K + λ/α · I)⁻¹ ρ,
 
   which equals the primal step exactly, max-diagonal damping included (α = 1/N for the mean loss).
+* :class:`FactoredDualSystem` is the dual form for networks of Linear layers: the rows stay factored per
+  layer and the m × m system is solved by preconditioned conjugate gradients (solve/factored.py).
 
-Both accept a gradient from elsewhere (:meth:`set_gradient`): subsampled curvature (ALGORITHM.md §9 item 6)
+Each accepts a gradient from elsewhere (:meth:`set_gradient`): subsampled curvature (ALGORITHM.md §9 item 6)
 builds A from a part of the batch and takes g from all of it. The dual form then needs the general Woodbury
 identity, (A + λD)⁻¹ v = λ⁻¹ [D⁻¹v − D⁻¹𝒥ᵀ (K + λ/α · I)⁻¹ 𝒥 D⁻¹ v], because g is no longer α 𝒥ᵀρ.
 """
@@ -134,7 +136,6 @@ class DualSystem:
     """The rows themselves (m × n, m < n) and a solve in row space."""
 
     form = "dual"
-    method = "cholesky"  # how (K + λ/α I) y = v is solved
 
     def __init__(
         self,
@@ -258,8 +259,6 @@ class FactoredDualSystem(DualSystem):
     The same step as :class:`DualSystem` up to the CG tolerance (a relative residual of ``tol`` in the row-space
     system, in float64 by default), at m² (out + in) per layer to set up instead of m² n; it never holds 𝒥.
     A CG run that does not converge counts as a failed factorisation (λ goes up, which also speeds CG up)."""
-
-    method = "pcg"
 
     #: m × m buffers are kept in the caller's workspace between steps up to this many bytes in all.
     WORKSPACE_MAX_BYTES = 64 * 2**20
