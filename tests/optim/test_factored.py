@@ -12,6 +12,7 @@ from marquardt.curvature.losses import make_curvature
 from marquardt.curvature.params import ParameterLayout
 from marquardt.solve.factored import FactoredRows, LinearFactors, factored_dual_pays, preconditioned_cg
 from marquardt.solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
+from tests.conftest import requires_cuda
 
 
 def deep_mlp():
@@ -292,3 +293,20 @@ def test_pcg_training_resumes_bit_identically_from_a_checkpoint():
         opt2.step(x, y)
     for p, q in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+
+
+@requires_cuda
+def test_pcg_dual_on_cuda_matches_the_cpu_steps():
+    """The factored PCG dual on the GPU (cuSOLVER factor of the preconditioner) gives the CPU's steps."""
+    x, y = _sine(100)
+    models = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(1, 64), nn.ELU(), nn.Linear(64, 64), nn.ELU(), nn.Linear(64, 1)).double()
+        model = model.to(device)
+        opt = marquardt.LevenbergMarquardt(model, "mse", solver="dual", dual_method="pcg")
+        results = [opt.step(x.to(device), y.to(device)) for _ in range(4)]
+        assert all(r.cg_iterations is not None for r in results)
+        models[device] = model
+    for p, q in zip(models["cpu"].parameters(), models["cuda"].parameters()):
+        torch.testing.assert_close(q.cpu(), p, rtol=1e-6, atol=1e-8)
