@@ -310,3 +310,20 @@ def test_pcg_dual_on_cuda_matches_the_cpu_steps():
         models[device] = model
     for p, q in zip(models["cpu"].parameters(), models["cuda"].parameters()):
         torch.testing.assert_close(q.cpu(), p, rtol=1e-6, atol=1e-8)
+
+
+def test_factored_dual_fits_budgets_that_the_formed_rows_do_not():
+    """1000 rows x 4353 parameters in 40 MiB: the rows and K (55 MB) and the primal matrix (152 MB) do not fit,
+    the factored dual (K̃ and its buffers, 32 MB, and 2 MB of factors) does."""
+    torch.manual_seed(0)
+    x = torch.linspace(-3, 3, 1000).unsqueeze(1)
+    y = torch.sin(x)
+    forms = {}
+    for method in ("auto", "cholesky"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(1, 64), nn.ELU(), nn.Linear(64, 64), nn.ELU(), nn.Linear(64, 1))
+        opt = marquardt.LevenbergMarquardt(model, "mse", memory_budget=40 * 2**20, dual_method=method)
+        forms[method] = opt.step(x, y)
+    assert forms["auto"].form == "dual" and forms["auto"].cg_iterations is not None
+    assert forms["cholesky"].form == "block_diagonal"
+    assert forms["auto"].loss_after < forms["auto"].loss_before

@@ -111,6 +111,27 @@ class FastPathJacobian:
         """Every trainable layer is a Linear (then :meth:`factors` applies when their inputs are [batch, features])."""
         return all(isinstance(m, nn.Linear) for m in self.modules)
 
+    def factorable(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`factors` applies to inputs like x (a sample or a few): every layer a Linear, run once,
+        on [batch, features] inputs. One forward pass without gradients."""
+        if not self.all_linear:
+            return False
+        dims: dict[int, list[int]] = {id(m): [] for m in self.modules}
+        handles = [m.register_forward_hook(lambda mod, inputs, out: dims[id(mod)].append(inputs[0].dim()))
+                   for m in self.modules]
+        try:
+            with torch.no_grad():
+                self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return all(d == [2] for d in dims.values())
+
+    @property
+    def factor_width(self) -> int:
+        """Numbers per row that :meth:`factors` keeps: Σ (out + in) over the layers."""
+        return sum(m.out_features + m.in_features for m in self.modules if isinstance(m, nn.Linear))
+
     def _forward_and_signals(self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature):
         """One forward pass with hooks and the backward passes: each layer's input and signals δ [S, q, ...]
         (None for a layer that does not reach the output), ρ [S, q], the per-sample losses, W [S, c, q] and the

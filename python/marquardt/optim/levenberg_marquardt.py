@@ -122,7 +122,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._engine = self._make_engine(settings["engine"])
         self._output_shapes: dict[tuple, tuple[int, tuple[int, ...]]] = {}
         self._block_cache: list[torch.Tensor] | None = None
-        self._factored_unavailable = False  # set when the model turned out not to suit dual_method 'pcg'
+        # per input shape: whether the fast engine can keep this model's rows factored (FastPathJacobian.factorable)
+        self._factorable: dict[tuple, bool] = {}
+        self._batch_factorable = False  # ... for the batch of the step in progress
         self._dual_workspace: dict[str, torch.Tensor] = {}  # m × m buffers reused from step to step
         self._comm = Communicator(settings["distributed"])
         self._last_batch: tuple | None = None
@@ -265,10 +267,13 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             if self.residual_fn is None:
                 z1 = self._outputs(inputs[:1], targets[:1] if targets is not None else None)
                 self._output_shapes[key] = (inputs.shape[0], tuple(z1.shape[1:]))
+                engine = self._engine
+                self._factorable[key] = isinstance(engine, FastPathJacobian) and engine.factorable(inputs[:1])
             else:
                 z = self._outputs(inputs, targets)
                 self._output_shapes[key] = (z.shape[0], tuple(z.shape[1:]))
         n_samples, sample_shape = self._output_shapes[key]
+        self._batch_factorable = self._factorable.get(key, False)
         if self.residual_fn is None:
             self.curvature.check_targets(torch.empty((n_samples,) + sample_shape, device="meta"), targets)
         return n_samples, int(torch.Size(sample_shape).numel())
@@ -294,8 +299,15 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             return 2 * solve_elt + (acc_elt if solve_elt != acc_elt else 0)
 
         primal_bytes = n * n * per_entry(n)
-        # dual: K, and the rows with their scaled copy
-        dual_bytes = rows_total * rows_total * per_entry(rows_total) + rows_total * n * 2 * acc_elt
+        factored = self._factored_dual(rows_total)
+        if factored:
+            # the factored dual: K̃, its two Gram buffers and its factor (plus a float64 copy and factor should
+            # the float32 one fail), and the per-layer factors of the rows instead of the rows
+            width = self._engine.factor_width
+            dual_bytes = rows_total * rows_total * (4 * acc_elt + 16) + rows_total * width * 2 * acc_elt
+        else:
+            # dual: K, and the rows with their scaled copy
+            dual_bytes = rows_total * rows_total * per_entry(rows_total) + rows_total * n * 2 * acc_elt
         form = s["solver"]
         if form == "auto":
             if rows_total < n and dual_bytes <= budget and not self._comm.active:
@@ -326,8 +338,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         else:
             system_bytes = primal_bytes if form == "primal" else dual_bytes
             dtype = solve_dtype(n if form == "primal" else rows_total)
-        # Per sample while its rows are formed: the output Jacobian, the rows and a converted copy.
-        bytes_per_sample = 3 * per_sample * n * torch.finfo(acc_dtype).bits // 8
+        # Per sample while its rows are formed: the output Jacobian, the rows and a converted copy (for the
+        # factored dual, the layer inputs and signals instead of the rows).
+        row_width = self._engine.factor_width if form == "dual" and factored else n
+        bytes_per_sample = 3 * per_sample * row_width * acc_elt
         left = budget - system_bytes
         if self.residual_fn is not None:
             chunk = n_samples  # a residual callable sees the whole batch at once
@@ -340,8 +354,12 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             )
         else:
             chunk = int(min(n_samples, left // bytes_per_sample))
+        if form == "dual" and self.settings["dual_method"] == "pcg" and not factored:
+            raise ValueError("dual_method='pcg' needs every trainable layer to be a Linear on [batch, features] "
+                             f"inputs and the fast Jacobian engine (this model runs the {self._engine.name!r} "
+                             "engine); use 'auto' or 'cholesky'")
         return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk, "blocks": blocks,
-                "rows": rows_total}
+                "factored": form == "dual" and factored}
 
     def _blocks(self, budget: int, per_entry) -> list[torch.Tensor]:
         """The block partition for solver='block_diagonal', computed once (it depends on the model only)."""
@@ -359,7 +377,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             system = PrimalSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         elif plan["form"] == "block_diagonal":
             system = BlockDiagonalSystem(plan["blocks"], n, alpha, plan["dtype"], device, plan["acc_dtype"])
-        elif self._factored_dual(plan["rows"]):
+        elif plan["factored"]:
             tol = self.settings["dual_tol"] or (1e-12 if plan["acc_dtype"] == torch.float64 else 1e-10)
             system = FactoredDualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"], tol=tol,
                                         workspace=self._dual_workspace)
@@ -369,13 +387,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         total = 0.0
         for x, y in batch:
             if isinstance(system, FactoredDualSystem):
-                try:
-                    rows, rho, losses = self._engine.factors(x, y, self.curvature)
-                except NotApplicable as exc:  # e.g. a Linear on [batch, positions, features]
-                    if self.settings["dual_method"] == "pcg":
-                        raise ValueError(f"dual_method='pcg' does not apply to this model: {exc}") from exc
-                    self._factored_unavailable = True
-                    return self._build_system(batch, plan, noise, alpha, first)
+                rows, rho, losses = self._engine.factors(x, y, self.curvature)
                 system.add_factors(rows, rho)
             else:
                 rows, rho, losses = self._engine_rows(x, y)
@@ -391,13 +403,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         return system, (total * alpha if math.isfinite(total) else math.inf)
 
     def _factored_dual(self, rows: int) -> bool:
-        """Whether the dual system of this many rows keeps them factored and solves by PCG (dual_method)."""
+        """Whether a dual system of this many rows would keep them factored and solve by PCG (dual_method)."""
         method = self.settings["dual_method"]
-        fast_linear = isinstance(self._engine, FastPathJacobian) and self._engine.all_linear
-        if method == "pcg" and not fast_linear:
-            raise ValueError("dual_method='pcg' needs every trainable layer to be a Linear and the fast Jacobian "
-                             f"engine (this model runs the {self._engine.name!r} engine); use 'auto' or 'cholesky'")
-        if method == "cholesky" or not fast_linear or self._factored_unavailable:
+        if method == "cholesky" or not self._batch_factorable:
             return False
         shapes = [(m.out_features, m.in_features) for m in self._engine.modules]
         return method == "pcg" or factored_dual_pays(rows, self.layout.numel, shapes)
