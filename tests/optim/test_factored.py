@@ -327,3 +327,19 @@ def test_factored_dual_fits_budgets_that_the_formed_rows_do_not():
     assert forms["auto"].form == "dual" and forms["auto"].cg_iterations is not None
     assert forms["cholesky"].form == "block_diagonal"
     assert forms["auto"].loss_after < forms["auto"].loss_before
+
+
+def test_float32_row_space_stops_at_its_rounding():
+    """A tolerance below float32 rounding is clamped to it (4 eps), so CG converges instead of failing."""
+    primal, _, _, layout = _systems("wide_out", "ggn", 9, 1)
+    model, x, y, curvature = batch("wide_out", "ggn", 9)
+    engine = FastPathJacobian(model, ParameterLayout.of(model))
+    single = FactoredDualSystem(layout.numel, 1.0 / 9, torch.float32, torch.device("cpu"), tol=1e-14)
+    single.add_factors(*engine.factors(x, y, curvature)[:2])
+    single.finalize()
+    d = primal.diagonal().clamp_min(0.01)
+    primal.set_damping(d)
+    single.set_damping(d.float())
+    step, ok = single.lm_step(0.3)
+    assert ok and single.cg_iterations[-1] < single.max_iter
+    torch.testing.assert_close(step.double(), primal.lm_step(0.3)[0], rtol=1e-4, atol=1e-6)

@@ -306,6 +306,9 @@ class FactoredDualSystem(DualSystem):
         def apply(p: torch.Tensor) -> torch.Tensor:  # (K + μI) p with K = 𝒥 D⁻¹ 𝒥ᵀ through the factors
             return self.rows.matvec(self._d_inv * self.rows.rmatvec(p)) + mu * p
 
-        result = preconditioned_cg(apply, lambda r: self._preconditioner.apply(mu, r), v, self.tol, self.max_iter)
+        # In float32 (row spaces above solve_float64_max) no residual much below the rounding is meaningful,
+        # and asking for one could only run CG to max_iter and fail the step.
+        tol = max(self.tol, 4 * torch.finfo(v.dtype).eps)
+        result = preconditioned_cg(apply, lambda r: self._preconditioner.apply(mu, r), v, tol, self.max_iter)
         self.cg_iterations.append(result.iterations)
         return result.x, result.converged
