@@ -198,7 +198,8 @@ def _mlp(seed=0):
     return nn.Sequential(nn.Linear(1, 12), nn.ELU(), nn.Linear(12, 12), nn.ELU(), nn.Linear(12, 1)).double()
 
 
-@pytest.mark.parametrize("options", [{}, {"geodesic": True}, {"curvature_samples": 0.5}, {"uphill": True}])
+@pytest.mark.parametrize("options", [{}, {"geodesic": True}, {"curvature_samples": 0.5}, {"uphill": True},
+                                     {"damping": "marquardt"}, {"damping": "levenberg"}, {"preset": "paper"}])
 def test_optimizer_pcg_follows_the_cholesky_trajectory(options):
     """Twelve steps with the factored PCG dual solve and with the dense Cholesky one stay together."""
     x, y = _sine()
