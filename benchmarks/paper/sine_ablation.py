@@ -23,6 +23,7 @@ CONFIGS = {
     "default": {},
     "no momentum": {"momentum": None},
     "no momentum, no line search": {"momentum": None, "line_search": None},
+    "no line search": {"line_search": None},
     "LMAM kappa=1": {"kappa": 1.0},
     "uphill on (guarded)": {"uphill": True},
     "Nielsen lambda": {"lambda_rule": "nielsen"},
