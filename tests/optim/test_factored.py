@@ -73,13 +73,17 @@ def test_factors_refuse_positional_inputs():
                        make_curvature("mse", "gn"))
 
 
-def test_approximate_gram_is_exact_for_rank_one_damping():
-    """With d_inv = u vᵀ on every layer (e.g. a constant), the Hadamard-product Gram is 𝒥 D⁻¹ 𝒥ᵀ itself."""
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_approximate_gram_is_exact_for_rank_one_damping(chunks):
+    """With d_inv = u vᵀ on every layer (e.g. a constant), the Hadamard-product Gram is 𝒥 D⁻¹ 𝒥ᵀ itself
+    (4 rows per sample here: the inputs' Gram is formed per sample and spread to the rows, across chunks)."""
     model, x, y, curvature = batch("wide_out", "ggn", 7)
     layout = ParameterLayout.of(model)
     engine = FastPathJacobian(model, layout)
-    J, _, _ = engine.rows(x, y, curvature)
-    rows, _, _ = engine.factors(x, y, curvature)
+    parts = torch.arange(7).chunk(chunks)
+    J = torch.cat([engine.rows(x[p], y[p], curvature)[0] for p in parts])
+    rows = FactoredRows.cat([engine.factors(x[p], y[p], curvature)[0] for p in parts])
+    assert rows.sample_of_row is not None and rows.m == J.shape[0]
     d_inv = torch.empty(layout.numel, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     for f in rows.layers:  # weight and bias of each layer: one rank-one [out, in + 1] pattern

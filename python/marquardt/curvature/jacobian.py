@@ -195,12 +195,15 @@ class FastPathJacobian:
             if delta is None:  # does not reach the output: zero columns, no factors
                 continue
             layers.append(LinearFactors(
-                inputs=a.repeat(q, 1),  # [q·S, in], k-major like the rows
-                signals=delta.transpose(0, 1).reshape(-1, delta.shape[2]),  # [q·S, out]
+                inputs=a,  # [S, in], once per sample
+                signals=delta.transpose(0, 1).reshape(-1, delta.shape[2]),  # [q·S, out], k-major like the rows
                 weight=self.columns.get((id(m), "weight")),
                 bias=self.columns.get((id(m), "bias")),
             ))
-        return FactoredRows(self.layout.numel, q * W.shape[0], layers, z.dtype), _flat_rho(rho), losses
+        S = W.shape[0]
+        sample_of_row = None if q == 1 else torch.arange(S, device=z.device).repeat(q)  # row k·S + s → s
+        rows = FactoredRows(self.layout.numel, q * S, layers, z.dtype, sample_of_row)
+        return rows, _flat_rho(rho), losses
 
     @staticmethod
     def _signals(z: torch.Tensor, outputs: list[torch.Tensor], W: torch.Tensor) -> list[torch.Tensor | None]:

@@ -51,10 +51,11 @@ def factored_dual_pays(m: int, n: int, layer_shapes: list[tuple[int, int]]) -> b
 
 @dataclass
 class LinearFactors:
-    """One Linear layer's share of the rows: row r is vec(signals[r] ⊗ inputs[r]) on the weight's columns and
-    signals[r] on the bias's (either slice may be None: frozen or absent)."""
+    """One Linear layer's share of the rows: row r is vec(signals[r] ⊗ inputs[sample(r)]) on the weight's columns
+    and signals[r] on the bias's (either slice may be None: frozen or absent). The inputs are kept once per
+    sample: with q residuals per sample (classification, multi-output regression) q rows share one input."""
 
-    inputs: torch.Tensor  # [m, in]
+    inputs: torch.Tensor  # [S, in]
     signals: torch.Tensor  # [m, out]
     weight: slice | None
     bias: slice | None
@@ -63,13 +64,17 @@ class LinearFactors:
 class FactoredRows:
     """The m × n rows 𝒥 of a stack of Linear layers, as per-layer factors (see the module docstring).
 
-    Columns of layers that do not reach the output are zero (they have no factors here)."""
+    ``sample_of_row`` [m] maps each row to its sample (the row of the layers' inputs); None when the rows are
+    the samples (one residual per sample). Columns of layers that do not reach the output are zero (they have
+    no factors here)."""
 
-    def __init__(self, n: int, m: int, layers: list[LinearFactors], dtype: torch.dtype) -> None:
+    def __init__(self, n: int, m: int, layers: list[LinearFactors], dtype: torch.dtype,
+                 sample_of_row: torch.Tensor | None = None) -> None:
         self.n = n
         self.m = m
         self.layers = layers
         self.dtype = dtype
+        self.sample_of_row = sample_of_row
 
     @staticmethod
     def cat(chunks: list[FactoredRows]) -> FactoredRows:
@@ -81,11 +86,31 @@ class FactoredRows:
                           torch.cat([c.layers[i].signals for c in chunks]), first.weight, first.bias)
             for i, first in enumerate(chunks[0].layers)
         ]
-        return FactoredRows(chunks[0].n, sum(c.m for c in chunks), layers, chunks[0].dtype)
+        sample_of_row = None
+        if any(c.sample_of_row is not None for c in chunks) and layers:
+            parts, offset = [], 0
+            for c in chunks:
+                samples = c.layers[0].inputs.shape[0]
+                rows = c.sample_of_row if c.sample_of_row is not None else torch.arange(
+                    samples, device=c.layers[0].inputs.device)
+                parts.append(rows + offset)
+                offset += samples
+            sample_of_row = torch.cat(parts)
+        return FactoredRows(chunks[0].n, sum(c.m for c in chunks), layers, chunks[0].dtype, sample_of_row)
 
     def to(self, dtype: torch.dtype) -> FactoredRows:
         layers = [LinearFactors(f.inputs.to(dtype), f.signals.to(dtype), f.weight, f.bias) for f in self.layers]
-        return FactoredRows(self.n, self.m, layers, dtype)
+        return FactoredRows(self.n, self.m, layers, dtype, self.sample_of_row)
+
+    def _to_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """[S, k] per sample → [m, k] per row."""
+        return t if self.sample_of_row is None else t.index_select(0, self.sample_of_row)
+
+    def _to_samples(self, t: torch.Tensor, samples: int) -> torch.Tensor:
+        """[m, k] per row → [S, k], summed over each sample's rows."""
+        if self.sample_of_row is None:
+            return t
+        return t.new_zeros(samples, t.shape[1]).index_add_(0, self.sample_of_row, t)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """𝒥 v (m), computed in the factors' dtype and returned in v's (as DenseRows does)."""
@@ -94,7 +119,7 @@ class FactoredRows:
         for f in self.layers:
             if f.weight is not None:
                 V = v_[f.weight].view(f.signals.shape[1], f.inputs.shape[1])
-                out += ((f.signals @ V) * f.inputs).sum(dim=1)
+                out += (f.signals * self._to_rows(f.inputs @ V.T)).sum(dim=1)  # δ_rᵀ V a_s
             if f.bias is not None:
                 out += f.signals @ v_[f.bias]
         return out.to(v.dtype)
@@ -105,7 +130,8 @@ class FactoredRows:
         out = y_.new_zeros(self.n)
         for f in self.layers:
             if f.weight is not None:
-                out[f.weight] = ((f.signals * y_.unsqueeze(1)).T @ f.inputs).reshape(-1)
+                weighted = self._to_samples(f.signals * y_.unsqueeze(1), f.inputs.shape[0])  # Σ_rows of s: y_r δ_r
+                out[f.weight] = (weighted.T @ f.inputs).reshape(-1)
             if f.bias is not None:
                 out[f.bias] = f.signals.T @ y_
         return out.to(y.dtype)
@@ -116,7 +142,7 @@ class FactoredRows:
         for f in self.layers:
             s2 = f.signals * f.signals
             if f.weight is not None:
-                out[f.weight] = (s2.T @ (f.inputs * f.inputs)).reshape(-1)
+                out[f.weight] = (self._to_samples(s2, f.inputs.shape[0]).T @ (f.inputs * f.inputs)).reshape(-1)
             if f.bias is not None:
                 out[f.bias] = s2.sum(dim=0)
         return out
@@ -128,7 +154,8 @@ class FactoredRows:
 
         ``workspace``: m × m buffers kept from an earlier call and reused (the result is one of them). Fresh
         buffers of a few MiB come back from the allocator as new pages, and faulting them in cost as much as
-        the Grams themselves (~5 of 12 ms at m = 1000 on one core)."""
+        the Grams themselves (~5 of 12 ms at m = 1000 on one core). With several rows per sample the inputs'
+        Gram is formed per sample (S × S) and spread to the rows."""
         shape = (self.m, self.m)
         K = _buffer(workspace, "gram", shape, dtype, d_inv.device).zero_()
         gram_signals = _buffer(workspace, "gram_signals", shape, dtype, d_inv.device)
@@ -146,7 +173,14 @@ class FactoredRows:
             u, v = _rank_one_log_fit(torch.cat(blocks, dim=1).to(torch.float64))
             # Each Gram by jtj_accumulate_ (one triangle), then K += Gram_δ ∘ Gram_a in place.
             ops.jtj_accumulate_(gram_signals.zero_(), (signals * u.sqrt().to(dtype)).T)
-            ops.jtj_accumulate_(gram_inputs.zero_(), (torch.cat(columns, dim=1) * v.sqrt().to(dtype)).T)
+            scaled_columns = (torch.cat(columns, dim=1) * v.sqrt().to(dtype)).T
+            if self.sample_of_row is None:
+                ops.jtj_accumulate_(gram_inputs.zero_(), scaled_columns)
+            else:
+                samples = inputs.shape[0]
+                per_sample = ops.jtj_accumulate_(inputs.new_zeros(samples, samples), scaled_columns)
+                rows = self.sample_of_row
+                torch.index_select(per_sample.index_select(0, rows), 1, rows, out=gram_inputs)
             K.addcmul_(gram_signals, gram_inputs)
         return K
 
