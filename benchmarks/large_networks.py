@@ -3,6 +3,7 @@
     python benchmarks/large_networks.py --model cnn100k --epochs 3        # the 99.0% target
     python benchmarks/large_networks.py --model mlp1m --iterations 30     # a 1M-parameter network
     python benchmarks/large_networks.py --model mlp100k --quick           # 20 iterations, 2000 test images
+    python benchmarks/large_networks.py --model mlp100k --solver dual --lam-floor 10   # the exact GGN (factored)
 
 LM runs with ``solver="block_diagonal"`` (one block per output unit of each layer, or ``--blocks N`` for
 groups of N) and the exact GGN from a tenth of each batch of 600 (``curvature_samples=0.1``); Adam (lr 1e-3)
@@ -50,7 +51,7 @@ def run(args) -> dict:
     n = sum(p.numel() for p in model.parameters())
     blocks = int(args.blocks) if args.blocks.isdigit() else args.blocks
     samples = int(args.curvature_samples) if args.curvature_samples >= 1 else args.curvature_samples  # count
-    opt = marquardt.LevenbergMarquardt(model, "cross_entropy", solver="block_diagonal", blocks=blocks,
+    opt = marquardt.LevenbergMarquardt(model, "cross_entropy", solver=args.solver, blocks=blocks,
                                        curvature_samples=samples, memory_budget=args.memory_budget,
                                        lam_min_minibatch=args.lam_floor)
     order = batches(x.shape[0], batch, args.seed)
@@ -88,7 +89,8 @@ def run(args) -> dict:
             adam_points.append((it, clock, acc))
             print(f"Adam it {it:4d} ({it / per_epoch:.2f} epochs)  {clock:8.1f} s  test accuracy {acc:.4f}", flush=True)
             targets.pop(0)
-    return {"model": args.model, "parameters": n, "lam_floor": args.lam_floor, "validation": args.validation,
+    return {"model": args.model, "parameters": n, "solver": args.solver, "form": info.form,
+            "cg_iterations_last": info.cg_iterations, "lam_floor": args.lam_floor, "validation": args.validation,
             "batch": batch, "blocks": len(blocks_used), "largest_block": largest,
             "curvature_samples": args.curvature_samples, "peak_rss_growth_mib": peak_mib, "lm": lm_points,
             "adam": adam_points, "adam_lr": args.adam_lr}
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=sorted(MODELS), default="cnn100k")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--iterations", type=int, default=None, help="instead of --epochs")
+    p.add_argument("--solver", default="block_diagonal", choices=["block_diagonal", "dual", "auto"],
+                   help="'dual': the exact GGN in row space (the factored PCG solve for MLPs)")
     p.add_argument("--blocks", default="unit", help="'unit', 'layer' or a group size")
     p.add_argument("--curvature-samples", type=float, default=0.1, help="a fraction of the batch, or a count >= 1")
     p.add_argument("--memory-budget", type=int, default=3 * 2**30)
@@ -117,14 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         args.iterations, args.eval_limit = args.iterations or 20, args.eval_limit or 2000
     torch.set_num_threads(1)
     result = run(args)
-    print(f"{result['model']}: {result['parameters']} parameters in {result['blocks']} blocks (largest "
-          f"{result['largest_block']}); peak RSS grew {result['peak_rss_growth_mib']:.0f} MiB")
+    print(f"{result['model']}: {result['parameters']} parameters, {result['form']} form, {result['blocks']} blocks "
+          f"(largest {result['largest_block']}); peak RSS grew {result['peak_rss_growth_mib']:.0f} MiB")
     for (it, t, acc), (a_it, _, a_acc) in zip(result["lm"], result["adam"]):
         print(f"  after {t:8.1f} CPU s: LM {acc:.4f} ({it} it)   Adam {a_acc:.4f} ({a_it} it)")
     args.out.mkdir(parents=True, exist_ok=True)
     tag = ("_val" if args.validation else "") + (f"_floor{args.lam_floor:g}" if args.lam_floor != 1.0 else "")
     tag += f"_batch{args.batch}" if args.batch != 600 else ""
     tag += f"_cs{args.curvature_samples:g}" if args.curvature_samples != 0.1 else ""
+    tag += f"_{args.solver}" if args.solver != "block_diagonal" else ""
     path = args.out / f"{args.model}_seed{args.seed}{tag}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"-> {path}")
