@@ -120,6 +120,17 @@ def test_large_networks_runs_block_diagonal_against_adam(fake_mnist, tmp_path, m
     assert [p[1] for p in result["adam"]] >= [p[1] for p in result["lm"]]  # Adam evaluated at LM's CPU times
 
 
+def test_large_networks_runs_the_factored_dual(fake_mnist, tmp_path):
+    from benchmarks import large_networks
+
+    assert large_networks.main(["--model", "mlp100k", "--solver", "dual", "--iterations", "2", "--curvature-samples",
+                                "0.05", "--data-dir", str(fake_mnist), "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("mlp100k_seed0*_dual.json")
+    result = json.loads(path.read_text())
+    assert result["form"] == "dual" and result["cg_iterations_last"] > 0  # the exact GGN, factored
+    assert [p[0] for p in result["lm"]] == [1, 2]
+
+
 def test_gpu_end_to_end_script_runs_on_the_cpu(fake_mnist, tmp_path):
     from benchmarks import gpu_end_to_end
 
