@@ -405,7 +405,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     def _factored_dual(self, rows: int) -> bool:
         """Whether a dual system of this many rows would keep them factored and solve by PCG (dual_method)."""
         method = self.settings["dual_method"]
-        if method == "cholesky" or not self._batch_factorable:
+        # (the engine is re-checked: it falls back to torch.func for models the fast path turns out not to fit)
+        if method == "cholesky" or not self._batch_factorable or not isinstance(self._engine, FastPathJacobian):
             return False
         shapes = [(m.out_features, m.in_features) for m in self._engine.modules]
         return method == "pcg" or factored_dual_pays(rows, self.layout.numel, shapes)
