@@ -348,3 +348,54 @@ def test_float32_row_space_stops_at_its_rounding():
     step, ok = single.lm_step(0.3)
     assert ok and single.cg_iterations[-1] < single.max_iter
     torch.testing.assert_close(step.double(), primal.lm_step(0.3)[0], rtol=1e-4, atol=1e-6)
+
+
+def kron_mlp():
+    """Two weights of at least 8 x 8 (one bias-free) between small layers: every kind of block of 𝒥ᵀ𝒥."""
+    return nn.Sequential(nn.Linear(3, 9), nn.Tanh(), nn.Linear(9, 10, bias=False), nn.Tanh(), nn.Linear(10, 8),
+                         nn.Tanh(), nn.Linear(8, 4)).double()
+
+
+@pytest.mark.parametrize("mode", ["gn", "ggn"])
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_kronecker_accumulation_equals_the_rows(mode, chunks):
+    torch.manual_seed(7)
+    model = kron_mlp()
+    frozen = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 9), nn.Tanh(), nn.Linear(9, 4)).double()
+    frozen[2].weight.requires_grad_(False)  # a large layer whose weight is frozen: its bias only
+    for net, n_in in ((model, 3), (frozen, 2)):
+        x = torch.randn(10, n_in, dtype=torch.float64)
+        y = torch.randn(10, 4, dtype=torch.float64) if mode == "gn" else torch.randint(0, 4, (10,))
+        curvature = make_curvature("mse", "gn") if mode == "gn" else make_curvature("cross_entropy", "ggn")
+        layout = ParameterLayout.of(net)
+        engine = FastPathJacobian(net, layout)
+        cpu = torch.device("cpu")
+        dense, kron = (PrimalSystem(layout.numel, 0.1, torch.float64, cpu) for _ in range(2))
+        for part in torch.arange(10).chunk(chunks):
+            J, rho, _ = engine.rows(x[part], y[part], curvature)
+            dense.add_rows(J, rho)
+            kron.add_factors(*engine.factors(x[part], y[part], curvature)[:2])
+        torch.testing.assert_close(kron.A, dense.A, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(kron.g, dense.g, rtol=1e-12, atol=1e-13)
+        assert torch.equal(kron.A, kron.A.T)
+
+
+def test_optimizer_kronecker_accumulation_follows_the_rows():
+    x, y = _sine()
+    runs = {}
+    for method in ("factored", "rows"):
+        model = _mlp()
+        opt = marquardt.LevenbergMarquardt(model, "mse", solver="primal", primal_accumulation=method)
+        results = [opt.step(x, y) for _ in range(10)]
+        runs[method] = (model, results)
+    for a, b in zip(runs["factored"][1], runs["rows"][1]):
+        assert a.accepted == b.accepted and a.loss_after == pytest.approx(b.loss_after, rel=1e-8)
+    for p, q in zip(runs["factored"][0].parameters(), runs["rows"][0].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="primal_accumulation"):
+        marquardt.LevenbergMarquardt(_mlp(), "mse", primal_accumulation="kron")
+    cnn = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 38, 1)).double()
+    xc = x.T.unsqueeze(0).expand(3, 1, 40).contiguous()
+    with pytest.raises(ValueError, match="primal_accumulation='factored'"):
+        marquardt.LevenbergMarquardt(cnn, "mse", solver="primal", primal_accumulation="factored").step(
+            xc, torch.zeros(3, 1, dtype=torch.float64))

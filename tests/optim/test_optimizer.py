@@ -280,6 +280,9 @@ class TestBadInput:
         sizes = []
         original = PrimalSystem.add_rows
         monkeypatch.setattr(PrimalSystem, "add_rows", lambda self, rows, rho: (sizes.append(rows.shape[0]), original(self, rows, rho)))
+        original_factors = PrimalSystem.add_factors  # the factored accumulation streams the same chunks
+        monkeypatch.setattr(PrimalSystem, "add_factors",
+                            lambda self, rows, rho: (sizes.append(rows.m), original_factors(self, rows, rho)))
         x, y = sine_data(3000)
         model = sine_mlp(20)
         n = sum(p.numel() for p in model.parameters())

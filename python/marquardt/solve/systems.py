@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .factored import FactoredRows, RankOnePreconditioner, preconditioned_cg
+from .factored import FactoredRows, RankOnePreconditioner, accumulate_gram_, preconditioned_cg
 
 
 class PrimalSystem:
@@ -50,6 +50,11 @@ class PrimalSystem:
 
     def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
         ops.jtj_accumulate_(self.A, rows.to(self.A.dtype), rho.to(self.A.dtype), self.g, alpha=self.alpha)
+
+    def add_factors(self, rows: FactoredRows, rho: torch.Tensor) -> None:
+        """The rows of Linear layers as factors: large weights' diagonal blocks by symmetric Kronecker products
+        (solve/factored.py: accumulate_gram_), the rest from the explicit rows."""
+        accumulate_gram_(self.A, self.g, rows, rho, self.alpha)
 
     def reduce(self, comm) -> None:
         """Sums A (its upper triangle: half the bytes) and g over the ranks, then mirrors A again."""
