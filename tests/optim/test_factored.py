@@ -10,7 +10,13 @@ import marquardt
 from marquardt.curvature.jacobian import FastPathJacobian, NotApplicable
 from marquardt.curvature.losses import make_curvature
 from marquardt.curvature.params import ParameterLayout
-from marquardt.solve.factored import FactoredRows, LinearFactors, factored_dual_pays, preconditioned_cg
+from marquardt.solve.factored import (
+    FactoredRows,
+    LinearFactors,
+    factored_dual_pays,
+    kronecker_pays,
+    preconditioned_cg,
+)
 from marquardt.solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from tests.conftest import requires_cuda
 
@@ -351,9 +357,9 @@ def test_float32_row_space_stops_at_its_rounding():
 
 
 def kron_mlp():
-    """Two weights of at least 8 x 8 (one bias-free) between small layers: every kind of block of 𝒥ᵀ𝒥."""
-    return nn.Sequential(nn.Linear(3, 9), nn.Tanh(), nn.Linear(9, 10, bias=False), nn.Tanh(), nn.Linear(10, 8),
-                         nn.Tanh(), nn.Linear(8, 4)).double()
+    """Two weights where the Kronecker products pay (one bias-free) between small layers: every kind of block."""
+    return nn.Sequential(nn.Linear(3, 33), nn.Tanh(), nn.Linear(33, 32, bias=False), nn.Tanh(), nn.Linear(32, 34),
+                         nn.Tanh(), nn.Linear(34, 4)).double()
 
 
 @pytest.mark.parametrize("mode", ["gn", "ggn"])
@@ -361,7 +367,7 @@ def kron_mlp():
 def test_kronecker_accumulation_equals_the_rows(mode, chunks):
     torch.manual_seed(7)
     model = kron_mlp()
-    frozen = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 9), nn.Tanh(), nn.Linear(9, 4)).double()
+    frozen = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 33), nn.Tanh(), nn.Linear(33, 4)).double()
     frozen[2].weight.requires_grad_(False)  # a large layer whose weight is frozen: its bias only
     for net, n_in in ((model, 3), (frozen, 2)):
         x = torch.randn(10, n_in, dtype=torch.float64)
@@ -380,11 +386,17 @@ def test_kronecker_accumulation_equals_the_rows(mode, chunks):
         assert torch.equal(kron.A, kron.A.T)
 
 
+def test_kronecker_pays_where_it_was_measured_faster():
+    assert not kronecker_pays(24, 24) and kronecker_pays(32, 32) and kronecker_pays(64, 64)
+    assert not kronecker_pays(4, 1024)  # a thin weight: its pair products would not save anything
+
+
 def test_optimizer_kronecker_accumulation_follows_the_rows():
-    x, y = _sine()
+    x, y = _sine(60)
     runs = {}
     for method in ("factored", "rows"):
-        model = _mlp()
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(1, 32), nn.ELU(), nn.Linear(32, 32), nn.ELU(), nn.Linear(32, 1)).double()
         opt = marquardt.LevenbergMarquardt(model, "mse", solver="primal", primal_accumulation=method)
         results = [opt.step(x, y) for _ in range(10)]
         runs[method] = (model, results)
@@ -394,8 +406,8 @@ def test_optimizer_kronecker_accumulation_follows_the_rows():
         torch.testing.assert_close(p, q, rtol=1e-7, atol=1e-9)
     with pytest.raises(ValueError, match="primal_accumulation"):
         marquardt.LevenbergMarquardt(_mlp(), "mse", primal_accumulation="kron")
-    cnn = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 38, 1)).double()
-    xc = x.T.unsqueeze(0).expand(3, 1, 40).contiguous()
+    cnn = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 58, 1)).double()
+    xc = x.T.unsqueeze(0).expand(3, 1, 60).contiguous()
     with pytest.raises(ValueError, match="primal_accumulation='factored'"):
         marquardt.LevenbergMarquardt(cnn, "mse", solver="primal", primal_accumulation="factored").step(
             xc, torch.zeros(3, 1, dtype=torch.float64))

@@ -35,7 +35,7 @@ from ..policy.damping import update_damping
 from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
 from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
-from ..solve.factored import KRONECKER_MIN_SIDE, factored_dual_pays
+from ..solve.factored import factored_dual_pays, kronecker_pays
 from ..solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from .settings import curvature_samples_at, resolve, subsamples_curvature
 
@@ -416,7 +416,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         """Whether the primal A is accumulated from factored rows (settings: primal_accumulation)."""
         method = self.settings["primal_accumulation"]
         fast = isinstance(self._engine, FastPathJacobian) and self._batch_factorable
-        large = fast and any(min(m.out_features, m.in_features) >= KRONECKER_MIN_SIDE and m.weight.requires_grad
+        large = fast and any(kronecker_pays(m.out_features, m.in_features) and m.weight.requires_grad
                              for m in self._engine.modules)
         if method == "factored" and not fast:
             raise ValueError("primal_accumulation='factored' needs every trainable layer to be a Linear on [batch, "
