@@ -35,7 +35,7 @@ from ..policy.damping import update_damping
 from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
 from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
-from ..solve.factored import factored_dual_pays, kronecker_pays
+from ..solve.factored import factored_dual_pays, kronecker_pays, kronecker_workspace
 from ..solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from .settings import curvature_samples_at, resolve, subsamples_curvature
 
@@ -339,8 +339,14 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             system_bytes = primal_bytes if form == "primal" else dual_bytes
             dtype = solve_dtype(n if form == "primal" else rows_total)
         # Per sample while its rows are formed: the output Jacobian, the rows and a converted copy (for the
-        # factored dual, the layer inputs and signals instead of the rows).
+        # factored dual, the layer inputs and signals instead of the rows; for the Kronecker accumulation, the
+        # rows and the pair products, plus each large weight's pair GEMM result).
         row_width = self._engine.factor_width if form == "dual" and factored else n
+        factored_primal = form == "primal" and self._factored_primal()
+        if factored_primal:
+            for fixed, per_row in self._kronecker_workspace():
+                system_bytes += fixed * acc_elt
+                row_width += per_row
         bytes_per_sample = 3 * per_sample * row_width * acc_elt
         left = budget - system_bytes
         if self.residual_fn is not None:
@@ -358,7 +364,6 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             raise ValueError("dual_method='pcg' needs every trainable layer to be a Linear on [batch, features] "
                              f"inputs and the fast Jacobian engine (this model runs the {self._engine.name!r} "
                              "engine); use 'auto' or 'cholesky'")
-        factored_primal = form == "primal" and self._factored_primal()
         return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk, "blocks": blocks,
                 "factored": form == "dual" and factored, "factored_primal": factored_primal}
 
@@ -423,6 +428,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                              f"features] inputs and the fast Jacobian engine (this model runs the "
                              f"{self._engine.name!r} engine); use 'auto' or 'rows'")
         return method == "factored" or (method == "auto" and large)
+
+    def _kronecker_workspace(self) -> list[tuple[int, int]]:
+        return [kronecker_workspace(m.out_features, m.in_features) for m in self._engine.modules
+                if m.weight.requires_grad and kronecker_pays(m.out_features, m.in_features)]
 
     def _curvature_subset(self, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.

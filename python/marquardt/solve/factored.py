@@ -289,6 +289,13 @@ class RankOnePreconditioner:
         return torch.linalg.solve_triangular(U, z, upper=True).squeeze(1).to(r.dtype)
 
 
+def kronecker_workspace(out_features: int, in_features: int) -> tuple[int, int]:
+    """Entries accumulate_gram_ holds for one weight: (fixed: the pair GEMM's result M, per row: the signal and
+    input pair products)."""
+    out_pairs, in_pairs = out_features * (out_features + 1) // 2, in_features * (in_features + 1) // 2
+    return out_pairs * in_pairs, out_pairs + in_pairs
+
+
 def kronecker_pays(out_features: int, in_features: int) -> bool:
     """Whether a weight's diagonal block of 𝒥ᵀ𝒥 is cheaper from symmetric Kronecker products (accumulate_gram_)
     than from its rows. Measured per accumulation on one core (sine MLPs 1-w-w-1, rows / factored, ms):
@@ -345,6 +352,8 @@ def accumulate_gram_(A: torch.Tensor, g: torch.Tensor, rows: FactoredRows, rho: 
         upper_i, pairs_i = _pair_index(in_f, A.device)
         signal_products = rows._to_samples(_symmetric_products(f.signals.to(dtype), upper_o), f.inputs.shape[0])
         M = signal_products.T @ _symmetric_products(f.inputs.to(dtype), upper_i)  # [out pairs, in pairs]
-        full = M.index_select(0, pairs_o.reshape(-1)).index_select(1, pairs_i.reshape(-1))  # [(o, o'), (k, k')]
-        A[f.weight, f.weight].view(out_f, in_f, out_f, in_f).add_(
-            full.view(out_f, out_f, in_f, in_f).permute(0, 2, 1, 3), alpha=alpha)
+        block = A[f.weight, f.weight].view(out_f, in_f, out_f, in_f)  # [o, k, o', k']
+        pairs_i_flat = pairs_i.reshape(-1)
+        for o in range(out_f):  # one output row at a time: an out × in² temporary instead of (out · in)²
+            spread = M.index_select(0, pairs_o[o]).index_select(1, pairs_i_flat).view(out_f, in_f, in_f)  # [o', k, k']
+            block[o].add_(spread.permute(1, 0, 2), alpha=alpha)
