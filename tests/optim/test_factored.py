@@ -10,13 +10,9 @@ import marquardt
 from marquardt.curvature.jacobian import FastPathJacobian, NotApplicable
 from marquardt.curvature.losses import make_curvature
 from marquardt.curvature.params import ParameterLayout
-from marquardt.solve.factored import (
-    FactoredRows,
-    LinearFactors,
-    factored_dual_pays,
-    kronecker_pays,
-    preconditioned_cg,
-)
+from marquardt.solve.factored import FactoredRows, LinearFactors
+from marquardt.solve.kronecker import kronecker_pays
+from marquardt.solve.pcg import factored_dual_pays, preconditioned_cg
 from marquardt.solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from tests.conftest import requires_cuda
 

@@ -35,7 +35,8 @@ from ..policy.damping import update_damping
 from ..policy.lam import LambdaRule
 from ..policy.momentum import LMAM
 from ..solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
-from ..solve.factored import factored_dual_pays, kronecker_pays, kronecker_workspace
+from ..solve.kronecker import kronecker_pays, kronecker_workspace
+from ..solve.pcg import factored_dual_pays
 from ..solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from .settings import curvature_samples_at, resolve, subsamples_curvature
 

@@ -59,11 +59,11 @@ DEFAULTS: dict[str, Any] = {
     "distributed": "auto",  # sum over torch.distributed ranks when a process group is initialised
     "solver": "auto",  # 'primal', 'dual', 'block_diagonal', or 'auto' (smallest that fits memory_budget)
     # How the dual system (K + λ/α I) y = v is solved. 'pcg': the rows stay factored per Linear layer and
-    # conjugate gradients run on the exact K, preconditioned by a Hadamard-product Gram (solve/factored.py;
+    # conjugate gradients run on the exact K, preconditioned by a Hadamard-product Gram (solve/pcg.py;
     # 3-4x less time per iteration on the 1-64-64-1 sine MLP at 1000 rows, BENCHMARKS.md); 'cholesky': K is
     # formed from the rows and factored. 'auto': 'pcg' when every trainable layer is a Linear on [batch,
     # features] inputs, the fast Jacobian engine runs and the problem is large and wide enough for it to pay
-    # (solve.factored.factored_dual_pays), else 'cholesky'.
+    # (solve.pcg.factored_dual_pays), else 'cholesky'.
     "dual_method": "auto",
     # CG stops at this relative residual of the row-space system; None = 1e-10 for float32 rows (below the
     # rounding of a float32 K, which the Cholesky path factors) and 1e-12 for float64 rows. The step then
@@ -71,8 +71,8 @@ DEFAULTS: dict[str, Any] = {
     "dual_tol": None,
     # How the primal A = α𝒥ᵀ𝒥 is accumulated. 'factored': for Linear layers on [batch, features] inputs, each
     # large weight's diagonal block from symmetric Kronecker products (about half its flops, one GEMM), the rest
-    # from the rows (solve.factored.accumulate_gram_); 'rows': jtj_accumulate_ of the explicit rows. 'auto':
-    # 'factored' when such a model has a weight where it pays (solve.factored.kronecker_pays: at least 8 x 8
+    # from the rows (solve.kronecker.accumulate_gram_); 'rows': jtj_accumulate_ of the explicit rows. 'auto':
+    # 'factored' when such a model has a weight where it pays (solve.kronecker.kronecker_pays: at least 8 x 8
     # and 1,024 entries) and the fast Jacobian engine runs.
     "primal_accumulation": "auto",
     "blocks": "layer",  # block_diagonal: 'layer', 'unit' (a weight row with its bias) or a group size

@@ -10,7 +10,7 @@
 
   which equals the primal step exactly, max-diagonal damping included (α = 1/N for the mean loss).
 * :class:`FactoredDualSystem` is the dual form for networks of Linear layers: the rows stay factored per
-  layer and the m × m system is solved by preconditioned conjugate gradients (solve/factored.py).
+  layer and the m × m system is solved by preconditioned conjugate gradients (solve/pcg.py).
 
 Each accepts a gradient from elsewhere (:meth:`set_gradient`): subsampled curvature (ALGORITHM.md §9 item 6)
 builds A from a part of the batch and takes g from all of it. The dual form then needs the general Woodbury
@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .factored import FactoredRows, RankOnePreconditioner, accumulate_gram_, preconditioned_cg
+from .factored import FactoredRows
+from .kronecker import accumulate_gram_
+from .pcg import RankOnePreconditioner, preconditioned_cg
 
 
 class PrimalSystem:
@@ -53,7 +55,7 @@ class PrimalSystem:
 
     def add_factors(self, rows: FactoredRows, rho: torch.Tensor) -> None:
         """The rows of Linear layers as factors: large weights' diagonal blocks by symmetric Kronecker products
-        (solve/factored.py: accumulate_gram_), the rest from the explicit rows."""
+        (solve/kronecker.py), the rest from the explicit rows."""
         accumulate_gram_(self.A, self.g, rows, rho, self.alpha)
 
     def reduce(self, comm) -> None:
