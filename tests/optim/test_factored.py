@@ -199,9 +199,11 @@ def _sine(samples=40):
     return x, torch.sin(x)
 
 
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(1, 12), nn.ELU(), nn.Linear(12, 12), nn.ELU(), nn.Linear(12, 1)).double()
+def _mlp(width=12, dtype=torch.float64):
+    """The 1-w-w-1 ELU MLP of the sine task, seeded."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, width), nn.ELU(), nn.Linear(width, width), nn.ELU(), nn.Linear(width, 1))
+    return model.to(dtype)
 
 
 @pytest.mark.parametrize("options", [{}, {"geodesic": True}, {"curvature_samples": 0.5}, {"uphill": True},
@@ -229,8 +231,7 @@ def test_dual_method_auto_and_its_errors():
     x, y = _sine()
     small = marquardt.LevenbergMarquardt(_mlp(), "mse").step(x, y)  # 40 rows x 193 parameters: K is cheap
     assert small.form == "dual" and small.cg_iterations is None
-    torch.manual_seed(0)
-    wide = nn.Sequential(nn.Linear(1, 64), nn.ELU(), nn.Linear(64, 64), nn.ELU(), nn.Linear(64, 1)).double()
+    wide = _mlp(64)
     xw, yw = _sine(100)
     result = marquardt.LevenbergMarquardt(wide, "mse").step(xw, yw)  # 100 x 4353: the factored solve pays
     assert result.form == "dual" and result.cg_iterations is not None
@@ -308,9 +309,7 @@ def test_pcg_dual_on_cuda_matches_the_cpu_steps():
     x, y = _sine(100)
     models = {}
     for device in ("cpu", "cuda"):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(1, 64), nn.ELU(), nn.Linear(64, 64), nn.ELU(), nn.Linear(64, 1)).double()
-        model = model.to(device)
+        model = _mlp(64).to(device)
         opt = marquardt.LevenbergMarquardt(model, "mse", solver="dual", dual_method="pcg")
         results = [opt.step(x.to(device), y.to(device)) for _ in range(4)]
         assert all(r.cg_iterations is not None for r in results)
@@ -327,8 +326,7 @@ def test_factored_dual_fits_budgets_that_the_formed_rows_do_not():
     y = torch.sin(x)
     forms = {}
     for method in ("auto", "cholesky"):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(1, 64), nn.ELU(), nn.Linear(64, 64), nn.ELU(), nn.Linear(64, 1))
+        model = _mlp(64, torch.float32)
         opt = marquardt.LevenbergMarquardt(model, "mse", memory_budget=40 * 2**20, dual_method=method)
         forms[method] = opt.step(x, y)
     assert forms["auto"].form == "dual" and forms["auto"].cg_iterations is not None
@@ -391,8 +389,7 @@ def test_optimizer_kronecker_accumulation_follows_the_rows():
     x, y = _sine(60)
     runs = {}
     for method in ("factored", "rows"):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(1, 32), nn.ELU(), nn.Linear(32, 32), nn.ELU(), nn.Linear(32, 1)).double()
+        model = _mlp(32)
         opt = marquardt.LevenbergMarquardt(model, "mse", solver="primal", primal_accumulation=method)
         results = [opt.step(x, y) for _ in range(10)]
         runs[method] = (model, results)
