@@ -345,7 +345,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         row_width = self._engine.factor_width if form == "dual" and factored else n
         factored_primal = form == "primal" and self._factored_primal()
         if factored_primal:
-            for fixed, per_row in self._kronecker_workspace():
+            for m in self._kronecker_layers():
+                fixed, per_row = kronecker_workspace(m.out_features, m.in_features)
                 system_bytes += fixed * acc_elt
                 row_width += per_row
         bytes_per_sample = 3 * per_sample * row_width * acc_elt
@@ -362,9 +363,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         else:
             chunk = int(min(n_samples, left // bytes_per_sample))
         if form == "dual" and self.settings["dual_method"] == "pcg" and not factored:
-            raise ValueError("dual_method='pcg' needs every trainable layer to be a Linear on [batch, features] "
-                             f"inputs and the fast Jacobian engine (this model runs the {self._engine.name!r} "
-                             "engine); use 'auto' or 'cholesky'")
+            raise self._not_factorable("dual_method='pcg'", "'cholesky'")
         return {"form": form, "dtype": dtype, "acc_dtype": acc_dtype, "chunk": chunk, "blocks": blocks,
                 "factored": form == "dual" and factored, "factored_primal": factored_primal}
 
@@ -385,9 +384,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         elif plan["form"] == "block_diagonal":
             system = BlockDiagonalSystem(plan["blocks"], n, alpha, plan["dtype"], device, plan["acc_dtype"])
         elif plan["factored"]:
-            tol = self.settings["dual_tol"] or (1e-12 if plan["acc_dtype"] == torch.float64 else 1e-10)
-            system = FactoredDualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"], tol=tol,
-                                        workspace=self._dual_workspace)
+            system = FactoredDualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"],
+                                        tol=self.settings["dual_tol"], workspace=self._dual_workspace)
         else:
             system = DualSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         noise.replay()
@@ -409,30 +407,37 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._state["forward_passes"] += 1
         return system, (total * alpha if math.isfinite(total) else math.inf)
 
+    def _rows_factorable(self) -> bool:
+        """Whether this batch's rows can be kept as factors (the engine is re-checked: it falls back to
+        torch.func for models the fast path turns out not to fit)."""
+        return self._batch_factorable and isinstance(self._engine, FastPathJacobian)
+
+    def _not_factorable(self, setting: str, alternative: str) -> ValueError:
+        return ValueError(f"{setting} needs every trainable layer to be a Linear on [batch, features] inputs and "
+                          f"the fast Jacobian engine (this model runs the {self._engine.name!r} engine); use "
+                          f"'auto' or {alternative}")
+
     def _factored_dual(self, rows: int) -> bool:
         """Whether a dual system of this many rows would keep them factored and solve by PCG (dual_method)."""
         method = self.settings["dual_method"]
-        # (the engine is re-checked: it falls back to torch.func for models the fast path turns out not to fit)
-        if method == "cholesky" or not self._batch_factorable or not isinstance(self._engine, FastPathJacobian):
+        if method == "cholesky" or not self._rows_factorable():
             return False
         shapes = [(m.out_features, m.in_features) for m in self._engine.modules]
         return method == "pcg" or factored_dual_pays(rows, self.layout.numel, shapes)
 
+    def _kronecker_layers(self) -> list[nn.Linear]:
+        """The layers whose diagonal block the Kronecker accumulation forms (a trainable weight where it pays)."""
+        return [m for m in self._engine.modules
+                if m.weight.requires_grad and kronecker_pays(m.out_features, m.in_features)]
+
     def _factored_primal(self) -> bool:
         """Whether the primal A is accumulated from factored rows (settings: primal_accumulation)."""
         method = self.settings["primal_accumulation"]
-        fast = isinstance(self._engine, FastPathJacobian) and self._batch_factorable
-        large = fast and any(kronecker_pays(m.out_features, m.in_features) and m.weight.requires_grad
-                             for m in self._engine.modules)
-        if method == "factored" and not fast:
-            raise ValueError("primal_accumulation='factored' needs every trainable layer to be a Linear on [batch, "
-                             f"features] inputs and the fast Jacobian engine (this model runs the "
-                             f"{self._engine.name!r} engine); use 'auto' or 'rows'")
-        return method == "factored" or (method == "auto" and large)
-
-    def _kronecker_workspace(self) -> list[tuple[int, int]]:
-        return [kronecker_workspace(m.out_features, m.in_features) for m in self._engine.modules
-                if m.weight.requires_grad and kronecker_pays(m.out_features, m.in_features)]
+        if not self._rows_factorable():
+            if method == "factored":
+                raise self._not_factorable("primal_accumulation='factored'", "'rows'")
+            return False
+        return method == "factored" or (method == "auto" and bool(self._kronecker_layers()))
 
     def _curvature_subset(self, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.

@@ -270,10 +270,11 @@ class FactoredDualSystem(DualSystem):
     #: m × m buffers are kept in the caller's workspace between steps up to this many bytes in all.
     WORKSPACE_MAX_BYTES = 64 * 2**20
 
-    def __init__(self, *args, tol: float = 1e-10, max_iter: int = 200,
+    def __init__(self, *args, tol: float | None = None, max_iter: int = 200,
                  workspace: dict[str, torch.Tensor] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.tol = tol
+        # None: below the rounding of a K formed in the rows' dtype, which the Cholesky path would factor
+        self.tol = tol if tol is not None else (1e-12 if self.acc_dtype == torch.float64 else 1e-10)
         self.max_iter = max_iter
         self.workspace = workspace
         self._preconditioner: RankOnePreconditioner | None = None
