@@ -2,7 +2,7 @@
 
     python benchmarks/paper/report.py [--mnist results/mnist] [--sine results/sine] [--output RESULTS.md]
 
-Reads what ``mnist.py`` and ``sine.py --seeds ...`` wrote; an experiment that has not been run is left out.
+Reads what ``mnist.py``, ``sine.py --seeds ...`` and ``sine_minpack.py`` wrote; an experiment that has not been run is left out.
 """
 
 from __future__ import annotations
@@ -188,6 +188,13 @@ def sine_section(directory: Path) -> list[str]:
         lines += [f"Noise variance {data['noise_variance']:.3e} (the floor of the training MSE; \"reached\" means "
                   f"≤ 1.1 × that). Figures 1a, 1b and 3: `{data['figure']}`.", ""]
         lines += sine_target_lines(data)
+    minpack = sorted(directory.glob("minpack_*.json"))
+    if minpack:
+        from benchmarks.paper.sine_minpack import comparison_lines  # imports torch and marquardt
+
+        lines += ["### Our LM against MINPACK's LM (scipy), per iteration", ""]
+        for path in minpack:
+            lines += comparison_lines(json.loads(path.read_text()))
     return lines
 
 

@@ -155,3 +155,39 @@ def test_loss_curves_script(tmp_path):
     for curve in curves.values():
         times = [t for t, _ in curve]
         assert times == sorted(times) and all(math.isfinite(v) for _, v in curve)
+
+
+def test_minpack_comparison_table_counts_iterations_to_each_seeds_best():
+    from benchmarks.paper.sine_minpack import comparison_lines
+
+    record = {"arch": "1-2-1", "points": 8, "seeds": [0, 1], "iterations": 3,
+              "curves": {"A": [[1.0, 0.5, 0.2, 0.2], [1.0, 0.9, 0.8, 0.7]],
+                         "B": [[1.0, 0.3, 0.25, 0.201], [1.0, 0.1, 0.1, 0.1]]}}
+    lines = comparison_lines(record)
+    # Seed 0's best is A's 0.2 (B's 0.201 is within 1%: B gets there at iteration 3); seed 1's best is B's 0.1.
+    a_row = next(line for line in lines if line.startswith("| A |"))
+    b_row = next(line for line in lines if line.startswith("| B |"))
+    assert a_row.endswith("| 2, > 3 |") and b_row.endswith("| 3, 1 |")
+    assert "Best MSE per seed: 2.000e-01, 1.000e-01." in lines
+
+
+def test_minpack_script_runs_at_a_tiny_size(tmp_path, capsys):
+    pytest.importorskip("scipy")
+    from benchmarks.paper import sine_minpack
+
+    assert sine_minpack.main(["--width", "3", "--points", "40", "--seeds", "0", "--iterations", "12",
+                              "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "minpack_1-3-1.json").read_text())
+    for (curve,) in record["curves"].values():  # one seed
+        assert len(curve) == 13 and all(math.isfinite(v) for v in curve)
+        assert curve[-1] < curve[0]  # both optimizers make progress from the same start
+    assert record["curves"]["LM (marquardt)"][0][0] == pytest.approx(record["curves"]["MINPACK LM"][0][0])
+    assert "| MINPACK LM |" in capsys.readouterr().out
+
+
+def test_minpack_refuses_more_parameters_than_residuals():
+    pytest.importorskip("scipy")
+    from benchmarks.paper.sine_minpack import minpack_curve
+
+    with pytest.raises(SystemExit, match="at least as many residuals"):
+        minpack_curve(width=10, depth=1, seed=0, iterations=2, points=20)
