@@ -95,6 +95,14 @@ def first_within(curve: list[float], level: float) -> int | None:
     return next((k for k, v in enumerate(curve) if v <= level), None)
 
 
+def reproducing_command(record: dict) -> str:
+    """The command line that writes this record (its network, points, seeds and budget)."""
+    widths = record["arch"].split("-")[1:-1]
+    return (f"python benchmarks/paper/sine_minpack.py --width {widths[0]} --depth {len(widths)} "
+            f"--points {record['points']} --seeds {' '.join(map(str, record['seeds']))} "
+            f"--iterations {record['iterations']}")
+
+
 def comparison_lines(record: dict) -> list[str]:
     """The side-by-side table (medians over seeds) of a record that main() wrote; report.py reuses it."""
     runs, iterations = record["curves"], record["iterations"]
@@ -103,7 +111,7 @@ def comparison_lines(record: dict) -> list[str]:
     checkpoints = [k for k in CHECKPOINTS if k <= iterations]
     lines = [f"Noisy sine, {record['arch']} ELU MLP, {record['points']} points, float64, seeds {record['seeds']}: "
              "training MSE after k iterations (Jacobian evaluations), medians over seeds "
-             "(`python benchmarks/paper/sine_minpack.py`):", "",
+             f"(`{reproducing_command(record)}`):", "",
              "| optimizer | " + " | ".join(f"MSE after {k}" for k in checkpoints)
              + " | final MSE per seed | iterations to within 1% of the seed's best |",
              "|---|" + "---:|" * len(checkpoints) + "---|---|"]
