@@ -28,8 +28,10 @@ class DampedOscillation(nn.Module):
 
     def __init__(self, a: float, b: float, c: float, d: float) -> None:
         super().__init__()
-        for name, value in zip("abcd", (a, b, c, d)):
-            self.register_parameter(name, nn.Parameter(torch.tensor(value, dtype=torch.float64)))
+        self.a = nn.Parameter(torch.tensor(a, dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor(b, dtype=torch.float64))
+        self.c = nn.Parameter(torch.tensor(c, dtype=torch.float64))
+        self.d = nn.Parameter(torch.tensor(d, dtype=torch.float64))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.a * torch.exp(-self.b * t) * torch.cos(self.c * t + self.d)

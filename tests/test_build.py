@@ -36,3 +36,8 @@ def test_version_mismatch_is_refused(monkeypatch):
         importlib.reload(_loader)
     monkeypatch.undo()
     importlib.reload(_loader)
+
+
+def test_installed_package_declares_its_type_hints():
+    """PEP 561: the py.typed marker ships in the wheel, so users' type checkers read our annotations."""
+    assert (pathlib.Path(marquardt.__file__).parent / "py.typed").is_file()
