@@ -193,6 +193,20 @@ def test_nonfinite_trial_is_rejected():
         assert info.lam > 1e-8 and float(model.t) == 1e-3
 
 
+@pytest.mark.parametrize("lambda_rule", ["delayed", "nielsen"])
+def test_losses_near_the_float64_limit_do_not_crash(lambda_rule):
+    """Targets of 1e150 make the loss ~1e300: LMAM's and Nielsen's squares overflow a Python float, which
+    raised OverflowError from inside step(); now momentum falls back to the LM step and λ stays bounded."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    x = torch.randn(50, 3, dtype=torch.float64)
+    y = torch.full((50, 2), 1e150, dtype=torch.float64)
+    opt = LevenbergMarquardt(model, "mse", lambda_rule=lambda_rule)
+    losses = [opt.step(x, y).loss_after for _ in range(5)]
+    assert all(math.isfinite(c) for c in losses) and losses[-1] < losses[0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_exception_inside_step_restores_parameters(monkeypatch):
     x, y = sine_data(100)
     model = sine_mlp(6)

@@ -67,6 +67,17 @@ def test_fallbacks():
     assert not out.used and torch.equal(out.step, d_lm)
 
 
+@pytest.mark.parametrize("mode", ["lmam", "olmam"])
+def test_extreme_scales_fall_back_instead_of_raising(mode):
+    """At losses near 1e300, I_GG and I_GF are finite (~1e300) but their squares overflow: the plain LM step
+    comes back (a Python float power raised OverflowError here before)."""
+    H, g, s, d_lm = problem()
+    big = 1e150
+    d_big = d_lm * big
+    out = LMAM(mode=mode).apply(d_big, g * big, s * big, float(s @ H @ s) * big * big)
+    assert not out.used and torch.equal(out.step, d_big)
+
+
 def test_factor2_of_the_authors_code_violates_the_constraint():
     H, g, s, d_lm = problem()
     step = LMAM(delta_p_mode="absolute", delta_p=0.3, paper_code_factor2=True).apply(d_lm, g, s, float(s @ H @ s)).step

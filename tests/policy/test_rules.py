@@ -35,6 +35,18 @@ def test_nielsen(rho):
     assert (lam, nu) == (4.0, 8.0)
 
 
+@pytest.mark.parametrize("rho", [1e200, -1e200, 1e3, -1e3])
+def test_nielsen_extreme_gain_ratios_stay_finite(rho):
+    """A predicted reduction near zero gives an extreme ρ; its cube overflowed a Python float and raised."""
+    rule = LambdaRule("nielsen", lam_min=1e-12, lam_max=1e12)
+    lam, nu = rule.accepted(1.0, 8.0, rho)
+    if rho > 0:
+        assert lam == pytest.approx(1 / 3)  # every ρ ≥ 1 gives the smallest factor
+    else:
+        assert lam == pytest.approx(1 + 2001.0**3)  # the same factor as ρ = −1000, below lam_max here
+    assert nu == 2.0
+
+
 def test_lambda_rule_validation():
     with pytest.raises(ValueError, match="lambda_rule"):
         LambdaRule("bogus")

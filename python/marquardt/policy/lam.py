@@ -34,6 +34,9 @@ class LambdaRule:
     def accepted(self, lam: float, nu: float, gain_ratio: float | None) -> tuple[float, float]:
         if self.kind == "nielsen":
             rho = gain_ratio if gain_ratio is not None else 1.0
+            # The factor is 1/3 for every ρ ≥ 1; the clip only keeps the cube of an extreme ρ (a predicted
+            # reduction near zero) from overflowing a Python float, which raises instead of giving inf.
+            rho = min(max(rho, -1e3), 1e3)
             factor = max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             return min(max(lam * factor, self.lam_min), self.lam_max), 2.0
         if self.skip_outside and lam < self.lam_min:

@@ -59,7 +59,7 @@ class LMAM:
         if not (i_gg > 0 and math.isfinite(i_gg) and math.isfinite(i_gf) and math.isfinite(i_ff) and i_ff > 0):
             return MomentumResult(delta_lm, False, "non-positive or non-finite I_GG / I_FF")
         if self.mode == "olmam":
-            xi = math.sqrt(max(0.0, 1.0 - i_gf**2 / (i_gg * i_ff)))
+            xi = math.sqrt(max(0.0, 1.0 - i_gf * i_gf / (i_gg * i_ff)))
             delta_p = math.sqrt(i_gg) / self.olmam_divisor
             if not 0 < xi < 1:
                 return MomentumResult(delta_lm, False, "OLMAM xi outside (0, 1)")
@@ -67,8 +67,10 @@ class LMAM:
             xi = self.xi
             delta_p = self.delta_p if self.delta_p_mode == "absolute" else self.kappa * math.sqrt(i_gg)
         delta_q = -xi * delta_p * math.sqrt(i_gg)
-        num = i_gg * delta_p**2 - delta_q**2
-        den = i_ff * i_gg - i_gf**2
+        # Products, not **: a Python float power raises OverflowError where a product gives inf, and inf or
+        # nan fails the test below, so extreme scales fall back to the LM step instead of crashing.
+        num = i_gg * delta_p * delta_p - delta_q * delta_q
+        den = i_ff * i_gg - i_gf * i_gf
         if not (den > 1e-10 * i_ff * i_gg and num > 0):
             return MomentumResult(delta_lm, False, "previous step parallel to the LM step (degenerate)")
         c_m = math.sqrt(num / den)
