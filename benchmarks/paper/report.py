@@ -190,11 +190,14 @@ def sine_section(directory: Path) -> list[str]:
         lines += sine_target_lines(data)
     minpack = sorted(directory.glob("minpack_*.json"))
     if minpack:
-        from benchmarks.paper.sine_minpack import comparison_lines  # imports torch and marquardt
+        # imports torch and marquardt
+        from benchmarks.paper.sine_minpack import comparison_lines, figure_path, plot_comparison
 
         lines += ["### Our LM against MINPACK's LM (scipy), per iteration", ""]
         for path in minpack:
-            lines += comparison_lines(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            plot_comparison(record, figure_path(record, directory))
+            lines += comparison_lines(record)[:-1] + [f"Figure: `{figure_path(record, directory)}`.", ""]
     return lines
 
 

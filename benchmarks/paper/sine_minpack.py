@@ -9,7 +9,8 @@ parameters, so only networks with fewer than 1,000 parameters are run.
 
     python benchmarks/paper/sine_minpack.py --seeds 0 1 2 3 4 --iterations 1000
 
-Needs scipy (pip install scipy; not a dependency of marquardt). Writes results/sine/minpack_<arch>.json.
+Needs scipy (pip install scipy; not a dependency of marquardt). Writes results/sine/minpack_<arch>.json
+and the per-iteration figure minpack_<arch>.png.
 """
 
 from __future__ import annotations
@@ -124,6 +125,37 @@ def comparison_lines(record: dict) -> list[str]:
     return lines + ["", f"Best MSE per seed: {', '.join(f'{b:.3e}' for b in best)}.", ""]
 
 
+def figure_path(record: dict, directory: Path) -> Path:
+    return directory / f"minpack_{record['arch']}.png"
+
+
+def plot_comparison(record: dict, path: Path) -> None:
+    """Training MSE per iteration (Jacobian evaluation): every seed thin, the median over seeds thick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.paper.sine import NOISE_VARIANCE
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (name, curves), color in zip(record["curves"].items(), ("C0", "C3")):
+        for curve in curves:
+            ax.loglog(range(1, len(curve) + 1), curve, color=color, lw=0.6, alpha=0.35)
+        length = max(len(c) for c in curves)  # a run that converged early stays at its last value
+        median = [statistics.median(at(c, k) for c in curves) for k in range(length)]
+        ax.loglog(range(1, length + 1), median, color=color, lw=2, label=f"{name} (median of {len(curves)} seeds)")
+    ax.axhline(NOISE_VARIANCE, color="k", ls=":", lw=0.8, label="noise variance")
+    ax.axvline(31, color="0.5", ls="--", lw=0.8, label="30 iterations (the target)")
+    ax.set(xlabel="Jacobian evaluations + 1 (iteration 0 is the start)", ylabel="training MSE",
+           title=f"Noisy sine, {record['arch']} ELU MLP: our LM and MINPACK's, same data and start")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--width", type=int, default=10)
@@ -145,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(comparison_lines(record)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"minpack_{arch}.json").write_text(json.dumps(record))
+    plot_comparison(record, figure_path(record, args.out))
+    print(f"figure: {figure_path(record, args.out)}")
     return 0
 
 

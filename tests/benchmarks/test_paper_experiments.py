@@ -183,6 +183,7 @@ def test_minpack_script_runs_at_a_tiny_size(tmp_path, capsys):
         assert curve[-1] < curve[0]  # both optimizers make progress from the same start
     assert record["curves"]["LM (marquardt)"][0][0] == pytest.approx(record["curves"]["MINPACK LM"][0][0])
     assert "| MINPACK LM |" in capsys.readouterr().out
+    assert (tmp_path / "minpack_1-3-1.png").stat().st_size > 10_000  # the per-iteration figure
 
 
 def test_minpack_refuses_more_parameters_than_residuals():
