@@ -19,7 +19,7 @@ def _load() -> tuple[bool, str]:
             f"marquardt was built against torch {built} but torch {running} is installed. Rebuild it against "
             "the installed torch: pip install --no-build-isolation --force-reinstall --no-deps ."
         )
-    from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+    from . import _C  # type: ignore[attr-defined]  # noqa: F401  (compiled; importing runs the registrations)
 
     return bool(_build_info.WITH_CUDA), built
 

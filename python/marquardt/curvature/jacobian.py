@@ -244,6 +244,8 @@ class FastPathJacobian:
                 kernel, dilation = (1, *m.kernel_size), (1, *m.dilation)
                 padding, stride = (0, *m.padding), (1, *m.stride)
             else:
+                # the fast path admits Linear, Conv1d and Conv2d only, and no 'same'/'valid' padding strings
+                assert isinstance(m, nn.Conv2d) and not isinstance(m.padding, str)
                 kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
             d3 = delta.reshape(S, q * delta.shape[2], -1)  # [S, q·Cout, L], a view
             if a.device.type == "cpu" and a.shape[1] * kernel[0] * kernel[1] <= self.GROUPED_CONV_MAX_PATCH:

@@ -174,7 +174,9 @@ class GeneralizedGaussNewtonCE(_CrossEntropy):
     name = "ggn"
 
     def weights(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _softmax_factor(torch.softmax(outputs, dim=1), self._one_hot(outputs, targets))
+        factor, rho = _softmax_factor(torch.softmax(outputs, dim=1), self._one_hot(outputs, targets))
+        assert rho is not None  # given targets, the factor comes with its residual
+        return factor, rho
 
     def hessian_factor(self, outputs: torch.Tensor) -> torch.Tensor:
         return _softmax_factor(torch.softmax(outputs, dim=1))[0]

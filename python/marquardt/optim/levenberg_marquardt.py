@@ -40,7 +40,8 @@ from ..solve.pcg import factored_dual_pays
 from ..solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
 from .settings import curvature_samples_at, resolve, subsamples_curvature
 
-ResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# fn(outputs, targets) -> residuals; targets are what step() was given, None when it was given none
+ResidualFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 @dataclass
@@ -159,7 +160,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             return z.reshape(z.shape[0], -1) if z.dim() > 0 else z.reshape(1, 1)
         return z
 
-    def _outputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _outputs(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         z = self.model(x)
         if self.residual_fn is not None:
             z = self.residual_fn(z, y)
@@ -276,6 +277,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         n_samples, sample_shape = self._output_shapes[key]
         self._batch_factorable = self._factorable.get(key, False)
         if self.residual_fn is None:
+            assert targets is not None  # _check_batch refused a missing target for a model loss
             self.curvature.check_targets(torch.empty((n_samples,) + sample_shape, device="meta"), targets)
         return n_samples, int(torch.Size(sample_shape).numel())
 
@@ -379,6 +381,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         (it then marks where one forward pass leaves the random generator)."""
         n = self.layout.numel
         device = self.layout.device
+        system: PrimalSystem | BlockDiagonalSystem | DualSystem
         if plan["form"] == "primal":
             system = PrimalSystem(n, alpha, plan["dtype"], device, accumulate_dtype=plan["acc_dtype"])
         elif plan["form"] == "block_diagonal":
@@ -393,6 +396,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         for x, y in batch:
             if isinstance(system, FactoredDualSystem) or plan["factored_primal"]:
                 rows, rho, losses = self._engine.factors(x, y, self.curvature)
+                assert isinstance(system, (PrimalSystem, FactoredDualSystem))  # factored_primal: primal form only
                 system.add_factors(rows, rho)
             else:
                 rows, rho, losses = self._engine_rows(x, y)

@@ -19,6 +19,8 @@ identity, (A + λD)⁻¹ v = λ⁻¹ [D⁻¹v − D⁻¹𝒥ᵀ (K + λ/α · I)
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from .. import ops
@@ -119,6 +121,14 @@ class PrimalSystem:
         return float(s @ (self.A @ s))
 
 
+class RowOperator(Protocol):
+    """What a dual solve needs of the rows 𝒥: products with 𝒥 and 𝒥ᵀ, and diag(𝒥ᵀ𝒥)."""
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+    def rmatvec(self, y: torch.Tensor) -> torch.Tensor: ...
+    def column_sq_norms(self) -> torch.Tensor: ...
+
+
 class DenseRows:
     """Explicit rows 𝒥 (m × n, stored in the accumulation dtype), with the products a dual solve needs; vectors
     keep their own dtype. :class:`~marquardt.solve.factored.FactoredRows` is the same interface without 𝒥."""
@@ -159,7 +169,7 @@ class DualSystem:
         self.device = device
         self._rows: list = []
         self._rho: list[torch.Tensor] = []
-        self.rows = None  # the row operator (DenseRows here), set by finalize
+        self._row_operator: RowOperator | None = None  # set by finalize
         self.rho = torch.empty(0, dtype=dtype, device=device)
         self.g = torch.zeros(n, dtype=dtype, device=device)
         self.K: torch.Tensor | None = None
@@ -176,11 +186,18 @@ class DualSystem:
             raise ValueError("solver='dual' keeps every rank's rows and cannot be summed across ranks; use "
                              "solver='primal' or 'block_diagonal' with torch.distributed")
 
-    def _stack_rows(self):
+    def _stack_rows(self) -> RowOperator:
         return DenseRows(self._rows[0] if len(self._rows) == 1 else torch.cat(self._rows))
 
+    @property
+    def rows(self) -> RowOperator:
+        """The row operator 𝒥 (DenseRows here, FactoredRows in the factored subclass)."""
+        if self._row_operator is None:
+            raise RuntimeError("DualSystem: finalize() must run before the rows are used")
+        return self._row_operator
+
     def finalize(self) -> None:
-        self.rows = self._stack_rows()
+        self._row_operator = self._stack_rows()
         self.rho = torch.cat(self._rho)
         self._rows, self._rho = [], []
         self.g = self.alpha * self.rows.rmatvec(self.rho)
@@ -188,7 +205,9 @@ class DualSystem:
     @property
     def J(self) -> torch.Tensor:
         """The explicit rows (dense form only)."""
-        return self.rows.J
+        rows = self.rows
+        assert isinstance(rows, DenseRows)
+        return rows.J
 
     def set_gradient(self, g: torch.Tensor) -> None:
         """Replaces g = α 𝒥ᵀρ with a gradient computed elsewhere; steps then use the general Woodbury solve."""
@@ -284,8 +303,14 @@ class FactoredDualSystem(DualSystem):
         self._rows.append(rows)
         self._rho.append(rho.to(self.dtype))
 
-    def _stack_rows(self):
+    def _stack_rows(self) -> FactoredRows:
         return FactoredRows.cat(self._rows).to(self.acc_dtype)  # products in the rows' dtype, as DenseRows
+
+    @property
+    def factored_rows(self) -> FactoredRows:
+        rows = self.rows
+        assert isinstance(rows, FactoredRows)
+        return rows
 
     @property
     def J(self) -> torch.Tensor:
@@ -294,10 +319,10 @@ class FactoredDualSystem(DualSystem):
     def set_damping(self, d: torch.Tensor) -> None:
         self.d = d
         self._d_inv = 1.0 / d
-        m = self.rows.m
+        m = self.factored_rows.m
         buffer_bytes = 3 * m * m * torch.finfo(self.acc_dtype).bits // 8
         keep = self.workspace is not None and buffer_bytes <= self.WORKSPACE_MAX_BYTES
-        K_approx = self.rows.approximate_gram(self._d_inv, self.acc_dtype, self.workspace if keep else None)
+        K_approx = self.factored_rows.approximate_gram(self._d_inv, self.acc_dtype, self.workspace if keep else None)
         self._preconditioner = RankOnePreconditioner(K_approx)
         self.cg_iterations = []
 
@@ -317,6 +342,7 @@ class FactoredDualSystem(DualSystem):
         # In float32 (row spaces above solve_float64_max) no residual much below the rounding is meaningful,
         # and asking for one could only run CG to max_iter and fail the step.
         tol = max(self.tol, 4 * torch.finfo(v.dtype).eps)
-        result = preconditioned_cg(apply, lambda r: self._preconditioner.apply(mu, r), v, tol, self.max_iter)
+        preconditioner = self._preconditioner
+        result = preconditioned_cg(apply, lambda r: preconditioner.apply(mu, r), v, tol, self.max_iter)
         self.cg_iterations.append(result.iterations)
         return result.x, result.converged
