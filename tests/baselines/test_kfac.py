@@ -85,3 +85,13 @@ def test_trains(variant):
 def test_invalid_variant():
     with pytest.raises(ValueError, match="variant"):
         KFAC(nn.Linear(2, 2), variant="ekfac")
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(1, 2, 3, padding="same"), nn.Conv2d(2, 2, 3, groups=2),
+                                  nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")],
+                         ids=["same-padding", "grouped", "reflect-padding"])
+def test_unsupported_convolutions_are_refused_up_front(conv):
+    """im2col factors need groups=1 and numeric zero padding; say so naming the layer, not deep in F.unfold."""
+    model = nn.Sequential(conv, nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(ValueError, match=r"model: K-FAC needs Conv2d layers .* '0' has"):
+        KFAC(model, "cross_entropy")

@@ -51,7 +51,7 @@ def ggn_vector_product(outputs, theta: torch.Tensor, z: torch.Tensor, vjp_fn, lo
     """v ↦ G v = (1/N) J_zᵀ H J_z v at θ: a jvp (forward mode), H in output space, the stored vjp."""
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        _, jv = jvp(outputs, (theta,), (v,))
+        jv = jvp(outputs, (theta,), (v,))[1]
         (gv,) = vjp_fn(output_hessian_product(loss, z, jv) / n)
         return gv
 
@@ -129,7 +129,7 @@ class HessianFree(torch.optim.Optimizer):
         try:
             noise.replay()
             with torch.enable_grad():
-                z, vjp_fn = vjp(lambda t: self._outputs(t, inputs), theta)
+                z, vjp_fn = vjp(lambda t: self._outputs(t, inputs), theta)[:2]  # (outputs, pullback); no aux
                 z_req = z.detach().requires_grad_(True)
                 loss0 = self.curvature.loss(z_req, targets)
                 (grad_z,) = torch.autograd.grad(loss0, z_req)

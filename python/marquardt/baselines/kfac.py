@@ -25,21 +25,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+KFACLayer = nn.Linear | nn.Conv2d  # the layers K-FAC preconditions
+
 
 def _homogeneous(a: torch.Tensor, bias: bool) -> torch.Tensor:
     return torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1) if bias else a
 
 
-def layer_inputs(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
+def _patches(module: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """im2col of the layer input: [N, C_in·k_h·k_w, |T|]."""
+    padding = module.padding
+    assert not isinstance(padding, str)  # 'same'/'valid' padding is refused by KFAC.__init__
+    return F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+
+
+def layer_inputs(module: KFACLayer, a: torch.Tensor) -> torch.Tensor:
     """ā as rows: [N, d_in(+1)] for Linear; [N·|T|, C_in·k_h·k_w(+1)] for Conv2d (im2col)."""
     bias = module.bias is not None
     if isinstance(module, nn.Linear):
         return _homogeneous(a.reshape(-1, a.shape[-1]), bias)
-    patches = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    patches = _patches(module, a)
     return _homogeneous(patches.transpose(1, 2).reshape(-1, patches.shape[1]), bias)
 
 
-def output_grads(module: nn.Module, ds: torch.Tensor) -> torch.Tensor:
+def output_grads(module: KFACLayer, ds: torch.Tensor) -> torch.Tensor:
     """Ds as rows: [N, d_out] for Linear; [N·|T|, C_out] for Conv2d."""
     if isinstance(module, nn.Linear):
         return ds.reshape(-1, ds.shape[-1])
@@ -47,7 +56,7 @@ def output_grads(module: nn.Module, ds: torch.Tensor) -> torch.Tensor:
 
 
 def kronecker_factors(
-    module: nn.Module, a: torch.Tensor, ds_per_example: torch.Tensor
+    module: KFACLayer, a: torch.Tensor, ds_per_example: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, G) of one layer from its input a and per-example output gradients (see the module docstring)."""
     n = a.shape[0]
@@ -59,10 +68,16 @@ def kronecker_factors(
     return A, G
 
 
-def weight_gradient_matrix(module: nn.Module) -> torch.Tensor:
+def weight_gradient_matrix(module: KFACLayer) -> torch.Tensor:
     """∇W as [d_out, d_in(+1)] (the bias gradient as the last column)."""
-    g = module.weight.grad.reshape(module.weight.shape[0], -1)
-    return torch.cat([g, module.bias.grad.unsqueeze(1)], dim=1) if module.bias is not None else g
+    weight_grad = module.weight.grad
+    assert weight_grad is not None  # step() runs the backward pass first
+    g = weight_grad.reshape(module.weight.shape[0], -1)
+    if module.bias is None:
+        return g
+    bias_grad = module.bias.grad
+    assert bias_grad is not None
+    return torch.cat([g, bias_grad.unsqueeze(1)], dim=1)
 
 
 class KFAC(torch.optim.Optimizer):
@@ -97,15 +112,22 @@ class KFAC(torch.optim.Optimizer):
         self.model = model
         self.loss_name = loss
         self.variant = variant
-        self.layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.requires_grad]
+        self.layers: list[KFACLayer] = [
+            m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.requires_grad]
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d) and m in self.layers and (
+                    m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)):
+                raise ValueError(f"model: K-FAC needs Conv2d layers with groups=1 and numeric zero padding; "
+                                 f"{name!r} has groups={m.groups}, padding={m.padding!r}, "
+                                 f"padding_mode={m.padding_mode!r}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping, ema_decay=ema_decay,
                         factor_interval=factor_interval, inverse_interval=inverse_interval, kl_clip=kl_clip)
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
         self._sgd = torch.optim.SGD(self.param_groups[0]["params"], lr=lr, momentum=momentum, weight_decay=weight_decay)
-        self._inputs: dict[nn.Module, torch.Tensor] = {}
-        self._outputs: dict[nn.Module, torch.Tensor] = {}
-        self.factors: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._eig: dict[nn.Module, tuple[torch.Tensor, ...]] = {}
+        self._inputs: dict[KFACLayer, torch.Tensor] = {}
+        self._outputs: dict[KFACLayer, torch.Tensor] = {}
+        self.factors: dict[KFACLayer, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._eig: dict[KFACLayer, tuple[torch.Tensor, ...]] = {}
         self.steps = 0
 
     def _loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -160,16 +182,20 @@ class KFAC(torch.optim.Optimizer):
             scale = self._kl_scale(updates) if self.variant == "standard" else 1.0
             for m, u in updates.items():
                 u = u * scale
+                weight_grad = m.weight.grad
+                assert weight_grad is not None
                 if m.bias is not None:
-                    m.weight.grad.copy_(u[:, :-1].reshape_as(m.weight))
-                    m.bias.grad.copy_(u[:, -1])
+                    bias_grad = m.bias.grad
+                    assert bias_grad is not None
+                    weight_grad.copy_(u[:, :-1].reshape_as(m.weight))
+                    bias_grad.copy_(u[:, -1])
                 else:
-                    m.weight.grad.copy_(u.reshape_as(m.weight))
+                    weight_grad.copy_(u.reshape_as(m.weight))
         self._sgd.step()
         self.steps += 1
         return {"loss": float(loss.detach())}
 
-    def _precondition(self, m: nn.Module, grad: torch.Tensor) -> torch.Tensor:
+    def _precondition(self, m: KFACLayer, grad: torch.Tensor) -> torch.Tensor:
         s = self.param_groups[0]
         A, G = self.factors[m]
         if self.variant == "paper":
@@ -190,12 +216,10 @@ class KFAC(torch.optim.Optimizer):
         v = v / (d_g.unsqueeze(1) * d_a.unsqueeze(0) + s["damping"])
         return q_g @ v @ q_a.T
 
-    def _locations(self, m: nn.Module) -> int:
-        a = self._inputs[m]
-        patches = F.unfold(a[:1], m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
-        return patches.shape[2]
+    def _locations(self, m: nn.Conv2d) -> int:
+        return _patches(m, self._inputs[m][:1]).shape[2]
 
-    def _kl_scale(self, updates: dict[nn.Module, torch.Tensor]) -> float:
+    def _kl_scale(self, updates: dict[KFACLayer, torch.Tensor]) -> float:
         """ν = min(1, sqrt(κ / (lr² Σ Uᵀ∇W))): bounds the KL change of the predictive distribution."""
         s = self.param_groups[0]
         vg = sum(float((u * weight_gradient_matrix(m)).sum()) for m, u in updates.items()) * s["lr"] ** 2
