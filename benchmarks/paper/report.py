@@ -196,8 +196,9 @@ def sine_section(directory: Path) -> list[str]:
         lines += ["### Our LM against MINPACK's LM (scipy), per iteration", ""]
         for path in minpack:
             record = json.loads(path.read_text())
-            plot_comparison(record, figure_path(record, directory))
-            lines += comparison_lines(record)[:-1] + [f"Figure: `{figure_path(record, directory)}`.", ""]
+            figure = figure_path(record, directory)
+            plot_comparison(record, figure)
+            lines += comparison_lines(record)[:-1] + [f"Figure: `{figure}`.", ""]
     return lines
 
 

@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(comparison_lines(record)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"minpack_{arch}.json").write_text(json.dumps(record))
-    plot_comparison(record, figure_path(record, args.out))
-    print(f"figure: {figure_path(record, args.out)}")
+    figure = figure_path(record, args.out)
+    plot_comparison(record, figure)
+    print(f"figure: {figure}")
     return 0
 
 

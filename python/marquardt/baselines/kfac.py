@@ -112,14 +112,15 @@ class KFAC(torch.optim.Optimizer):
         self.model = model
         self.loss_name = loss
         self.variant = variant
-        self.layers: list[KFACLayer] = [
-            m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.requires_grad]
+        self.layers: list[KFACLayer] = []
         for name, m in model.named_modules():
-            if isinstance(m, nn.Conv2d) and m in self.layers and (
-                    m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            if not (isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.requires_grad):
+                continue
+            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)):
                 raise ValueError(f"model: K-FAC needs Conv2d layers with groups=1 and numeric zero padding; "
                                  f"{name!r} has groups={m.groups}, padding={m.padding!r}, "
                                  f"padding_mode={m.padding_mode!r}")
+            self.layers.append(m)
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping, ema_decay=ema_decay,
                         factor_interval=factor_interval, inverse_interval=inverse_interval, kl_clip=kl_clip)
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
