@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {"loss": info.loss_after, "spread": spread, "world": float(world)}
     finally:
         if launched:
+            # gloo aborts a rank that tears the group down while a peer is still in its last collective
+            dist.barrier()
             dist.destroy_process_group()
 
 
