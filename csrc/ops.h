@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 
 namespace marquardt {
 
@@ -21,6 +22,13 @@ namespace marquardt {
 //   whole Jacobian (up to rounding), which is how callers stream Jacobians they never hold in full.
 void check_jtj_accumulate_args(const at::Tensor& A, const at::Tensor& J, const std::optional<at::Tensor>& r,
                                const std::optional<at::Tensor>& g);
+
+// cpu_syrk_kernel() -> str
+//   The kernel jtj_accumulate_ uses for CPU tensors, as chosen now: "avx512" (our packed SYRK, the default on
+//   CPUs with AVX-512) or "gemm" (GEMMs on views through torch's BLAS). The environment variable
+//   MARQUARDT_CPU_SYRK=auto|avx512|gemm, read at each call, overrides the choice; a bad value, or avx512 on a
+//   CPU without it, raises.
+std::string cpu_syrk_kernel();
 
 // max_diag_update_(d, A, floor=0.0)
 //   d: [n] contiguous, A: [n, n] (any strides), same dtype and device.

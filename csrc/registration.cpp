@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 extern "C" {
 // Importing marquardt._C loads this shared object, which runs the static TORCH_LIBRARY initialisers
 // below. The module itself is empty: all ops are reached through torch.ops.marquardt.
@@ -19,4 +21,6 @@ TORCH_LIBRARY(marquardt, m) {
   m.def("max_diag_update_(Tensor(a!) d, Tensor A, float floor=0.0) -> ()");
   m.def("damped_cholesky_solve(Tensor A, Tensor d, float lam, Tensor B) -> (Tensor X, Tensor info)");
   m.def("damped_cholesky_factor(Tensor A, Tensor d, float lam) -> (Tensor U, Tensor info)");
+  // Which kernel jtj_accumulate_ runs on CPU tensors now ("avx512" or "gemm"); no tensors, so no dispatch.
+  m.def("cpu_syrk_kernel() -> str", &marquardt::cpu_syrk_kernel);
 }

@@ -19,7 +19,13 @@ from . import (
     _meta,  # noqa: F401  (fake kernels for tracing)
 )
 
-__all__ = ["jtj_accumulate_", "max_diag_update_", "damped_cholesky_solve", "damped_cholesky_factor"]
+__all__ = [
+    "jtj_accumulate_",
+    "max_diag_update_",
+    "damped_cholesky_solve",
+    "damped_cholesky_factor",
+    "cpu_syrk_kernel",
+]
 
 
 def jtj_accumulate_(
@@ -44,6 +50,17 @@ def jtj_accumulate_(
     """
     torch.ops.marquardt.jtj_accumulate_.default(A, J, r, g, float(alpha))
     return A
+
+
+def cpu_syrk_kernel() -> str:
+    """The kernel :func:`jtj_accumulate_` runs on CPU tensors, as chosen now: ``"avx512"`` or ``"gemm"``.
+
+    ``"avx512"`` is our packed SYRK with AVX-512 register tiles, the default where the CPU has AVX-512 (it
+    beats torch's BLAS there, which runs its AVX2 code on AMD CPUs). ``"gemm"`` forms the triangle from
+    GEMMs through torch's BLAS, the portable path. The environment variable ``MARQUARDT_CPU_SYRK`` (``auto``,
+    ``avx512`` or ``gemm``, read at every call) overrides the choice; a bad value raises.
+    """
+    return str(torch.ops.marquardt.cpu_syrk_kernel.default())
 
 
 def max_diag_update_(d: torch.Tensor, A: torch.Tensor, floor: float = 0.0) -> torch.Tensor:

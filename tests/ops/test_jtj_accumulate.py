@@ -8,9 +8,43 @@ import torch
 from marquardt import ops
 from tests.conftest import HAS_CUDA, requires_cuda
 
-# (rows, n): single rows and columns, sizes off every tile (CPU block rows 128, CUDA tiles 128/64), and a
-# tall chunk that makes the CUDA kernel split rows across blocks (the atomic path).
-SHAPES = [(1, 1), (1, 7), (9, 1), (3, 129), (130, 127), (257, 300), (64, 256), (33, 513), (5000, 70)]
+# (rows, n): single rows and columns, sizes off every tile (CPU GEMM block rows 128/256; AVX-512 register
+# tiles 24/48 columns, 256-row depth and 240-column blocks; CUDA tiles 128/64), a tall chunk that makes the
+# CUDA kernel split rows across blocks (the atomic path), and sizes large enough for the CPU kernels to
+# split the work between threads (5000 x 70, 300 x 700).
+SHAPES = [
+    (1, 1),
+    (1, 7),
+    (9, 1),
+    (3, 129),
+    (130, 127),
+    (257, 300),
+    (64, 256),
+    (33, 513),
+    (5000, 70),
+    (513, 241),
+    (300, 700),
+]
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+HAS_AVX512 = _cpu_has_avx512()
+CPU_KERNELS = ["gemm"] + (["avx512"] if HAS_AVX512 else [])
+
+
+@pytest.fixture(autouse=True, params=CPU_KERNELS)
+def cpu_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs once per CPU kernel this machine has (the op reads the variable at each call)."""
+    monkeypatch.setenv("MARQUARDT_CPU_SYRK", request.param)
+    assert ops.cpu_syrk_kernel() == request.param
+    return request.param
 
 
 def reference(A0, J, r, g0, alpha):
@@ -149,3 +183,64 @@ def test_cuda_matches_cpu(dtype, rows, n):
     ops.jtj_accumulate_(A_gpu, J.cuda(), r.cuda(), g_gpu)
     torch.testing.assert_close(A_gpu.cpu(), A_cpu, **tol(dtype, rows))
     torch.testing.assert_close(g_gpu.cpu(), g_cpu, **tol(dtype, rows))
+
+
+class TestCpuKernelChoice:
+    def test_default_is_avx512_exactly_when_the_cpu_has_it(self, monkeypatch):
+        monkeypatch.delenv("MARQUARDT_CPU_SYRK")
+        assert ops.cpu_syrk_kernel() == ("avx512" if HAS_AVX512 else "gemm")
+        monkeypatch.setenv("MARQUARDT_CPU_SYRK", "auto")
+        assert ops.cpu_syrk_kernel() == ("avx512" if HAS_AVX512 else "gemm")
+
+    def test_bad_value_is_refused_by_name(self, monkeypatch):
+        monkeypatch.setenv("MARQUARDT_CPU_SYRK", "fast")
+        with pytest.raises(RuntimeError, match="MARQUARDT_CPU_SYRK must be 'auto', 'avx512' or 'gemm'"):
+            ops.jtj_accumulate_(torch.zeros(3, 3), torch.randn(2, 3))
+
+    @pytest.mark.skipif(HAS_AVX512, reason="this CPU has AVX-512")
+    def test_forcing_avx512_without_it_is_refused(self, monkeypatch):
+        monkeypatch.setenv("MARQUARDT_CPU_SYRK", "avx512")
+        with pytest.raises(RuntimeError, match="no AVX-512"):
+            ops.cpu_syrk_kernel()
+
+
+@pytest.mark.parametrize(
+    "rows,n",
+    # the AVX-512 kernel's blocking edges: register tile (24 doubles / 48 floats), depth 256, 240-column
+    # blocks, and 4096 rows of A packed at once (n = 4100 with two rows)
+    [(256, 23), (255, 24), (257, 25), (1, 47), (2, 48), (3, 49), (512, 239), (511, 240), (7, 481), (2, 4100)],
+)
+def test_cpu_blocking_edges(dtype, rows, n):
+    J = torch.randn(rows, n, dtype=dtype)
+    A = random_symmetric(n, dtype, "cpu")
+    A_ref, _ = reference(A, J, None, None, -0.75)
+    ops.jtj_accumulate_(A, J, alpha=-0.75)
+    torch.testing.assert_close(A.double(), A_ref, **tol(dtype, rows))
+    assert torch.equal(A, A.T)
+
+
+def test_cpu_result_does_not_depend_on_threads_or_layout(dtype, cpu_kernel):
+    # rows * n² = 5.4e7 flops: enough for the kernels to use every thread. In the AVX-512 kernel each entry
+    # of A is summed in the same order whatever the split between threads or the memory layout of J, so its
+    # results are bitwise equal; BLAS promises no such thing, so the GEMM path is held to rounding.
+    J = torch.randn(600, 300, dtype=dtype)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            A = torch.zeros(300, 300, dtype=dtype)
+            ops.jtj_accumulate_(A, J)
+            results.append(A)
+        A_transposed_layout = torch.zeros(300, 300, dtype=dtype)
+        ops.jtj_accumulate_(A_transposed_layout, J.T.contiguous().T)
+    finally:
+        torch.set_num_threads(before)
+    for other in (results[1], results[2], A_transposed_layout):
+        if cpu_kernel == "avx512":
+            assert torch.equal(results[0], other)
+        else:
+            torch.testing.assert_close(other, results[0], **tol(dtype, 600))
+    A_ref, _ = reference(torch.zeros(300, 300), J, None, None, 1.0)
+    torch.testing.assert_close(results[0].double(), A_ref, **tol(dtype, 600))
+

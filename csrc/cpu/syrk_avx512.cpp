@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// AVX-512 packed SYRK; see syrk_avx512.h for the why. Only the functions marked MQ_AVX512 use AVX-512
+// instructions (the file is compiled for the baseline ISA, so nothing else in it, and no inline function it
+// instantiates from a header, can fault on a CPU without AVX-512).
+#include "syrk_avx512.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#define MQ_AVX512 __attribute__((target("avx512f")))
+#define MQ_AVX512_INLINE __attribute__((target("avx512f"), always_inline)) inline
+
+namespace marquardt::cpu {
+namespace {
+
+// One 512-bit register of T, and the four operations the micro-kernel needs.
+template <typename T>
+struct Vec;
+
+template <>
+struct Vec<double> {
+  using Reg = __m512d;
+  static constexpr int kLanes = 8;
+  static MQ_AVX512_INLINE Reg zero() { return _mm512_setzero_pd(); }
+  static MQ_AVX512_INLINE Reg load(const double* p) { return _mm512_loadu_pd(p); }
+  static MQ_AVX512_INLINE Reg broadcast(double v) { return _mm512_set1_pd(v); }
+  static MQ_AVX512_INLINE Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_pd(a, b, c); }
+  static MQ_AVX512_INLINE void store(double* p, Reg v) { _mm512_storeu_pd(p, v); }
+};
+
+template <>
+struct Vec<float> {
+  using Reg = __m512;
+  static constexpr int kLanes = 16;
+  static MQ_AVX512_INLINE Reg zero() { return _mm512_setzero_ps(); }
+  static MQ_AVX512_INLINE Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static MQ_AVX512_INLINE Reg broadcast(float v) { return _mm512_set1_ps(v); }
+  static MQ_AVX512_INLINE Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static MQ_AVX512_INLINE void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+};
+
+// Register tile: kTileRows rows of C (broadcast operand) by kTileVecs vectors of columns (vector operand).
+// 8 x 3 = 24 accumulators of the 32 zmm registers, 3 loads and 8 broadcasts per 24 FMAs: the FMA units,
+// not the load ports, set the pace, and 24 independent chains hide the FMA latency.
+constexpr int kTileRows = 8;
+constexpr int kTileVecs = 3;
+
+// Cache blocking, in elements of the reduction (rows of X) and columns of C. A tile's broadcast panel
+// (kTileRows x kc) stays in L1 while the vector block (block_cols x kc) streams from L2.
+template <typename T>
+struct Blocking {
+  static constexpr int64_t kTileCols = kTileVecs * Vec<T>::kLanes;        // 24 doubles or 48 floats
+  static constexpr int64_t kDepth = 256;                                 // kc: 16 KiB broadcast panel (double)
+  static constexpr int64_t kBlockCols = kTileCols * (sizeof(T) == 8 ? 10 : 5);  // 240 columns (~480 KiB)
+  static constexpr int64_t kBlockRows = 4096;                            // rows of C packed at once (L3)
+};
+
+// dst[p * width + q] = X[p0 + p, i0 + q] for q < valid, zero-padded to width columns.
+template <typename T>
+void pack_panel(T* dst, const T* x, int64_t row_stride, int64_t col_stride, int64_t p0, int64_t depth,
+                int64_t i0, int64_t valid, int64_t width) {
+  if (col_stride == 1) {
+    for (int64_t p = 0; p < depth; ++p) {
+      const T* src = x + (p0 + p) * row_stride + i0;
+      T* out = dst + p * width;
+      std::memcpy(out, src, sizeof(T) * valid);
+      for (int64_t q = valid; q < width; ++q) out[q] = T(0);
+    }
+    return;
+  }
+  // Column-major X (the transpose of a contiguous matrix): each column is contiguous in p.
+  for (int64_t q = 0; q < width; ++q) {
+    if (q < valid) {
+      const T* src = x + p0 * row_stride + (i0 + q) * col_stride;
+      for (int64_t p = 0; p < depth; ++p) dst[p * width + q] = src[p * row_stride];
+    } else {
+      for (int64_t p = 0; p < depth; ++p) dst[p * width + q] = T(0);
+    }
+  }
+}
+
+// Packs columns [i0, i0 + cols) into consecutive panels of `width` columns, each depth x width.
+template <typename T>
+void pack_block(T* dst, const T* x, int64_t row_stride, int64_t col_stride, int64_t p0, int64_t depth,
+                int64_t i0, int64_t cols, int64_t width) {
+  for (int64_t q0 = 0; q0 < cols; q0 += width) {
+    pack_panel(dst + q0 * depth, x, row_stride, col_stride, p0, depth, i0 + q0, std::min(width, cols - q0), width);
+  }
+}
+
+// C[0:rows_valid, 0:cols_valid] += alpha * Aᵀ B for packed panels a (depth x kTileRows) and b (depth x
+// kTileCols). The full-tile path updates C straight from the registers; edge tiles go through a buffer.
+template <typename T>
+MQ_AVX512 void micro_kernel(int64_t depth, const T* __restrict a, const T* __restrict b, T* __restrict c,
+                            int64_t ldc, T alpha, int64_t rows_valid, int64_t cols_valid) {
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  typename V::Reg acc[kTileRows][kTileVecs];
+#pragma GCC unroll 8
+  for (int i = 0; i < kTileRows; ++i) {
+#pragma GCC unroll 3
+    for (int v = 0; v < kTileVecs; ++v) acc[i][v] = V::zero();
+  }
+  for (int64_t p = 0; p < depth; ++p) {
+    const typename V::Reg b0 = V::load(b), b1 = V::load(b + L), b2 = V::load(b + 2 * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < kTileRows; ++i) {
+      const typename V::Reg ai = V::broadcast(a[i]);
+      acc[i][0] = V::fma(ai, b0, acc[i][0]);
+      acc[i][1] = V::fma(ai, b1, acc[i][1]);
+      acc[i][2] = V::fma(ai, b2, acc[i][2]);
+    }
+    a += kTileRows;
+    b += kTileVecs * L;
+  }
+  const typename V::Reg va = V::broadcast(alpha);
+  if (rows_valid == kTileRows && cols_valid == kTileVecs * L) {
+#pragma GCC unroll 8
+    for (int i = 0; i < kTileRows; ++i) {
+#pragma GCC unroll 3
+      for (int v = 0; v < kTileVecs; ++v) {
+        T* ci = c + i * ldc + v * L;
+        V::store(ci, V::fma(va, acc[i][v], V::load(ci)));
+      }
+    }
+    return;
+  }
+  alignas(64) T tile[kTileRows][kTileVecs * L];
+  for (int i = 0; i < kTileRows; ++i) {
+    for (int v = 0; v < kTileVecs; ++v) V::store(&tile[i][v * L], acc[i][v]);
+  }
+  for (int64_t i = 0; i < rows_valid; ++i) {
+    for (int64_t j = 0; j < cols_valid; ++j) c[i * ldc + j] += alpha * tile[i][j];
+  }
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+template <typename T>
+std::unique_ptr<T, FreeDeleter> aligned_buffer(int64_t elements) {
+  const size_t bytes = (sizeof(T) * static_cast<size_t>(elements) + 63) / 64 * 64;
+  return std::unique_ptr<T, FreeDeleter>(static_cast<T*>(std::aligned_alloc(64, bytes)));
+}
+
+}  // namespace
+
+bool syrk_avx512_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
+template <typename T>
+void syrk_upper_avx512(int64_t rows, const T* x, int64_t row_stride, int64_t col_stride, T* c, int64_t ldc,
+                       T alpha, int64_t col_begin, int64_t col_end) {
+  using B = Blocking<T>;
+  if (col_begin >= col_end || rows <= 0) return;
+  const int64_t row_blocks = std::min<int64_t>(B::kBlockRows, col_end);
+  auto a_buf = aligned_buffer<T>((row_blocks + kTileRows) * B::kDepth);
+  auto b_buf = aligned_buffer<T>((B::kBlockCols + B::kTileCols) * B::kDepth);
+  if (!a_buf || !b_buf) throw std::bad_alloc();
+  // Rows of C that meet the columns [col_begin, col_end) in the upper triangle: i < col_end.
+  for (int64_t ic = 0; ic < col_end; ic += B::kBlockRows) {
+    const int64_t nb = std::min(B::kBlockRows, col_end - ic);
+    for (int64_t pc = 0; pc < rows; pc += B::kDepth) {
+      const int64_t kc = std::min(B::kDepth, rows - pc);
+      pack_block(a_buf.get(), x, row_stride, col_stride, pc, kc, ic, nb, kTileRows);
+      for (int64_t jc = std::max(col_begin, ic); jc < col_end; jc += B::kBlockCols) {
+        const int64_t mv = std::min(B::kBlockCols, col_end - jc);
+        pack_block(b_buf.get(), x, row_stride, col_stride, pc, kc, jc, mv, B::kTileCols);
+        for (int64_t ir = 0; ir < nb; ir += kTileRows) {
+          const int64_t i0 = ic + ir;
+          if (i0 >= jc + mv) break;  // this and later tile rows lie below every column of the block
+          for (int64_t jr = 0; jr < mv; jr += B::kTileCols) {
+            const int64_t j0 = jc + jr;
+            const int64_t cols_valid = std::min(B::kTileCols, mv - jr);
+            if (i0 >= j0 + cols_valid) continue;  // wholly below the diagonal
+            micro_kernel<T>(kc, a_buf.get() + ir * kc, b_buf.get() + jr * kc, c + i0 * ldc + j0, ldc, alpha,
+                            std::min<int64_t>(kTileRows, nb - ir), cols_valid);
+          }
+        }
+      }
+    }
+  }
+}
+
+template void syrk_upper_avx512<float>(int64_t, const float*, int64_t, int64_t, float*, int64_t, float, int64_t,
+                                       int64_t);
+template void syrk_upper_avx512<double>(int64_t, const double*, int64_t, int64_t, double*, int64_t, double,
+                                        int64_t, int64_t);
+
+}  // namespace marquardt::cpu

@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// A packed SYRK (upper triangle of C += alpha XᵀX) with AVX-512 register tiles, for CPUs that have AVX-512.
+//
+// Why our own kernel: the BLAS that torch's CPU wheels ship (MKL) picks its AVX2 code path on AMD CPUs, so on
+// an AVX-512 AMD machine a GEMM runs at about half the core's FMA rate; and a GEMM-based SYRK wastes flops on
+// the diagonal blocks (BENCHMARKS.md §1). This kernel follows the BLIS design: operands are packed into
+// contiguous panels sized for the caches, and an 8 x (3 vectors) register tile accumulates a rank-kc update
+// with one FMA per broadcast element and vector. Tiles that lie wholly below the diagonal are skipped, so the
+// flops are rows * n * (n + tile) / 2 instead of rows * n^2.
+//
+// This header has no torch dependency; the caller (jtj_accumulate.cpp) checks the CPU, splits the columns
+// between threads and falls back to the GEMM-based kernel where AVX-512 is missing.
+#pragma once
+
+#include <cstdint>
+
+namespace marquardt::cpu {
+
+// True when the CPU (and OS) can run the AVX-512 kernel below.
+bool syrk_avx512_supported();
+
+// For the columns j in [col_begin, col_end) of C: C[i, j] += alpha * sum_r X[r, i] X[r, j] for every
+// i <= j (some entries just below the diagonal may be updated too, with their correct values; callers
+// mirror the upper triangle afterwards). X[r, i] is x[r * row_stride + i * col_stride]; C is row-major with
+// leading dimension ldc. Single-threaded: callers run disjoint column ranges in parallel.
+template <typename T>
+void syrk_upper_avx512(int64_t rows, const T* x, int64_t row_stride, int64_t col_stride, T* c, int64_t ldc,
+                       T alpha, int64_t col_begin, int64_t col_end);
+
+}  // namespace marquardt::cpu
