@@ -6,6 +6,7 @@ Used by both the pytest-benchmark microbenchmarks (benchmarks/micro) and the sid
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,12 +38,32 @@ def jtj_case(rows: int, n: int, dtype: torch.dtype, device: str) -> Case:
         A.zero_()
         return A.addmm_(J.T, J)
 
+    candidates = {"jtj_accumulate_": ours, "J.T @ J": matmul, "addmm_": addmm}
+    if device == "cpu" and ops.cpu_syrk_kernel() != "gemm":
+        # Our portable kernel too (GEMMs on views through torch's BLAS), where the default is another one.
+        candidates[JTJ_GEMM_KERNEL] = lambda: _with_cpu_kernel("gemm", ours)
     return Case(
         name=f"jtj rows={rows} n={n} {str(dtype).removeprefix('torch.')}",
         flops=float(rows) * n * n,
         ours="jtj_accumulate_",
-        candidates={"jtj_accumulate_": ours, "J.T @ J": matmul, "addmm_": addmm},
+        candidates=candidates,
     )
+
+
+JTJ_GEMM_KERNEL = "jtj_accumulate_ [gemm kernel]"
+
+
+def _with_cpu_kernel(kernel: str, fn: Callable[[], object]) -> object:
+    """Runs fn with MARQUARDT_CPU_SYRK=kernel (the op reads it at every call), then restores the variable."""
+    before = os.environ.get("MARQUARDT_CPU_SYRK")
+    os.environ["MARQUARDT_CPU_SYRK"] = kernel
+    try:
+        return fn()
+    finally:
+        if before is None:
+            del os.environ["MARQUARDT_CPU_SYRK"]
+        else:
+            os.environ["MARQUARDT_CPU_SYRK"] = before
 
 
 def solve_case(n: int, dtype: torch.dtype, device: str, lam: float = 1e-2, k: int = 1) -> Case:

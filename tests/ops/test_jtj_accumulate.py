@@ -9,7 +9,7 @@ from marquardt import ops
 from tests.conftest import HAS_CUDA, requires_cuda
 
 # (rows, n): single rows and columns, sizes off every tile (CPU GEMM block rows 128/256; AVX-512 register
-# tiles 24/48 columns, 256-row depth and 240-column blocks; CUDA tiles 128/64), a tall chunk that makes the
+# tiles 8 x 24/48, 256-row depth and 256-row blocks; CUDA tiles 128/64), a tall chunk that makes the
 # CUDA kernel split rows across blocks (the atomic path), and sizes large enough for the CPU kernels to
 # split the work between threads (5000 x 70, 300 x 700).
 SHAPES = [
@@ -206,9 +206,9 @@ class TestCpuKernelChoice:
 
 @pytest.mark.parametrize(
     "rows,n",
-    # the AVX-512 kernel's blocking edges: register tile (24 doubles / 48 floats), depth 256, 240-column
-    # blocks, and 4096 rows of A packed at once (n = 4100 with two rows)
-    [(256, 23), (255, 24), (257, 25), (1, 47), (2, 48), (3, 49), (512, 239), (511, 240), (7, 481), (2, 4100)],
+    # the AVX-512 kernel's blocking edges: register tile (8 rows by 24 doubles / 48 floats), depth 256,
+    # 256-row broadcast blocks, and 4096-column vector blocks (n = 4100 with two rows)
+    [(256, 23), (255, 24), (257, 25), (1, 47), (2, 48), (3, 49), (512, 255), (511, 256), (7, 513), (2, 4100)],
 )
 def test_cpu_blocking_edges(dtype, rows, n):
     J = torch.randn(rows, n, dtype=dtype)
