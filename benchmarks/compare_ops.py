@@ -2,6 +2,7 @@
 
     python benchmarks/compare_ops.py                 # CPU cases of the foundation issue
     python benchmarks/compare_ops.py --check         # ... and enforce the targets
+    python benchmarks/compare_ops.py --sweep         # CPU JᵀJ over the optimizer's smaller shapes
     python benchmarks/compare_ops.py --device cuda   # GPU sweep (used by benchmarks/gpu_check.sh)
 
 Ratios are baseline time / our time (> 1 means ours is faster): the median over interleaved rounds of the
@@ -56,6 +57,15 @@ def cpu_cases() -> list[Case]:
         solve_case(2048, torch.float32, "cpu"),
         solve_case(2048, torch.float64, "cpu"),
     ]
+
+
+# Shapes of the optimizer's accumulations (small networks, the sine MLPs' dual systems, the paper CNN's
+# 2202 parameters) for --sweep: the default kernel must not lose to the GEMM one away from the target shape.
+CPU_SWEEP_SHAPES = [(64, 64), (1000, 100), (100, 1000), (1000, 1000), (1000, 4353), (4000, 2202), (20000, 300)]
+
+
+def cpu_sweep_cases() -> list[Case]:
+    return [jtj_case(rows, n, dtype, "cpu") for dtype in (torch.float32, torch.float64) for rows, n in CPU_SWEEP_SHAPES]
 
 
 def gpu_cases(quick: bool, jtj_only: bool = False) -> list[Case]:
@@ -159,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller GPU sweep")
     parser.add_argument("--jtj-only", action="store_true", help="GPU: only the JᵀJ cases")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target ratio is missed")
+    parser.add_argument("--sweep", action="store_true", help="CPU: JᵀJ over the optimizer's shapes instead")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
 
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         rate32 = gemm_rate(8192, torch.float32, "cuda", lambda: sync("cuda"))
         rate64 = gemm_rate(8192, torch.float64, "cuda", lambda: sync("cuda"))
     else:
-        cases, targets = cpu_cases(), CPU_TARGETS
+        cases, targets = (cpu_sweep_cases(), []) if args.sweep else (cpu_cases(), CPU_TARGETS)
         rate32 = gemm_rate(2048, torch.float32, "cpu", lambda: None)
         rate64 = gemm_rate(2048, torch.float64, "cpu", lambda: None)
     rows = run(cases, args.device, args.repeats)

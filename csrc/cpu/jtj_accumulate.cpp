@@ -60,7 +60,9 @@ std::vector<int64_t> equal_area_column_cuts(int64_t n, int64_t parts, int64_t al
   return cuts;
 }
 
-void syrk_upper_avx512_parallel(const at::Tensor& A, const at::Tensor& J, double alpha) {
+// A's upper triangle += alpha JᵀJ and, when r is defined, g += alpha Jᵀr, in one pass over J.
+void syrk_upper_avx512_parallel(const at::Tensor& A, const at::Tensor& J, const at::Tensor& r, const at::Tensor& g,
+                                double alpha) {
   const int64_t rows = J.size(0), n = J.size(1);
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "jtj_accumulate_avx512", [&] {
     constexpr int64_t kTileCols = 64 / sizeof(scalar_t) * 3;  // the kernel's register tile width
@@ -70,8 +72,10 @@ void syrk_upper_avx512_parallel(const at::Tensor& A, const at::Tensor& J, double
     const std::vector<int64_t> cuts = equal_area_column_cuts(n, parts, kTileCols);
     const scalar_t* x = J.const_data_ptr<scalar_t>();
     scalar_t* a = A.mutable_data_ptr<scalar_t>();
+    const scalar_t* rp = r.defined() ? r.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gp = r.defined() ? g.mutable_data_ptr<scalar_t>() : nullptr;
     cpu::run_parts(parts, [&](int64_t t) {
-      cpu::syrk_upper_avx512<scalar_t>(rows, x, J.stride(0), J.stride(1), a, n, static_cast<scalar_t>(alpha),
+      cpu::syrk_upper_avx512<scalar_t>(rows, x, J.stride(0), J.stride(1), a, n, rp, gp, static_cast<scalar_t>(alpha),
                                        cuts[t], cuts[t + 1]);
     });
   });
@@ -85,15 +89,19 @@ void jtj_accumulate_cpu(const at::Tensor& A, const at::Tensor& J, const std::opt
   // matrix (how the dual system passes 𝒥ᵀ to form 𝒥𝒥ᵀ) is used as it is instead of being copied.
   const at::Tensor Jc = J.t().is_contiguous() ? J : J.contiguous();  // [rows, n]
   if (choose_syrk_path() == SyrkPath::kAvx512) {
-    syrk_upper_avx512_parallel(A, Jc, alpha);
-  } else if (A.scalar_type() == at::kFloat) {
-    // MKL runs thin-M float64 GEMMs well and square-ish float32 GEMMs best: on the 2-core dev machine
-    // (rows=8192, n=2048) block rows of 256 won for float64 and recursion to 128 for float32 (BENCHMARKS.md).
-    syrk_upper_recursive(A, Jc, alpha, /*leaf=*/128);
+    // Jᵀr comes from the packed panels, so J is read once.
+    syrk_upper_avx512_parallel(A, Jc, r.has_value() ? r->contiguous() : at::Tensor(),
+                               g.has_value() ? *g : at::Tensor(), alpha);
   } else {
-    syrk_upper_block_rows(A, Jc, alpha, /*width=*/256);
+    if (A.scalar_type() == at::kFloat) {
+      // MKL runs thin-M float64 GEMMs well and square-ish float32 GEMMs best: on the 2-core dev machine
+      // (rows=8192, n=2048) block rows of 256 won for float64 and recursion to 128 for float32 (BENCHMARKS.md).
+      syrk_upper_recursive(A, Jc, alpha, /*leaf=*/128);
+    } else {
+      syrk_upper_block_rows(A, Jc, alpha, /*width=*/256);
+    }
+    if (r.has_value()) g->addmv_(Jc.t(), *r, 1.0, alpha);
   }
-  if (r.has_value()) g->addmv_(Jc.t(), *r, 1.0, alpha);
   mirror_upper(A, /*block=*/64);
 }
 

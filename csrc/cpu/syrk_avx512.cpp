@@ -165,6 +165,23 @@ MQ_AVX512 void micro_kernel(int64_t depth, const T* __restrict a, const T* __res
   }
 }
 
+// g[i0 + q] += alpha * sum_p r[p] X[p0 + p, i0 + q] from a packed vector block (the layout of pack_block
+// with Width columns per panel). Every column of X passes through a vector block exactly once per depth
+// step, so computing Jᵀr here reads J once for both products, from cache.
+template <typename T, int64_t Width>
+MQ_AVX512 void add_gradient(const T* block, int64_t depth, int64_t cols, const T* r, T alpha, T* g) {
+  for (int64_t q0 = 0; q0 < cols; q0 += Width) {
+    const T* panel = block + q0 * depth;
+    T acc[Width] = {};
+    for (int64_t p = 0; p < depth; ++p) {
+      const T rp = r[p];
+      for (int64_t q = 0; q < Width; ++q) acc[q] += rp * panel[p * Width + q];
+    }
+    const int64_t valid = std::min(Width, cols - q0);
+    for (int64_t q = 0; q < valid; ++q) g[q0 + q] += alpha * acc[q];
+  }
+}
+
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
@@ -184,7 +201,7 @@ bool syrk_avx512_supported() {
 
 template <typename T>
 void syrk_upper_avx512(int64_t rows, const T* x, int64_t row_stride, int64_t col_stride, T* c, int64_t ldc,
-                       T alpha, int64_t col_begin, int64_t col_end) {
+                       const T* r, T* g, T alpha, int64_t col_begin, int64_t col_end) {
   using B = Blocking<T>;
   if (col_begin >= col_end || rows <= 0) return;
   auto vector_block = aligned_buffer<T>((std::min(B::kBlockCols, col_end - col_begin) + B::kTileCols) * B::kDepth);
@@ -195,6 +212,7 @@ void syrk_upper_avx512(int64_t rows, const T* x, int64_t row_stride, int64_t col
     for (int64_t pc = 0; pc < rows; pc += B::kDepth) {
       const int64_t kc = std::min(B::kDepth, rows - pc);
       pack_block(vector_block.get(), x, row_stride, col_stride, pc, kc, jc, nc, B::kTileCols);
+      if (r != nullptr) add_gradient<T, B::kTileCols>(vector_block.get(), kc, nc, r + pc, alpha, g + jc);
       // Rows of C that meet these columns in the upper triangle: i < jc + nc.
       for (int64_t ic = 0; ic < jc + nc; ic += B::kBlockRows) {
         const int64_t mb = std::min(B::kBlockRows, jc + nc - ic);
@@ -221,15 +239,15 @@ namespace marquardt::cpu {
 bool syrk_avx512_supported() { return false; }
 
 template <typename T>
-void syrk_upper_avx512(int64_t, const T*, int64_t, int64_t, T*, int64_t, T, int64_t, int64_t) {
+void syrk_upper_avx512(int64_t, const T*, int64_t, int64_t, T*, int64_t, const T*, T*, T, int64_t, int64_t) {
   throw std::logic_error("marquardt: the AVX-512 SYRK kernel is not built for this platform");
 }
 
 #endif  // MQ_HAVE_AVX512_KERNEL
 
-template void syrk_upper_avx512<float>(int64_t, const float*, int64_t, int64_t, float*, int64_t, float, int64_t,
-                                       int64_t);
-template void syrk_upper_avx512<double>(int64_t, const double*, int64_t, int64_t, double*, int64_t, double,
-                                        int64_t, int64_t);
+template void syrk_upper_avx512<float>(int64_t, const float*, int64_t, int64_t, float*, int64_t, const float*,
+                                       float*, float, int64_t, int64_t);
+template void syrk_upper_avx512<double>(int64_t, const double*, int64_t, int64_t, double*, int64_t, const double*,
+                                        double*, double, int64_t, int64_t);
 
 }  // namespace marquardt::cpu

@@ -19,12 +19,14 @@ namespace marquardt::cpu {
 // True when the CPU (and OS) can run the AVX-512 kernel below.
 bool syrk_avx512_supported();
 
-// For the columns j in [col_begin, col_end) of C: C[i, j] += alpha * sum_r X[r, i] X[r, j] for every
+// For the columns j in [col_begin, col_end) of C: C[i, j] += alpha * sum_p X[p, i] X[p, j] for every
 // i <= j (some entries just below the diagonal may be updated too, with their correct values; callers
-// mirror the upper triangle afterwards). X[r, i] is x[r * row_stride + i * col_stride]; C is row-major with
-// leading dimension ldc. Single-threaded: callers run disjoint column ranges in parallel.
+// mirror the upper triangle afterwards), and, when r is not null, g[j] += alpha * sum_p X[p, j] r[p].
+// X[p, i] is x[p * row_stride + i * col_stride]; C is row-major with leading dimension ldc; r (length rows)
+// and g (length n, indexed by column) are contiguous. Single-threaded: callers run disjoint column ranges in
+// parallel.
 template <typename T>
 void syrk_upper_avx512(int64_t rows, const T* x, int64_t row_stride, int64_t col_stride, T* c, int64_t ldc,
-                       T alpha, int64_t col_begin, int64_t col_end);
+                       const T* r, T* g, T alpha, int64_t col_begin, int64_t col_end);
 
 }  // namespace marquardt::cpu

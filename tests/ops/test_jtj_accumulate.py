@@ -213,9 +213,12 @@ class TestCpuKernelChoice:
 def test_cpu_blocking_edges(dtype, rows, n):
     J = torch.randn(rows, n, dtype=dtype)
     A = random_symmetric(n, dtype, "cpu")
-    A_ref, _ = reference(A, J, None, None, -0.75)
-    ops.jtj_accumulate_(A, J, alpha=-0.75)
+    r = torch.randn(2 * rows, dtype=dtype)[::2]  # strided residuals
+    g = torch.randn(n, dtype=dtype)
+    A_ref, g_ref = reference(A, J, r, g, -0.75)
+    ops.jtj_accumulate_(A, J, r, g, alpha=-0.75)
     torch.testing.assert_close(A.double(), A_ref, **tol(dtype, rows))
+    torch.testing.assert_close(g.double(), g_ref, **tol(dtype, rows))
     assert torch.equal(A, A.T)
 
 
