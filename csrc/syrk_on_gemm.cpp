@@ -2,10 +2,9 @@
 #include "syrk_on_gemm.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
-
-#include "cpu/thread_parts.h"
 
 namespace marquardt {
 namespace {
@@ -45,10 +44,7 @@ void mirror_upper(const at::Tensor& A, int64_t block) {
     scalar_t* a = A.data_ptr<scalar_t>();
     // Tile row t holds t + 1 tiles below the diagonal: interleaving short and long rows (0, T-1, 1, T-2, ...)
     // gives each thread's contiguous share of the range about the same work.
-    // A thread costs tens of microseconds; copying 256 KiB takes about as long.
-    const int64_t parts = cpu::parts_for(n * n >= (1 << 15), tiles);
-    cpu::run_parts(parts, [&](int64_t part) {
-      const int64_t begin = tiles * part / parts, end = tiles * (part + 1) / parts;
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
       constexpr int64_t kSub = 16;
       scalar_t buf[kSub][kSub];
       for (int64_t k = begin; k < end; ++k) {

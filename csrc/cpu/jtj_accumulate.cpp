@@ -8,6 +8,7 @@
 // MARQUARDT_CPU_SYRK=auto|avx512|gemm overrides the choice (tests run both; benchmarks compare them).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,7 +20,6 @@
 #include <vector>
 
 #include "cpu/syrk_avx512.h"
-#include "cpu/thread_parts.h"
 #include "ops.h"
 #include "syrk_on_gemm.h"
 
@@ -67,16 +67,20 @@ void syrk_upper_avx512_parallel(const at::Tensor& A, const at::Tensor& J, const 
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "jtj_accumulate_avx512", [&] {
     constexpr int64_t kTileCols = 64 / sizeof(scalar_t) * 3;  // the kernel's register tile width
     const double flops = static_cast<double>(rows) * static_cast<double>(n) * static_cast<double>(n);
-    // A thread costs tens of microseconds, what the kernel needs for ~2e7 flops.
-    const int64_t parts = cpu::parts_for(flops >= 2e7, (n + kTileCols - 1) / kTileCols);
+    // One part per thread (parts of equal area, each a long run of whole tiles); waking the thread team
+    // costs microseconds, what the kernel needs for ~1e6 flops, so small jobs stay on one thread.
+    const int64_t parts =
+        flops < 1e6 ? 1 : std::clamp<int64_t>(at::get_num_threads(), 1, (n + kTileCols - 1) / kTileCols);
     const std::vector<int64_t> cuts = equal_area_column_cuts(n, parts, kTileCols);
     const scalar_t* x = J.const_data_ptr<scalar_t>();
     scalar_t* a = A.mutable_data_ptr<scalar_t>();
     const scalar_t* rp = r.defined() ? r.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* gp = r.defined() ? g.mutable_data_ptr<scalar_t>() : nullptr;
-    cpu::run_parts(parts, [&](int64_t t) {
-      cpu::syrk_upper_avx512<scalar_t>(rows, x, J.stride(0), J.stride(1), a, n, rp, gp, static_cast<scalar_t>(alpha),
-                                       cuts[t], cuts[t + 1]);
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        cpu::syrk_upper_avx512<scalar_t>(rows, x, J.stride(0), J.stride(1), a, n, rp, gp,
+                                         static_cast<scalar_t>(alpha), cuts[t], cuts[t + 1]);
+      }
     });
   });
 }
