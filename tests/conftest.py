@@ -27,3 +27,24 @@ def _seed() -> None:
 
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of marquardt")
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+HAS_AVX512 = _cpu_has_avx512()
+CPU_KERNELS = ["gemm"] + (["avx512"] if HAS_AVX512 else [])
+
+
+@pytest.fixture(params=CPU_KERNELS)
+def cpu_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per CPU SYRK kernel this machine has (the ops read the variable at each call)."""
+    monkeypatch.setenv("MARQUARDT_CPU_SYRK", request.param)
+    assert marquardt.ops.cpu_syrk_kernel() == request.param
+    return request.param
+

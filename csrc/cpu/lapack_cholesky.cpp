@@ -3,6 +3,10 @@
 
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
+
+#include "cpu/syrk_dispatch.h"
+
 // LAPACK as exported by libtorch_cpu (MKL or OpenBLAS). Declared weak so the module still loads against a
 // torch that does not export them; the ATen fallback below is then used instead.
 extern "C" {
@@ -12,6 +16,10 @@ void spotrs_(const char* uplo, const int* n, const int* nrhs, const float* a, co
              const int* ldb, int* info) __attribute__((weak));
 void dpotrs_(const char* uplo, const int* n, const int* nrhs, const double* a, const int* lda, double* b,
              const int* ldb, int* info) __attribute__((weak));
+void strsm_(const char* side, const char* uplo, const char* transa, const char* diag, const int* m, const int* n,
+            const float* alpha, const float* a, const int* lda, float* b, const int* ldb) __attribute__((weak));
+void dtrsm_(const char* side, const char* uplo, const char* transa, const char* diag, const int* m, const int* n,
+            const double* alpha, const double* a, const int* lda, double* b, const int* ldb) __attribute__((weak));
 }
 
 namespace marquardt {
@@ -27,6 +35,11 @@ struct Lapack<float> {
                     const int* ldb, int* info) {
     spotrs_(u, n, k, a, lda, b, ldb, info);
   }
+  static bool has_trsm() { return strsm_ != nullptr; }
+  static void trsm(const char* side, const char* uplo, const char* ta, const char* diag, const int* m, const int* n,
+                   const float* alpha, const float* a, const int* lda, float* b, const int* ldb) {
+    strsm_(side, uplo, ta, diag, m, n, alpha, a, lda, b, ldb);
+  }
 };
 template <>
 struct Lapack<double> {
@@ -36,7 +49,43 @@ struct Lapack<double> {
                     const int* ldb, int* info) {
     dpotrs_(u, n, k, a, lda, b, ldb, info);
   }
+  static bool has_trsm() { return dtrsm_ != nullptr; }
+  static void trsm(const char* side, const char* uplo, const char* ta, const char* diag, const int* m, const int* n,
+                   const double* alpha, const double* a, const int* lda, double* b, const int* ldb) {
+    dtrsm_(side, uplo, ta, diag, m, n, alpha, a, lda, b, ldb);
+  }
 };
+
+// Depth of the blocked factorisation: each step's trailing update is a SYRK of this many rows. Larger blocks
+// move flops from our SYRK into MKL's TRSM and diagonal potrf; smaller ones run the SYRK at a lower rate. On
+// the dev machine 192 and 256 were best, 128, 384 and 512 slower (BENCHMARKS.md §1).
+constexpr int kCholeskyBlock = 192;
+
+// Right-looking blocked Cholesky, LAPACK's own algorithm (dpotrf with uplo 'L', column-major), except that
+// the trailing update A22 -= A21 A21ᵀ runs on our AVX-512 SYRK instead of the BLAS: torch's MKL runs its
+// AVX2 code on AMD CPUs, at half the cores' FMA rate, and the update is almost all of the n³/3 flops.
+// In our row-major terms (W read column-major is Wᵀ = W) the step at k is
+//   U11 = chol(W11);  U12 = U11⁻ᵀ W12 (TRSM);  W22 -= U12ᵀ U12 (SYRK over the b rows of U12),
+// on the upper triangle only. Returns LAPACK's info: 0, or k + i for the failed leading minor of order k + i.
+template <typename T>
+int potrf_upper_blocked(T* w, int n) {
+  const char lower = 'L', right = 'R', transpose = 'T', non_unit = 'N';
+  const T one = 1;
+  for (int k = 0; k < n; k += kCholeskyBlock) {
+    const int b = std::min(kCholeskyBlock, n - k);
+    T* w11 = w + static_cast<int64_t>(k) * n + k;
+    int info = 0;
+    Lapack<T>::potrf(&lower, &b, w11, &n, &info);
+    if (info != 0) return k + info;
+    const int m = n - k - b;
+    if (m == 0) break;
+    T* w12 = w11 + b;  // row-major rows [k, k + b), columns [k + b, n)
+    Lapack<T>::trsm(&right, &lower, &transpose, &non_unit, &m, &b, &one, w11, &n, w12, &n);
+    cpu::syrk_upper_avx512_threads<T>(b, m, w12, n, 1, w12 + static_cast<int64_t>(b) * n, n, nullptr, nullptr,
+                                      T(-1));
+  }
+  return 0;
+}
 
 }  // namespace
 
@@ -49,7 +98,11 @@ int potrf_upper_inplace(const at::Tensor& W) {
   const int n = static_cast<int>(W.size(0));
   int info = 0;
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "potrf_upper_inplace", [&] {
-    Lapack<scalar_t>::potrf(&uplo, &n, W.data_ptr<scalar_t>(), &n, &info);
+    if (n > kCholeskyBlock && Lapack<scalar_t>::has_trsm() && cpu::use_avx512_syrk()) {
+      info = potrf_upper_blocked<scalar_t>(W.data_ptr<scalar_t>(), n);
+    } else {
+      Lapack<scalar_t>::potrf(&uplo, &n, W.data_ptr<scalar_t>(), &n, &info);
+    }
   });
   return info;
 }

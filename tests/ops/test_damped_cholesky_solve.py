@@ -8,6 +8,10 @@ import torch
 from marquardt import ops
 from tests.conftest import HAS_CUDA, requires_cuda
 
+# Every test here runs once per CPU kernel this machine has: with the AVX-512 SYRK, the CPU factorisation is
+# blocked (192-row steps, trailing updates on our SYRK); with the GEMM kernel it is LAPACK's potrf.
+pytestmark = pytest.mark.usefixtures("cpu_kernel")
+
 
 def random_problem(n, k, dtype, device, rank=None):
     rank = n if rank is None else rank
@@ -22,7 +26,7 @@ def reference(A, d, lam, B):
     return torch.linalg.solve(A.double().cpu() + lam * torch.diag(d.double().cpu()), B.double().cpu())
 
 
-@pytest.mark.parametrize("n", [1, 2, 31, 64, 129, 300])
+@pytest.mark.parametrize("n", [1, 2, 31, 64, 129, 193, 300, 385, 700])
 @pytest.mark.parametrize("k", [None, 1, 3])
 @pytest.mark.parametrize("lam", [1e-3, 1.0, 1e4])
 def test_matches_reference(device, dtype, n, k, lam):
@@ -63,6 +67,30 @@ def test_indefinite_returns_info_and_leaves_A(device, dtype):
     X, info = ops.damped_cholesky_solve(A, d, 3.0, torch.ones(n, dtype=dtype, device=device))
     assert int(info) == 0
     torch.testing.assert_close(X.cpu().double(), reference(A, d, 3.0, torch.ones(n, dtype=dtype)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, 191, 192, 400, 599])
+def test_info_names_the_first_failed_minor_in_any_block(device, dtype, bad):
+    # SPD everywhere except one negative pivot: the leading minor of order bad + 1 is the first to fail,
+    # whichever step of the blocked factorisation (192 rows each) it falls in.
+    n = 600
+    M = torch.randn(n, n, dtype=torch.float64) / n**0.5
+    A = (M @ M.T + torch.eye(n, dtype=torch.float64)).to(device=device, dtype=dtype)
+    A[bad, :] = 0.0
+    A[:, bad] = 0.0
+    A[bad, bad] = -1.0
+    d = torch.ones(n, dtype=dtype, device=device)
+    _, info = ops.damped_cholesky_solve(A, d, 1e-3, torch.ones(n, dtype=dtype, device=device))
+    assert int(info) == bad + 1
+    _, info = ops.damped_cholesky_factor(A, d, 1e-3)
+    assert int(info) == bad + 1
+
+
+def test_nan_in_a_later_block_is_not_positive_definite(device, dtype):
+    A = torch.eye(500, dtype=dtype, device=device)
+    A[450, 3] = A[3, 450] = float("nan")
+    _, info = ops.damped_cholesky_solve(A, torch.ones(500, dtype=dtype, device=device), 0.1, torch.ones(500, dtype=dtype, device=device))
+    assert int(info) > 0
 
 
 def test_nan_matrix_is_not_positive_definite(device, dtype):
@@ -133,7 +161,7 @@ def test_does_not_modify_B(device, dtype, k):
 class TestFactor:
     """damped_cholesky_factor: the factor behind the solve, for solving right-hand sides one after another."""
 
-    @pytest.mark.parametrize("n", [1, 7, 130])
+    @pytest.mark.parametrize("n", [1, 7, 130, 450])
     def test_factor_reproduces_damped_matrix(self, device, dtype, n):
         A, d, B = random_problem(n, 2, dtype, device, rank=max(1, n // 3))
         A_before = A.clone()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from marquardt import ops
-from tests.conftest import HAS_CUDA, requires_cuda
+from tests.conftest import HAS_AVX512, HAS_CUDA, requires_cuda
 
 # (rows, n): single rows and columns, sizes off every tile (CPU GEMM block rows 128/256; AVX-512 register
 # tiles 8 x 24/48, 256-row depth and 256-row blocks; CUDA tiles 128/64), a tall chunk that makes the
@@ -27,24 +27,8 @@ SHAPES = [
 ]
 
 
-def _cpu_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx512f" in line for line in f)
-    except OSError:
-        return False
-
-
-HAS_AVX512 = _cpu_has_avx512()
-CPU_KERNELS = ["gemm"] + (["avx512"] if HAS_AVX512 else [])
-
-
-@pytest.fixture(autouse=True, params=CPU_KERNELS)
-def cpu_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs once per CPU kernel this machine has (the op reads the variable at each call)."""
-    monkeypatch.setenv("MARQUARDT_CPU_SYRK", request.param)
-    assert ops.cpu_syrk_kernel() == request.param
-    return request.param
+# Every test here runs once per CPU kernel this machine has (the GEMM one, and the AVX-512 one where it runs).
+pytestmark = pytest.mark.usefixtures("cpu_kernel")
 
 
 def reference(A0, J, r, g0, alpha):
