@@ -140,10 +140,10 @@ def run(cases: list[Case], device: str, repeats: int) -> list[dict]:
 
 def print_table(rows: list[dict], machine: str, extra: str = "") -> None:
     print(f"\n# machine: {machine}   git: {git_revision()}{extra}")
-    print(f"{'case':<34} {'candidate':<30} {'median ms':>10} {'GFLOP/s*':>10} {'time/ours':>10}")
+    print(f"{'case':<34} {'candidate':<38} {'median ms':>10} {'GFLOP/s*':>10} {'time/ours':>10}")
     for r in rows:
         print(
-            f"{r['case']:<34} {r['candidate']:<30} {r['seconds'] * 1e3:>10.2f} {r['gflops']:>10.1f} "
+            f"{r['case']:<34} {r['candidate']:<38} {r['seconds'] * 1e3:>10.2f} {r['gflops']:>10.1f} "
             f"{r['ratio_vs_ours']:>10.2f}"
         )
     print("* useful flops: rows*n^2 for JᵀJ (the symmetric half), n^3/3 for a Cholesky factorisation")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.ops_cases import JTJ_GEMM_KERNEL, jtj_case, solve_case
+from benchmarks.ops_cases import JTJ_GEMM_KERNEL, SOLVE_LAPACK_POTRF, jtj_case, solve_case
 from benchmarks.timing import machine_description, sync
 
 CPU_SIZES = {"jtj": [(2048, 512), (8192, 2048)], "solve": [512, 2048]}
@@ -57,6 +57,8 @@ def test_jtj(benchmark, bench_device, jtj_shape, dtype, candidate):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("candidate", ["damped_cholesky_solve", "linalg.solve", "cholesky+cholesky_solve"])
+@pytest.mark.parametrize(
+    "candidate", ["damped_cholesky_solve", SOLVE_LAPACK_POTRF, "linalg.solve", "cholesky+cholesky_solve"]
+)
 def test_solve(benchmark, bench_device, solve_n, dtype, candidate):
     _run(benchmark, solve_case(solve_n, dtype, bench_device), candidate, bench_device)
