@@ -2,7 +2,7 @@
 
     python benchmarks/compare_ops.py                 # CPU cases of the foundation issue
     python benchmarks/compare_ops.py --check         # ... and enforce the targets
-    python benchmarks/compare_ops.py --sweep         # CPU JᵀJ over the optimizer's smaller shapes
+    python benchmarks/compare_ops.py --sweep         # CPU JᵀJ and solves at the optimizer's sizes
     python benchmarks/compare_ops.py --device cuda   # GPU sweep (used by benchmarks/gpu_check.sh)
 
 Ratios are baseline time / our time (> 1 means ours is faster): the median over interleaved rounds of the
@@ -64,8 +64,15 @@ def cpu_cases() -> list[Case]:
 CPU_SWEEP_SHAPES = [(64, 64), (1000, 100), (100, 1000), (1000, 1000), (1000, 4353), (4000, 2202), (20000, 300)]
 
 
+# Sizes of the optimizer's damped solves for --sweep: dual systems of 500-1000 rows, primal ones of the
+# 1-64-64-1 MLP (4353 parameters).
+CPU_SWEEP_SOLVES = [256, 500, 1000, 4353]
+
+
 def cpu_sweep_cases() -> list[Case]:
-    return [jtj_case(rows, n, dtype, "cpu") for dtype in (torch.float32, torch.float64) for rows, n in CPU_SWEEP_SHAPES]
+    dtypes = (torch.float32, torch.float64)
+    jtj = [jtj_case(rows, n, dtype, "cpu") for dtype in dtypes for rows, n in CPU_SWEEP_SHAPES]
+    return jtj + [solve_case(n, dtype, "cpu") for dtype in dtypes for n in CPU_SWEEP_SOLVES]
 
 
 def gpu_cases(quick: bool, jtj_only: bool = False) -> list[Case]:
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller GPU sweep")
     parser.add_argument("--jtj-only", action="store_true", help="GPU: only the JᵀJ cases")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target ratio is missed")
-    parser.add_argument("--sweep", action="store_true", help="CPU: JᵀJ over the optimizer's shapes instead")
+    parser.add_argument("--sweep", action="store_true", help="CPU: JᵀJ and solves at the optimizer's sizes instead")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
 
