@@ -25,7 +25,8 @@ void check_jtj_accumulate_args(const at::Tensor& A, const at::Tensor& J, const s
 
 // cpu_syrk_kernel() -> str
 //   The kernel jtj_accumulate_ uses for CPU tensors, as chosen now: "avx512" (our packed SYRK, the default on
-//   CPUs with AVX-512) or "gemm" (GEMMs on views through torch's BLAS). The environment variable
+//   CPUs with AVX-512; the CPU damped_cholesky_* ops then factor n > 384 in blocks whose trailing updates run
+//   on it) or "gemm" (GEMMs on views through torch's BLAS; LAPACK's potrf). The environment variable
 //   MARQUARDT_CPU_SYRK=auto|avx512|gemm, read at each call, overrides the choice; a bad value, or avx512 on a
 //   CPU without it, raises.
 std::string cpu_syrk_kernel();

@@ -56,8 +56,10 @@ def cpu_syrk_kernel() -> str:
     """The kernel :func:`jtj_accumulate_` runs on CPU tensors, as chosen now: ``"avx512"`` or ``"gemm"``.
 
     ``"avx512"`` is our packed SYRK with AVX-512 register tiles, the default where the CPU has AVX-512 (it
-    beats torch's BLAS there, which runs its AVX2 code on AMD CPUs). ``"gemm"`` forms the triangle from
-    GEMMs through torch's BLAS, the portable path. The environment variable ``MARQUARDT_CPU_SYRK`` (``auto``,
+    beats torch's BLAS there, which runs its AVX2 code on AMD CPUs); :func:`damped_cholesky_solve` and
+    :func:`damped_cholesky_factor` then factor matrices larger than 384 in blocks whose trailing updates run
+    on it. ``"gemm"`` forms the triangle from GEMMs through torch's BLAS and factors with LAPACK's potrf, the
+    portable path. The environment variable ``MARQUARDT_CPU_SYRK`` (``auto``,
     ``avx512`` or ``gemm``, read at every call) overrides the choice; a bad value raises.
     """
     return str(torch.ops.marquardt.cpu_syrk_kernel.default())
