@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // A packed SYRK (upper triangle of C += alpha XᵀX) with AVX-512 register tiles, for CPUs that have AVX-512.
 //
-// Why our own kernel: the BLAS that torch's CPU wheels ship (MKL) picks its AVX2 code path on AMD CPUs, so on
-// an AVX-512 AMD machine a GEMM runs at about half the core's FMA rate; and a GEMM-based SYRK wastes flops on
-// the diagonal blocks (BENCHMARKS.md §1). This kernel follows the BLIS design: operands are packed into
+// Why our own kernel: the BLAS that torch's CPU wheels ship (MKL) runs AVX2 code on AMD CPUs (measured: 38%
+// of the AVX-512 FMA rate on the Zen 5 dev machine), and a GEMM-based SYRK wastes flops on the diagonal
+// blocks (BENCHMARKS.md §1). This kernel follows the BLIS design: operands are packed into
 // contiguous panels sized for the caches, and an 8 x (3 vectors) register tile accumulates a rank-kc update
 // with one FMA per broadcast element and vector. Tiles that lie wholly below the diagonal are skipped, so the
 // flops are rows * n * (n + tile) / 2 instead of rows * n^2.
 //
-// This header has no torch dependency; the caller (jtj_accumulate.cpp) checks the CPU, splits the columns
-// between threads and falls back to the GEMM-based kernel where AVX-512 is missing.
+// This header has no torch dependency. syrk_dispatch.h decides when it runs and splits the columns between
+// torch's threads; its callers are jtj_accumulate_ and the blocked Cholesky (lapack_cholesky.cpp).
 #pragma once
 
 #include <cstdint>
