@@ -60,8 +60,20 @@ def cpu_cases() -> list[Case]:
 
 
 # Shapes of the optimizer's accumulations (small networks, the sine MLPs' dual systems, the paper CNN's
-# 2202 parameters) for --sweep: the default kernel must not lose to the GEMM one away from the target shape.
-CPU_SWEEP_SHAPES = [(64, 64), (1000, 100), (100, 1000), (1000, 1000), (1000, 4353), (4000, 2202), (20000, 300)]
+# 2202 parameters, curve fits with many points) for --sweep: the default kernel must not lose to the GEMM
+# one away from the target shape.
+CPU_SWEEP_SHAPES = [
+    (64, 64),
+    (1000, 100),
+    (100, 1000),
+    (1000, 1000),
+    (1000, 4353),
+    (4000, 2202),
+    (20000, 300),
+    (1000000, 10),
+    (100000, 32),
+    (200000, 100),
+]
 
 
 # Sizes of the optimizer's damped solves for --sweep: dual systems of 500-1000 rows, primal ones of the

@@ -206,10 +206,26 @@ def test_cpu_blocking_edges(dtype, rows, n):
     assert torch.equal(A, A.T)
 
 
+@pytest.mark.parametrize("rows,n", [(60000, 20), (40000, 33), (20000, 47), (3000, 60)])
+def test_cpu_tall_chunks(dtype, rows, n):
+    # Tall and narrow: the AVX-512 kernel splits rows between threads and sums private matrices (or, in
+    # float32 below 48 columns, hands over to the GEMM kernel); both must give the reference.
+    J = torch.randn(rows, n, dtype=dtype)
+    r = torch.randn(rows, dtype=dtype)
+    A = random_symmetric(n, dtype, "cpu")
+    g = torch.randn(n, dtype=dtype)
+    A_ref, g_ref = reference(A, J, r, g, 1.0 / rows)
+    ops.jtj_accumulate_(A, J, r, g, alpha=1.0 / rows)
+    torch.testing.assert_close(A.double(), A_ref, **tol(dtype, rows, scale=1.0 / rows))
+    torch.testing.assert_close(g.double(), g_ref, **tol(dtype, rows, scale=1.0 / rows))
+    assert torch.equal(A, A.T)
+
+
 def test_cpu_result_does_not_depend_on_threads_or_layout(dtype, cpu_kernel):
     # rows * n² = 5.4e7 flops: enough for the kernels to use every thread. In the AVX-512 kernel each entry
-    # of A is summed in the same order whatever the split between threads or the memory layout of J, so its
-    # results are bitwise equal; BLAS promises no such thing, so the GEMM path is held to rounding.
+    # of A is summed in the same order whatever the split of the columns between threads (as here: 300
+    # columns are enough for column ranges) or the memory layout of J, so its results are bitwise equal;
+    # BLAS promises no such thing, so the GEMM path is held to rounding.
     J = torch.randn(600, 300, dtype=dtype)
     before = torch.get_num_threads()
     results = []
