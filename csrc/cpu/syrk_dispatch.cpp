@@ -89,7 +89,7 @@ void syrk_upper_avx512_threads(int64_t rows, int64_t n, const T* x, int64_t row_
   // fewer, the tile-aligned cuts leave the parts unequal: float32 1000 x 100 was 1.4x slower on two threads
   // than on one), else by rows when each part gets a few hundred rows and the private n x n sums stay small.
   const int64_t column_parts = std::max<int64_t>(1, std::min<int64_t>(threads, n / (2 * kTileCols)));
-  const int64_t row_parts = std::min<int64_t>(threads, rows / 512);
+  const int64_t row_parts = std::min<int64_t>(threads, rows / 256);
   if (flops >= 1e6 && column_parts < threads && row_parts > column_parts && n <= 1024) {
     syrk_split_rows<T>(row_parts, rows, n, x, row_stride, col_stride, c, ldc, r, g, alpha);
     return;
