@@ -404,3 +404,16 @@ def test_optimizer_kronecker_accumulation_follows_the_rows():
     with pytest.raises(ValueError, match="primal_accumulation='factored'"):
         marquardt.LevenbergMarquardt(cnn, "mse", solver="primal", primal_accumulation="factored").step(
             xc, torch.zeros(3, 1, dtype=torch.float64))
+
+
+def test_primal_accumulation_auto_follows_the_cpu_kernel(monkeypatch, cpu_kernel):
+    # 'auto' forms the primal A from the explicit rows where the AVX-512 SYRK runs (faster than the Kronecker
+    # GEMMs there), and from Kronecker products for large Linear weights otherwise.
+    x, y = _sine(60)
+    opt = marquardt.LevenbergMarquardt(_mlp(32), "mse", solver="primal")
+    opt.step(x, y)  # the Jacobian engine is picked on the first step
+    assert opt._factored_primal() == (cpu_kernel == "gemm")
+    for method in ("factored", "rows"):  # explicit choices are kept whatever the kernel
+        opt = marquardt.LevenbergMarquardt(_mlp(32), "mse", solver="primal", primal_accumulation=method)
+        opt.step(x, y)
+        assert opt._factored_primal() == (method == "factored")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .. import ops
 from ..curvature.jacobian import FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
 from ..curvature.losses import Curvature, GaussNewtonMSE, make_curvature
 from ..curvature.noise import NoiseReplay
@@ -441,7 +442,14 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             if method == "factored":
                 raise self._not_factorable("primal_accumulation='factored'", "'rows'")
             return False
-        return method == "factored" or (method == "auto" and bool(self._kronecker_layers()))
+        if method == "factored":
+            return True
+        # The Kronecker products halve a large weight's flops but run them as GEMMs: on the CPU our AVX-512
+        # SYRK of the explicit rows is faster at every size measured (1-w-w-1 MLPs, w = 16-64, 1,000-10,000
+        # rows, one thread: 1.1-1.95x; BENCHMARKS.md §3), so 'auto' keeps the rows there.
+        if self.layout.device.type == "cpu" and ops.cpu_syrk_kernel() == "avx512":
+            return False
+        return method == "auto" and bool(self._kronecker_layers())
 
     def _curvature_subset(self, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.

@@ -72,8 +72,9 @@ DEFAULTS: dict[str, Any] = {
     # How the primal A = α𝒥ᵀ𝒥 is accumulated. 'factored': for Linear layers on [batch, features] inputs, each
     # large weight's diagonal block from symmetric Kronecker products (about half its flops, one GEMM), the rest
     # from the rows (solve.kronecker.accumulate_gram_); 'rows': jtj_accumulate_ of the explicit rows. 'auto':
-    # 'factored' when such a model has a weight where it pays (solve.kronecker.kronecker_pays: at least 8 x 8
-    # and 1,024 entries) and the fast Jacobian engine runs.
+    # 'rows' on the CPU where jtj_accumulate_ runs our AVX-512 SYRK (faster than the Kronecker GEMMs at every
+    # size measured); elsewhere 'factored' when such a model has a weight where it pays
+    # (solve.kronecker.kronecker_pays: at least 8 x 8 and 1,024 entries) and the fast Jacobian engine runs.
     "primal_accumulation": "auto",
     "blocks": "layer",  # block_diagonal: 'layer', 'unit' (a weight row with its bias) or a group size
     "engine": "auto",
