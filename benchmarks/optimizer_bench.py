@@ -4,6 +4,7 @@
     python benchmarks/optimizer_bench.py to-floor          # time to the sine noise floor, all optimizers
     python benchmarks/optimizer_bench.py memory            # peak RSS of one step at 20,000 and 100,000 rows
     python benchmarks/optimizer_bench.py mnist             # one iteration of the paper's CNN, batch 600
+    python benchmarks/optimizer_bench.py primal-accumulation   # A from the rows vs Kronecker products
     python benchmarks/optimizer_bench.py all --check       # everything, exit 1 below the targets
 
 One thread, CPU seconds (time.process_time), medians of repeats, all candidates in the same process.
@@ -72,6 +73,25 @@ def per_iteration(rows_list=(1000, 10000), width=64, repeats=5) -> list[dict]:
         out.append(row)
         print(f"{row['case']:<28} n={n}: ours {ours * 1e3:8.1f} ms (curvature on 1/4: {ours_quarter * 1e3:.1f} ms)"
               + (f"   torch-levenberg-marquardt {row['tlm_s'] * 1e3:8.1f} ms   ratio {row['ratio']:.2f}x" if "tlm_s" in row else ""))
+    return out
+
+
+def primal_accumulation(rows_list=(1000, 5000, 10000), widths=(16, 32, 48, 64), repeats=3) -> list[dict]:
+    """One primal LM step of 1-w-w-1 MLPs with A from the explicit rows (jtj_accumulate_) against A from
+    Kronecker products (solve.kronecker): what primal_accumulation='auto' picks between."""
+    out = []
+    for rows in rows_list:
+        x, y = sine_data(rows)
+        for width in widths:
+            seconds = {}
+            for method in ("factored", "rows"):
+                opt = marquardt.LevenbergMarquardt(mlp(width), "mse", solver="primal", primal_accumulation=method)
+                seconds[method] = median_step_seconds(lambda: opt.step(x, y), repeats)
+            row = {"case": f"primal accumulation {rows} rows 1-{width}-{width}-1", "rows_s": seconds["rows"],
+                   "factored_s": seconds["factored"], "factored_over_rows": seconds["factored"] / seconds["rows"]}
+            out.append(row)
+            print(f"{row['case']:<44} rows {seconds['rows'] * 1e3:8.1f} ms   factored {seconds['factored'] * 1e3:8.1f} ms"
+                  f"   factored / rows {row['factored_over_rows']:.2f}")
     return out
 
 
@@ -206,7 +226,7 @@ def to_floor_checks(rows: list[dict]) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["per-iteration", "to-floor", "memory", "mnist", "all"])
+    p.add_argument("what", choices=["per-iteration", "to-floor", "memory", "mnist", "primal-accumulation", "all"])
     p.add_argument("--check", action="store_true")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -221,6 +241,8 @@ def main(argv=None) -> int:
         rows += memory()
     if args.what in ("mnist", "all"):
         rows += mnist_per_iteration()
+    if args.what == "primal-accumulation":
+        rows += primal_accumulation()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     ok = to_floor_checks(rows)
