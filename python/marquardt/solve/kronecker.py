@@ -24,7 +24,9 @@ def kronecker_pays(out_features: int, in_features: int) -> bool:
     """Whether a weight's diagonal block of 𝒥ᵀ𝒥 is cheaper from symmetric Kronecker products (accumulate_gram_)
     than from its rows. Measured per accumulation on one core (sine MLPs 1-w-w-1, rows / factored, ms):
     w = 16: 4.8 / 5.7 (1,000 rows), 11.8 / 18.9 (5,000); w = 24: 8.6 / 15.1, 43.9 / 43.3; w = 32: 21.0 / 19.5,
-    114.5 / 90.7; w = 48: 99.6 / 71.1, 524 / 325; w = 64: 315 / 218, 1,436 / 909."""
+    114.5 / 90.7; w = 48: 99.6 / 71.1, 524 / 325; w = 64: 315 / 218, 1,436 / 909. Those rows ran on the GEMM
+    kernel; where jtj_accumulate_ runs the AVX-512 SYRK the rows win at every size (BENCHMARKS.md §3), and
+    primal_accumulation='auto' does not ask."""
     return min(out_features, in_features) >= 8 and out_features * in_features >= 1024
 
 
