@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import pytest
 import torch
 
 import marquardt
@@ -41,3 +42,16 @@ def test_version_mismatch_is_refused(monkeypatch):
 def test_installed_package_declares_its_type_hints():
     """PEP 561: the py.typed marker ships in the wheel, so users' type checkers read our annotations."""
     assert (pathlib.Path(marquardt.__file__).parent / "py.typed").is_file()
+
+
+def test_one_openmp_runtime_in_the_process():
+    # The extension is built with -fopenmp (at::parallel_for's pragma is compiled into it) and links
+    # libgomp.so.1; that must resolve to the copy torch has loaded, never to a second OpenMP runtime.
+    maps = pathlib.Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps (Linux)")
+    from marquardt import ops
+
+    ops.jtj_accumulate_(torch.zeros(300, 300), torch.randn(600, 300))  # runs the threaded kernels
+    runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
+    assert len(runtimes) <= 1, f"two OpenMP runtimes loaded: {sorted(runtimes)}"
