@@ -39,9 +39,7 @@ def jtj_case(rows: int, n: int, dtype: torch.dtype, device: str) -> Case:
         return A.addmm_(J.T, J)
 
     candidates = {"jtj_accumulate_": ours, "J.T @ J": matmul, "addmm_": addmm}
-    if device == "cpu" and ops.cpu_syrk_kernel() != "gemm":
-        # Our portable kernel too (GEMMs on views through torch's BLAS), where the default is another one.
-        candidates[JTJ_GEMM_KERNEL] = lambda: _with_cpu_kernel("gemm", ours)
+    _add_gemm_path(candidates, JTJ_GEMM_KERNEL, ours, device)
     return Case(
         name=f"jtj rows={rows} n={n} {str(dtype).removeprefix('torch.')}",
         flops=float(rows) * n * n,
@@ -51,6 +49,15 @@ def jtj_case(rows: int, n: int, dtype: torch.dtype, device: str) -> Case:
 
 
 JTJ_GEMM_KERNEL = "jtj_accumulate_ [gemm kernel]"
+SOLVE_LAPACK_POTRF = "damped_cholesky_solve [LAPACK potrf]"
+
+
+def _add_gemm_path(candidates: dict[str, Callable[[], object]], name: str, ours: Callable[[], object],
+                   device: str) -> None:
+    """Adds our op under MARQUARDT_CPU_SYRK=gemm as the candidate `name`, where the default path is another
+    (the CPU with AVX-512): the GEMM kernel for JᵀJ, LAPACK's potrf for the solve."""
+    if device == "cpu" and ops.cpu_syrk_kernel() != "gemm":
+        candidates[name] = lambda: _with_cpu_kernel("gemm", ours)
 
 
 def _with_cpu_kernel(kernel: str, fn: Callable[[], object]) -> object:
@@ -88,18 +95,13 @@ def solve_case(n: int, dtype: torch.dtype, device: str, lam: float = 1e-2, k: in
         "linalg.solve": linalg_solve,
         "cholesky+cholesky_solve": cholesky_then_solve,
     }
-    if device == "cpu" and ops.cpu_syrk_kernel() != "gemm":
-        # With the AVX-512 SYRK the factorisation is blocked on it; this is LAPACK's potrf instead.
-        candidates[SOLVE_LAPACK_POTRF] = lambda: _with_cpu_kernel("gemm", ours)
+    _add_gemm_path(candidates, SOLVE_LAPACK_POTRF, ours, device)
     return Case(
         name=f"solve n={n} {str(dtype).removeprefix('torch.')}",
         flops=n**3 / 3.0,
         ours="damped_cholesky_solve",
         candidates=candidates,
     )
-
-
-SOLVE_LAPACK_POTRF = "damped_cholesky_solve [LAPACK potrf]"
 
 
 def gemm_rate(n: int, dtype: torch.dtype, device: str, sync: Callable[[], None]) -> float:

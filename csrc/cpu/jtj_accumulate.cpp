@@ -26,11 +26,7 @@ void jtj_accumulate_cpu(const at::Tensor& A, const at::Tensor& J, const std::opt
   // Both kernels read a transposed operand as cheaply as a plain one, so the transpose of a contiguous
   // matrix (how the dual system passes 𝒥ᵀ to form 𝒥𝒥ᵀ) is used as it is instead of being copied.
   const at::Tensor Jc = J.t().is_contiguous() ? J : J.contiguous();  // [rows, n]
-  // One exception to the AVX-512 kernel: a tall float32 J narrower than its 48-column register tile pads
-  // most of every tile, and MKL's GEMM is faster there (1e6 x 10: 13.8 against 17.6 ms on the dev machine).
-  // Small chunks still take the kernel, so its narrow-tile paths stay exercised.
-  const bool tall_and_narrow_float = A.scalar_type() == at::kFloat && Jc.size(1) < 48 && Jc.numel() >= (1 << 20);
-  if (cpu::use_avx512_syrk() && !tall_and_narrow_float) {
+  if (cpu::use_avx512_syrk(A.scalar_type() == at::kFloat, Jc.size(0), Jc.size(1))) {
     // Jᵀr comes from the packed panels, so J is read once.
     const at::Tensor rc = r.has_value() ? r->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "jtj_accumulate_avx512", [&] {

@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <new>
 
@@ -70,6 +69,7 @@ constexpr int kTileVecs = 3;
 template <typename T>
 struct Blocking {
   static constexpr int64_t kTileCols = kTileVecs * Vec<T>::kLanes;  // 24 doubles or 48 floats
+  static_assert(kTileCols == kSyrkAvx512TileCols<T>, "the header's tile width must match the kernel's");
   static constexpr int64_t kDepth = 256;
   static constexpr int64_t kBlockRows = 256;
   static constexpr int64_t kBlockCols = 4096;

@@ -19,6 +19,11 @@ namespace marquardt::cpu {
 // True when the CPU (and OS) can run the AVX-512 kernel below.
 bool syrk_avx512_supported();
 
+// Width of the kernel's register tile in columns (3 zmm vectors: 24 doubles or 48 floats). Column ranges
+// cut on multiples of it split no tile.
+template <typename T>
+inline constexpr int64_t kSyrkAvx512TileCols = 3 * 64 / static_cast<int64_t>(sizeof(T));
+
 // For the columns j in [col_begin, col_end) of C: C[i, j] += alpha * sum_p X[p, i] X[p, j] for every
 // i <= j (some entries just below the diagonal may be updated too, with their correct values; callers
 // mirror the upper triangle afterwards), and, when r is not null, g[j] += alpha * sum_p X[p, j] r[p].

@@ -45,6 +45,11 @@ bool use_avx512_syrk() {
   return true;
 }
 
+bool use_avx512_syrk(bool single_precision, int64_t rows, int64_t n) {
+  const bool tall_and_narrow_float = single_precision && n < kSyrkAvx512TileCols<float> && rows * n >= (1 << 20);
+  return use_avx512_syrk() && !tall_and_narrow_float;
+}
+
 namespace {
 
 // Tall and narrow J (too few tile columns to give every thread a column range): the rows are split instead.
@@ -81,7 +86,7 @@ void syrk_split_rows(int64_t parts, int64_t rows, int64_t n, const T* x, int64_t
 template <typename T>
 void syrk_upper_avx512_threads(int64_t rows, int64_t n, const T* x, int64_t row_stride, int64_t col_stride, T* c,
                                int64_t ldc, const T* r, T* g, T alpha) {
-  constexpr int64_t kTileCols = 64 / sizeof(T) * 3;  // the kernel's register tile width
+  constexpr int64_t kTileCols = kSyrkAvx512TileCols<T>;
   const double flops = static_cast<double>(rows) * static_cast<double>(n) * static_cast<double>(n);
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   // Waking the thread team costs microseconds, what the kernel needs for ~1e6 flops: small jobs stay on one
