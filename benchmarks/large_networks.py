@@ -67,7 +67,7 @@ def run(args) -> dict:
             print(f"LM   it {it:4d} ({it / per_epoch:.2f} epochs)  {clock:8.1f} s  test accuracy {acc:.4f}  λ {info.lam:.3g}",
                   flush=True)
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    blocks_used = opt._block_cache or []
+    blocks_used = opt.chooser.blocks or []
     largest = max((int(b.numel()) for b in blocks_used), default=0)
 
     model = build(size, args.seed)

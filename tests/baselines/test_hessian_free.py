@@ -9,8 +9,8 @@ from torch.func import functional_call, hessian, jacrev, vjp
 
 from marquardt.baselines import HessianFree
 from marquardt.baselines.hessian_free import conjugate_gradient, ggn_vector_product, output_hessian_product
-from marquardt.curvature.params import ParameterLayout
-from tests.optim.test_optimizer import paper_cnn, sine_data, sine_mlp
+from marquardt.types.layout import ParameterLayout
+from tests.models import paper_cnn, sine_data, sine_mlp
 
 
 def test_output_hessian_product_is_the_ce_hessian():

@@ -9,7 +9,7 @@ from torch import nn
 
 from marquardt.baselines import KFAC
 from marquardt.baselines.kfac import kronecker_factors, weight_gradient_matrix
-from tests.optim.test_optimizer import paper_cnn, sine_data, sine_mlp
+from tests.models import paper_cnn, sine_data, sine_mlp
 
 
 def test_single_example_linear_factors_are_the_exact_fisher_block():

@@ -56,7 +56,7 @@ def test_corrupt_files(tmp_path):
 @pytest.mark.parametrize("curvature", ["ggn", "ef"])
 def test_lm_learns_real_mnist_in_a_few_iterations(curvature):
     import marquardt
-    from tests.optim.test_optimizer import paper_cnn
+    from tests.models import paper_cnn
 
     x, y = mnist_data.load("train", DATA_DIR)
     x_test, y_test = mnist_data.load("test", DATA_DIR)

@@ -16,7 +16,7 @@ from marquardt.curvature.jacobian import (
 )
 from marquardt.curvature.losses import make_curvature
 from marquardt.curvature.noise import NoiseReplay
-from marquardt.curvature.params import ParameterLayout
+from marquardt.types.layout import ParameterLayout
 
 
 def mlp():

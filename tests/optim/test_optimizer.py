@@ -11,25 +11,7 @@ from torch import nn
 
 import marquardt
 from marquardt import LevenbergMarquardt
-
-
-def sine_data(n=1000, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.linspace(-10, 10, n).unsqueeze(1)
-    return x, torch.sin(x) + 0.2 * torch.rand(x.shape, generator=g)  # the authors' generator (noise var 0.0033)
-
-
-def sine_mlp(width=20, seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(1, width), nn.ELU(), nn.Linear(width, width), nn.ELU(), nn.Linear(width, 1))
-
-
-def paper_cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 5), nn.RReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 5), nn.RReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128, 10),
-    )
+from tests.models import paper_cnn, sine_data, sine_mlp
 
 
 def test_linear_least_squares_in_one_step():
@@ -213,14 +195,14 @@ def test_exception_inside_step_restores_parameters(monkeypatch):
     before = [p.detach().clone() for p in model.parameters()]
     opt = LevenbergMarquardt(model, "mse")
     calls = {"n": 0}
-    original = opt._loss_at
+    original = opt.objective.loss_at
 
     def failing(theta, *args):
         calls["n"] += 1
         original(theta, *args)  # writes the trial parameters into the model, then fails
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(opt, "_loss_at", failing)
+    monkeypatch.setattr(opt.objective, "loss_at", failing)
     with pytest.raises(RuntimeError, match="boom"):
         opt.step(x, y)
     assert calls["n"] == 1
@@ -267,7 +249,7 @@ class TestBadInput:
             LevenbergMarquardt(nn.Linear(2, 2), "mse", damping="none")
         with pytest.raises(ValueError, match="Invalid lam_init value"):
             LevenbergMarquardt(nn.Linear(2, 2), "mse", lam_init=-1.0)
-        with pytest.raises(TypeError, match="unknown options"):
+        with pytest.raises(TypeError, match="unknown option .lamda.; did you mean .lambda_"):
             LevenbergMarquardt(nn.Linear(2, 2), "mse", lamda=1.0)
         with pytest.raises(ValueError, match="preset"):
             LevenbergMarquardt(nn.Linear(2, 2), "mse", preset="fastest")
@@ -289,13 +271,13 @@ class TestBadInput:
             opt.step(torch.randn(300, 100), torch.randn(300, 10))
 
     def test_rows_are_streamed_in_chunks(self, monkeypatch):
-        from marquardt.solve.systems import PrimalSystem
+        from marquardt.solve.primal import KroneckerPrimalSystem, PrimalSystem
 
         sizes = []
-        original = PrimalSystem.add_rows
-        monkeypatch.setattr(PrimalSystem, "add_rows", lambda self, rows, rho: (sizes.append(rows.shape[0]), original(self, rows, rho)))
-        original_factors = PrimalSystem.add_factors  # the factored accumulation streams the same chunks
-        monkeypatch.setattr(PrimalSystem, "add_factors",
+        original = PrimalSystem.add
+        monkeypatch.setattr(PrimalSystem, "add", lambda self, rows, rho: (sizes.append(rows.shape[0]), original(self, rows, rho)))
+        original_factors = KroneckerPrimalSystem.add  # the factored accumulation streams the same chunks
+        monkeypatch.setattr(KroneckerPrimalSystem, "add",
                             lambda self, rows, rho: (sizes.append(rows.m), original_factors(self, rows, rho)))
         x, y = sine_data(3000)
         model = sine_mlp(20)
@@ -324,7 +306,7 @@ def test_fit_reports_convergence_and_progress():
 def test_is_a_torch_optimizer():
     opt = LevenbergMarquardt(nn.Linear(2, 1), "mse", lam_init=0.5)
     assert isinstance(opt, torch.optim.Optimizer)
-    assert opt.param_groups[0]["lam_init"] == 0.5
+    assert opt.param_groups[0]["lambda_init"] == 0.5 and opt.config.lam.initial == 0.5
     with pytest.raises(ValueError, match="one param group"):
         opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
 
@@ -439,13 +421,13 @@ def test_line_search_never_reevaluates_the_trial_point():
     model = sine_mlp(8)
     opt = LevenbergMarquardt(model, "mse", lam_init=1e-7, max_attempts=1, line_search="backtrack", momentum=None)
     evaluated = []
-    loss_at = opt._loss_at
+    loss_at = opt.objective.loss_at
 
     def recording(theta, *args):
         evaluated.append(theta.clone())
         return loss_at(theta, *args)
 
-    opt._loss_at = recording
+    opt.objective.loss_at = recording
     reasons = []
     for _ in range(6):
         evaluated.clear()

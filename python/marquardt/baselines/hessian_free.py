@@ -18,7 +18,7 @@ from torch.func import functional_call, jvp, vjp
 from ..curvature.jacobian import FastPathJacobian, FunctorchJacobian, NotApplicable
 from ..curvature.losses import Curvature, make_curvature
 from ..curvature.noise import NoiseReplay
-from ..curvature.params import ParameterLayout
+from ..types.layout import ParameterLayout
 
 
 class _PerSampleGradient(Curvature):

@@ -1,6 +1,7 @@
 """Jacobian engines: chunks of generalized Jacobian rows 𝒥 = Wᵀ J_z for any ``nn.Module``.
 
-Three engines, all returning the same rows (tests/curvature checks them against each other and against
+Three engines behind one interface (:class:`Engine`), all returning the same rows (tests/curvature checks them
+against each other and against
 ``torch.func.jacrev``):
 
 * :class:`FastPathJacobian` - for models whose trainable parameters all live in ``Linear``/``Conv1d``/``Conv2d``
@@ -18,21 +19,45 @@ Three engines, all returning the same rows (tests/curvature checks them against 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacfwd, jacrev, vmap
 
-from ..solve.factored import FactoredRows, LinearFactors
+from ..types.layout import ParameterLayout
+from ..types.rows import FactoredRows, LinearFactors
 from .losses import Curvature
-from .params import ParameterLayout
 
-OutputFn = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+OutputFn = Callable[[dict[str, torch.Tensor], torch.Tensor, Any], torch.Tensor]
 
 
 class NotApplicable(Exception):
     """The fast path cannot handle this model (the caller falls back to torch.func)."""
+
+
+class Engine:
+    """What the objective asks of a Jacobian engine: rows [q·S, n], ρ [q·S] and the per-sample losses [S] of a
+    chunk, and, where the engine can keep them as per-layer factors, those (:meth:`factors`)."""
+
+    name = "base"
+    #: whether :meth:`factors` can ever apply (the fast path's Linear layers)
+    supports_factors = False
+
+    def rows(self, x: torch.Tensor, y: Any, curvature: Curvature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def factorable(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`factors` applies to inputs like x."""
+        return False
+
+    def factors(self, x: torch.Tensor, y: Any, curvature: Curvature) -> tuple[FactoredRows, torch.Tensor, torch.Tensor]:
+        raise NotApplicable(f"the {self.name!r} engine does not keep rows as factors")
+
+    def factor_layout(self) -> tuple[int, tuple[tuple[int, int], ...], tuple[bool, ...]]:
+        """(Σ (out + in), the layers' (out, in), whether each weight trains) of the factored rows."""
+        raise NotApplicable(f"the {self.name!r} engine does not keep rows as factors")
 
 
 def _combine(W: torch.Tensor, Jz: torch.Tensor) -> torch.Tensor:
@@ -71,10 +96,11 @@ def _per_sample_weight_grad_by_grouped_conv(
     return out.reshape(c_in, S, q, c_out, -1).permute(1, 2, 3, 0, 4).reshape(S, q, -1)
 
 
-class FastPathJacobian:
+class FastPathJacobian(Engine):
     """Per-sample rows from layer inputs and backpropagated signals (see the module docstring)."""
 
     name = "fast"
+    supports_factors = True
     #: On the CPU a convolution whose weight has at most this many entries per output channel (Cin·kh·kw) forms
     #: its per-sample weight gradients by one grouped convolution instead of unfold + bmm: measured on one thread
     #: (batch 600, 36-72 output rows), 2.4-2.8× faster at Cin·k² = 25-50, 1.5× at 27 with 32×32 inputs, and
@@ -127,10 +153,10 @@ class FastPathJacobian:
                 h.remove()
         return all(d == [2] for d in dims.values())
 
-    @property
-    def factor_width(self) -> int:
-        """Numbers per row that :meth:`factors` keeps: Σ (out + in) over the layers."""
-        return sum(m.out_features + m.in_features for m in self.modules if isinstance(m, nn.Linear))
+    def factor_layout(self) -> tuple[int, tuple[tuple[int, int], ...], tuple[bool, ...]]:
+        linear = [m for m in self.modules if isinstance(m, nn.Linear)]
+        shapes = tuple((m.out_features, m.in_features) for m in linear)
+        return sum(o + i for o, i in shapes), shapes, tuple(bool(m.weight.requires_grad) for m in linear)
 
     def _forward_and_signals(self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature):
         """One forward pass with hooks and the backward passes: each layer's input and signals δ [S, q, ...]
@@ -181,7 +207,7 @@ class FastPathJacobian:
     def factors(
         self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature
     ) -> tuple[FactoredRows, torch.Tensor, torch.Tensor]:
-        """The rows of :meth:`rows` as per-layer factors (solve/factored.py), ρ and the per-sample losses; only
+        """The rows of :meth:`rows` as per-layer factors (types/rows.py), ρ and the per-sample losses; only
         for Linear layers applied to [batch, features] inputs (else NotApplicable). Row k·S + s is direction k
         of sample s, as in :meth:`rows`."""
         if not self.all_linear:
@@ -260,7 +286,7 @@ class FastPathJacobian:
                 out[:, :, cols] = grad.transpose(0, 1)
 
 
-class FunctorchJacobian:
+class FunctorchJacobian(Engine):
     """``vmap(jacrev(...))`` over samples, for per-sample-separable models."""
 
     name = "functorch"
@@ -283,19 +309,18 @@ class FunctorchJacobian:
         return _rows_from_output_jacobian(curvature, z, y, Jz)
 
 
-class FullJacobian:
-    """The Jacobian of a whole chunk's outputs (no per-sample separability assumed)."""
+class FullJacobian(Engine):
+    """The Jacobian of a whole chunk's outputs (no per-sample separability assumed). With ``residual_mode`` the
+    outputs of ``output_fn`` are residuals (the targets only feed ``output_fn``)."""
 
     name = "full"
 
-    def __init__(self, output_fn: OutputFn, layout: ParameterLayout) -> None:
+    def __init__(self, output_fn: OutputFn, layout: ParameterLayout, residual_mode: bool = False) -> None:
         self.output_fn = output_fn
         self.layout = layout
+        self.residual_mode = residual_mode
 
-    def rows(
-        self, x: torch.Tensor, y: torch.Tensor, curvature: Curvature, *, residual_mode: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As the other engines; with ``residual_mode`` the outputs are residuals (y only feeds output_fn)."""
+    def rows(self, x: torch.Tensor, y: Any, curvature: Curvature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         theta = self.layout.get_flat()
 
         def outputs(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,4 +333,4 @@ class FullJacobian:
         with torch.enable_grad():
             J, z = engine(outputs, has_aux=True)(theta)  # [*z_shape, n]
         Jz = J.reshape(z.shape[0], -1, self.layout.numel)
-        return _rows_from_output_jacobian(curvature, z, None if residual_mode else y, Jz)
+        return _rows_from_output_jacobian(curvature, z, None if self.residual_mode else y, Jz)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .levenberg_marquardt import LevenbergMarquardt, StepResult
+from .levenberg_marquardt import LevenbergMarquardt
+from .result import StepResult
 
 
 @dataclass
@@ -71,7 +72,7 @@ def fit(
                 reason = "ftol"
             elif info.accepted and info.step_norm <= xtol * (xtol + info.theta_norm):
                 reason = "xtol"
-            elif not info.accepted and info.lam >= optimizer.settings["lam_max"]:
+            elif not info.accepted and info.lam >= optimizer.config.lam.maximum:
                 reason = "lam_max"
             else:
                 continue

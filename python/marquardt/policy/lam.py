@@ -1,51 +1,86 @@
-"""λ update rules (ALGORITHM.md §2.2): fixed factors, delayed gratification, Nielsen."""
+"""λ update rules (ALGORITHM.md §2.2): fixed factors, delayed gratification, Nielsen.
+
+A rule maps (λ, ν) to the next (λ, ν) after an accepted or a rejected trial; ν is the rule's own state (the
+Nielsen growth factor; the factor rules leave it alone). The bounds come with each call, because mini-batch
+training raises the floor while the batches change (the optimizer's ``lambda_min_minibatch``).
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
+
+from .registry import Registry
 
 
-@dataclass
-class LambdaRule:
-    """How λ moves after an accepted or a rejected trial.
+@dataclass(frozen=True)
+class LambdaBounds:
+    """[minimum, maximum] for λ; ``skip_outside``: the authors' code makes no update at all outside them."""
 
-    * ``fixed``: λ ← λ/down on success, λ·up on failure (Marquardt; the paper's code uses 10/10 and skips
-      updates that would leave [lam_min, lam_max]).
-    * ``delayed``: the same with up = 2, down = 3 (Transtrum & Sethna's "delayed gratification", default).
-    * ``nielsen``: on success λ ← λ·max(1/3, 1 − (2ρ − 1)³), ν ← 2; on failure λ ← λν, ν ← 2ν, with ρ the
-      gain ratio actual/predicted reduction.
-    """
+    minimum: float = 1e-10
+    maximum: float = 1e10
+    skip_outside: bool = False
 
-    kind: str = "delayed"
-    up: float = 2.0
-    down: float = 3.0
-    lam_min: float = 1e-10
-    lam_max: float = 1e10
-    skip_outside: bool = False  # paper-code behaviour: no update at all outside the bounds
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("fixed", "delayed", "nielsen"):
-            raise ValueError(f"lambda_rule: expected 'fixed', 'delayed' or 'nielsen', got {self.kind!r}")
-        if not (self.up > 1 and self.down > 1):
-            raise ValueError(f"lambda factors: up and down must be > 1, got up={self.up}, down={self.down}")
-        if not (0 < self.lam_min < self.lam_max):
-            raise ValueError(f"lambda bounds: need 0 < lam_min < lam_max, got {self.lam_min}, {self.lam_max}")
+class LambdaRule(ABC):
+    """How λ moves after an accepted or a rejected trial."""
 
-    def accepted(self, lam: float, nu: float, gain_ratio: float | None) -> tuple[float, float]:
-        if self.kind == "nielsen":
-            rho = gain_ratio if gain_ratio is not None else 1.0
-            # The factor is 1/3 for every ρ ≥ 1; the clip only keeps the cube of an extreme ρ (a predicted
-            # reduction near zero) from overflowing a Python float, which raises instead of giving inf.
-            rho = min(max(rho, -1e3), 1e3)
-            factor = max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-            return min(max(lam * factor, self.lam_min), self.lam_max), 2.0
-        if self.skip_outside and lam < self.lam_min:
+    @abstractmethod
+    def accepted(self, lam: float, nu: float, gain_ratio: float | None, bounds: LambdaBounds) -> tuple[float, float]:
+        """(λ, ν) after an accepted step; ``gain_ratio`` = actual / predicted reduction (None: no prediction)."""
+
+    @abstractmethod
+    def rejected(self, lam: float, nu: float, bounds: LambdaBounds) -> tuple[float, float]:
+        """(λ, ν) after a rejected trial."""
+
+
+class FactorRule(LambdaRule):
+    """λ ← λ/down on success, λ·up on failure (Marquardt 1963; ``fixed`` with the paper's 10/10). With up = 2 and
+    down = 3 it is Transtrum & Sethna's "delayed gratification" (``delayed``, the default)."""
+
+    def __init__(self, up: float = 2.0, down: float = 3.0) -> None:
+        if not (up > 1 and down > 1):
+            raise ValueError(f"lambda factors: up and down must be > 1, got up={up}, down={down}")
+        self.up = up
+        self.down = down
+
+    def accepted(self, lam: float, nu: float, gain_ratio: float | None, bounds: LambdaBounds) -> tuple[float, float]:
+        if bounds.skip_outside and lam < bounds.minimum:
             return lam, nu
-        return max(lam / self.down, self.lam_min), nu
+        return max(lam / self.down, bounds.minimum), nu
 
-    def rejected(self, lam: float, nu: float) -> tuple[float, float]:
-        if self.kind == "nielsen":
-            return min(lam * nu, self.lam_max), 2.0 * nu
-        if self.skip_outside and lam > self.lam_max:
+    def rejected(self, lam: float, nu: float, bounds: LambdaBounds) -> tuple[float, float]:
+        if bounds.skip_outside and lam > bounds.maximum:
             return lam, nu
-        return min(lam * self.up, self.lam_max), nu
+        return min(lam * self.up, bounds.maximum), nu
+
+
+class NielsenRule(LambdaRule):
+    """Nielsen (1999): on success λ ← λ·max(1/3, 1 − (2ρ − 1)³), ν ← 2; on failure λ ← λν, ν ← 2ν, with ρ the gain
+    ratio (Madsen, Nielsen & Tingleff, "Methods for non-linear least squares problems", 2004, eq. 3.15)."""
+
+    def accepted(self, lam: float, nu: float, gain_ratio: float | None, bounds: LambdaBounds) -> tuple[float, float]:
+        rho = gain_ratio if gain_ratio is not None else 1.0
+        # The factor is 1/3 for every ρ ≥ 1; the clip only keeps the cube of an extreme ρ (a predicted
+        # reduction near zero) from overflowing a Python float, which raises instead of giving inf.
+        rho = min(max(rho, -1e3), 1e3)
+        factor = max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+        return min(max(lam * factor, bounds.minimum), bounds.maximum), 2.0
+
+    def rejected(self, lam: float, nu: float, bounds: LambdaBounds) -> tuple[float, float]:
+        return min(lam * nu, bounds.maximum), 2.0 * nu
+
+
+LAMBDA_RULES: Registry[LambdaRule] = Registry("lambda_rule", LambdaRule)
+
+
+@LAMBDA_RULES.register("fixed")
+@LAMBDA_RULES.register("delayed")
+def _factor_rule(settings: Any) -> LambdaRule:
+    return FactorRule(settings.up, settings.down)
+
+
+@LAMBDA_RULES.register("nielsen")
+def _nielsen(settings: Any) -> LambdaRule:
+    return NielsenRule()

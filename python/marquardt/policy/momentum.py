@@ -13,9 +13,13 @@ displacement s, LMAM returns the step dθ that maximises dθᵀHs subject to dθ
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from .registry import Registry
 
 
 @dataclass
@@ -25,32 +29,41 @@ class MomentumResult:
     reason: str
 
 
-@dataclass
-class LMAM:
-    """Settings: ``mode`` 'lmam' or 'olmam'; ``delta_p_mode`` 'relative' (δP = κ√I_GG) or 'absolute'."""
+class Momentum(ABC):
+    """Reshapes this attempt's LM step using the previous accepted step."""
 
-    mode: str = "lmam"
-    delta_p_mode: str = "relative"
-    delta_p: float = 0.6  # absolute radius (paper code)
-    kappa: float = 0.5  # relative radius factor
-    xi: float = 0.9
-    olmam_divisor: float = 16.0
-    paper_code_factor2: bool = False  # reproduce the authors' code, which doubles c_g (§1.7)
+    @abstractmethod
+    def apply(self, delta_lm: torch.Tensor, g: torch.Tensor, s: torch.Tensor | None,
+              i_ff: float | None) -> MomentumResult:
+        """The step to try; ``s`` the previous accepted step and ``i_ff`` = sᵀ H s for this attempt's damped H."""
 
-    def __post_init__(self) -> None:
-        if self.mode not in ("lmam", "olmam"):
-            raise ValueError(f"momentum: expected 'lmam', 'olmam' or None, got {self.mode!r}")
-        if self.delta_p_mode not in ("relative", "absolute"):
-            raise ValueError(f"delta_p_mode: expected 'relative' or 'absolute', got {self.delta_p_mode!r}")
-        if not 0 < self.xi < 1:
-            raise ValueError(f"xi: must lie in (0, 1), got {self.xi}")
-        if self.delta_p <= 0 or self.kappa <= 0:
-            raise ValueError(f"delta_p and kappa must be > 0, got {self.delta_p}, {self.kappa}")
 
-    def apply(
-        self, delta_lm: torch.Tensor, g: torch.Tensor, s: torch.Tensor | None, i_ff: float | None
-    ) -> MomentumResult:
-        """The LMAM step; ``i_ff`` = sᵀ H s for the damped matrix H of this attempt."""
+class LMAM(Momentum):
+    """LMAM (Ampazis & Perantonis 2002, eq. 11): the radius δP is ``delta_p`` ('absolute', the paper's code) or
+    κ√I_GG ('relative', the default), and ξ is fixed. ``paper_code_factor2`` reproduces the authors' code, which
+    doubles c_g (ALGORITHM.md §1.7)."""
+
+    def __init__(self, delta_p_mode: str = "relative", delta_p: float = 0.6, kappa: float = 0.5, xi: float = 0.9,
+                 paper_code_factor2: bool = False) -> None:
+        if delta_p_mode not in ("relative", "absolute"):
+            raise ValueError(f"delta_p_mode: expected 'relative' or 'absolute', got {delta_p_mode!r}")
+        if not 0 < xi < 1:
+            raise ValueError(f"xi: must lie in (0, 1), got {xi}")
+        if delta_p <= 0 or kappa <= 0:
+            raise ValueError(f"delta_p and kappa must be > 0, got {delta_p}, {kappa}")
+        self.delta_p_mode = delta_p_mode
+        self.delta_p = delta_p
+        self.kappa = kappa
+        self.xi = xi
+        self.paper_code_factor2 = paper_code_factor2
+
+    def radius(self, i_gg: float, i_gf: float, i_ff: float) -> tuple[float, float] | None:
+        """(ξ, δP) for this attempt; None falls back to the LM step."""
+        delta_p = self.delta_p if self.delta_p_mode == "absolute" else self.kappa * math.sqrt(i_gg)
+        return self.xi, delta_p
+
+    def apply(self, delta_lm: torch.Tensor, g: torch.Tensor, s: torch.Tensor | None,
+              i_ff: float | None) -> MomentumResult:
         if s is None or i_ff is None or not bool(torch.any(s != 0)):
             return MomentumResult(delta_lm, False, "no previous step")
         dl, gg, ss = delta_lm.double(), g.double(), s.double()
@@ -58,14 +71,10 @@ class LMAM:
         i_gf = float(gg @ ss)
         if not (i_gg > 0 and math.isfinite(i_gg) and math.isfinite(i_gf) and math.isfinite(i_ff) and i_ff > 0):
             return MomentumResult(delta_lm, False, "non-positive or non-finite I_GG / I_FF")
-        if self.mode == "olmam":
-            xi = math.sqrt(max(0.0, 1.0 - i_gf * i_gf / (i_gg * i_ff)))
-            delta_p = math.sqrt(i_gg) / self.olmam_divisor
-            if not 0 < xi < 1:
-                return MomentumResult(delta_lm, False, "OLMAM xi outside (0, 1)")
-        else:
-            xi = self.xi
-            delta_p = self.delta_p if self.delta_p_mode == "absolute" else self.kappa * math.sqrt(i_gg)
+        radius = self.radius(i_gg, i_gf, i_ff)
+        if radius is None:
+            return MomentumResult(delta_lm, False, "OLMAM xi outside (0, 1)")
+        xi, delta_p = radius
         delta_q = -xi * delta_p * math.sqrt(i_gg)
         # Products, not **: a Python float power raises OverflowError where a product gives inf, and inf or
         # nan fails the test below, so extreme scales fall back to the LM step instead of crashing.
@@ -81,3 +90,31 @@ class LMAM:
         if not bool(torch.isfinite(step).all()):
             return MomentumResult(delta_lm, False, "non-finite momentum step")
         return MomentumResult(step, True, "lmam")
+
+
+class OLMAM(LMAM):
+    """OLMAM (Ampazis & Perantonis 2002, §3): ξ and δP chosen per step, ξ = √(1 − I_GF²/(I_GG I_FF)) and
+    δP = √I_GG / ``divisor``; no fixed radius or ξ to tune."""
+
+    def __init__(self, divisor: float = 16.0, paper_code_factor2: bool = False) -> None:
+        super().__init__(paper_code_factor2=paper_code_factor2)
+        self.divisor = divisor
+
+    def radius(self, i_gg: float, i_gf: float, i_ff: float) -> tuple[float, float] | None:
+        xi = math.sqrt(max(0.0, 1.0 - i_gf * i_gf / (i_gg * i_ff)))
+        if not 0 < xi < 1:
+            return None
+        return xi, math.sqrt(i_gg) / self.divisor
+
+
+MOMENTUM: Registry[Momentum] = Registry("momentum", Momentum)
+
+
+@MOMENTUM.register("lmam")
+def _lmam(settings: Any) -> Momentum:
+    return LMAM(settings.delta_p_mode, settings.delta_p, settings.kappa, settings.xi, settings.paper_code_factor2)
+
+
+@MOMENTUM.register("olmam")
+def _olmam(settings: Any) -> Momentum:
+    return OLMAM(paper_code_factor2=settings.paper_code_factor2)

@@ -9,10 +9,14 @@ block-diagonal approximation (A with its off-diagonal blocks dropped).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .. import ops
-from ..curvature.params import ParameterLayout
+from ..types.layout import ParameterLayout
+from ..types.rows import FactoredRows
+from .system import Footprint, Precision, Problem, System
 
 BLOCK_KINDS = ("layer", "unit")
 
@@ -99,20 +103,26 @@ def fit_to_budget(blocks: list[torch.Tensor], layout: ParameterLayout, budget: i
     return result
 
 
-class BlockDiagonalSystem:
-    """Σ_b A_b on the diagonal; solves are independent per block."""
+class BlockDiagonalSystem(System):
+    """Σ_b A_b on the diagonal; solves are independent per block.
+
+    ``batched``: blocks of equal size are solved together, one batched Cholesky per size (chosen on the GPU,
+    where one launch for hundreds of small blocks beats hundreds of launches)."""
 
     form = "block_diagonal"
 
     def __init__(
         self,
-        blocks: list[torch.Tensor],
         n: int,
         alpha: float,
         dtype: torch.dtype,
         device: torch.device,
         accumulate_dtype: torch.dtype | None = None,
+        *,
+        blocks: list[torch.Tensor],
+        batched: bool = False,
     ) -> None:
+        self.batched = batched
         self.alpha = alpha
         self.dtype = dtype
         self.acc_dtype = accumulate_dtype or dtype
@@ -132,13 +142,22 @@ class BlockDiagonalSystem:
         s = self._slices[i]
         return rows[:, s] if s is not None else rows.index_select(1, self.blocks[i])
 
-    def add_rows(self, rows: torch.Tensor, rho: torch.Tensor) -> None:
+    @classmethod
+    def footprint(cls, problem: Problem, precision: Precision, blocks: list[torch.Tensor] | None = None) -> Footprint:
+        if blocks is None:
+            raise ValueError("the block-diagonal footprint needs the block partition")
+        largest = max(int(b.numel()) for b in blocks)
+        return Footprint(sum(int(b.numel()) ** 2 for b in blocks) * precision.bytes_per_entry(largest),
+                         problem.parameters, {"largest_block": largest})
+
+    def add(self, rows: torch.Tensor | FactoredRows, rho: torch.Tensor) -> None:
+        assert isinstance(rows, torch.Tensor)
         rows = rows.to(self.acc_dtype)
         rho = rho.to(self.acc_dtype)
         for i in range(len(self.blocks)):
             ops.jtj_accumulate_(self.A[i], self._cols(rows, i), rho, self._g[i], alpha=self.alpha)
 
-    def reduce(self, comm) -> None:
+    def reduce(self, comm: Any) -> None:
         """Sums every block and its gradient over the ranks in one all-reduce."""
         if not comm.active:
             return
@@ -154,22 +173,11 @@ class BlockDiagonalSystem:
         for b, gb in zip(self.blocks, self._g):
             self.g[b] = gb.to(self.dtype)
 
-    def set_gradient(self, g: torch.Tensor) -> None:
-        """Replaces the blocks' g with a gradient computed elsewhere (subsampled curvature)."""
-        self.g = g.to(self.dtype)
-
     def diagonal(self) -> torch.Tensor:
         diag = torch.empty(self.n, dtype=self.dtype, device=self.device)
         for b, a in zip(self.blocks, self.A):
             diag[b] = a.diagonal()
         return diag
-
-    def update_max_diagonal(self, d: torch.Tensor, floor: float) -> torch.Tensor:
-        d.copy_(torch.maximum(d, self.diagonal().to(d.dtype)).clamp_min(floor))
-        return d
-
-    def set_damping(self, d: torch.Tensor) -> None:
-        self.d = d
 
     def solve(self, lam: float, rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """x with (A_b + λ diag d_b) x_b = rhs_b for every block.
@@ -188,10 +196,6 @@ class BlockDiagonalSystem:
             ok &= int(info) == 0
             x[b] = xb.to(x.dtype)
         return x, ok and bool(torch.isfinite(x).all())
-
-    @property
-    def batched(self) -> bool:
-        return self.device.type == "cuda"
 
     def size_groups(self) -> dict[int, list[int]]:
         """Block size -> indices of the blocks of that size."""
@@ -218,9 +222,6 @@ class BlockDiagonalSystem:
             x[index] = xs.to(x.dtype)
             failed = failed + (info != 0).sum(dtype=torch.int32)
         return x, int(failed) == 0 and bool(torch.isfinite(x).all())
-
-    def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
-        return self.solve(lam, -self.g)
 
     def quadratic(self, s: torch.Tensor) -> float:
         return float(sum(float(s[b].to(a.dtype) @ (a @ s[b].to(a.dtype))) for b, a in zip(self.blocks, self.A)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .factored import FactoredRows
+from ..types.rows import FactoredRows
 
 
 def kronecker_workspace(out_features: int, in_features: int) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The dual system (K + μI) y = v (ALGORITHM.md §3.5) of factored rows, by preconditioned conjugate gradients.
 
-K = 𝒥 D⁻¹ 𝒥ᵀ is applied through the factors (solve/factored.py) and never formed; the preconditioner is the
+K = 𝒥 D⁻¹ 𝒥ᵀ is applied through the factors (types/rows.py) and never formed; the preconditioner is the
 Hadamard-product Gram K̃ of :meth:`FactoredRows.approximate_gram`, factored once per μ. On the sine MLP
 (1-64-64-1, max-diagonal damping) the measured condition numbers of the preconditioned system were 1.3-3.2 and
 CG needed 7-18 iterations for a relative residual of 1e-10.

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from marquardt import LevenbergMarquardt
-from marquardt.curvature.params import ParameterLayout
 from marquardt.solve.block import BlockDiagonalSystem, fit_to_budget, make_blocks
-from marquardt.solve.systems import PrimalSystem
-from tests.optim.test_optimizer import sine_data, sine_mlp
+from marquardt.solve.primal import PrimalSystem
+from marquardt.types.layout import ParameterLayout
+from tests.models import sine_data, sine_mlp
 
 
 def test_layer_and_unit_blocks_partition_the_parameters():
@@ -34,9 +34,9 @@ def test_block_step_equals_the_dense_step_of_the_block_diagonal_matrix():
     rho = torch.randn(m, dtype=torch.float64)
     d = torch.rand(n, dtype=torch.float64) + 0.2
     blocks = [torch.tensor([0, 1, 2, 3]), torch.tensor([4, 8]), torch.tensor([5, 6, 7])]
-    system = BlockDiagonalSystem(blocks, n, alpha, torch.float64, torch.device("cpu"))
-    system.add_rows(J[:25], rho[:25])
-    system.add_rows(J[25:], rho[25:])
+    system = BlockDiagonalSystem(n, alpha, torch.float64, torch.device("cpu"), blocks=blocks)
+    system.add(J[:25], rho[:25])
+    system.add(J[25:], rho[25:])
     system.finalize()
     system.set_damping(d)
     step, ok = system.lm_step(lam)
@@ -57,10 +57,10 @@ def test_block_step_equals_the_dense_step_of_the_block_diagonal_matrix():
 def test_one_block_is_the_primal_system():
     torch.manual_seed(1)
     J, rho, d = torch.randn(20, 6, dtype=torch.float64), torch.randn(20, dtype=torch.float64), torch.rand(6).double() + 1
-    block = BlockDiagonalSystem([torch.arange(6)], 6, 1.0, torch.float64, torch.device("cpu"))
+    block = BlockDiagonalSystem(6, 1.0, torch.float64, torch.device("cpu"), blocks=[torch.arange(6)])
     primal = PrimalSystem(6, 1.0, torch.float64, torch.device("cpu"))
     for sys_ in (block, primal):
-        sys_.add_rows(J, rho)
+        sys_.add(J, rho)
         sys_.finalize()
         sys_.set_damping(d)
     torch.testing.assert_close(block.lm_step(0.1)[0], primal.lm_step(0.1)[0])
@@ -106,8 +106,8 @@ def test_batched_block_solve_equals_the_per_block_solve():
     d = torch.rand(n, dtype=torch.float64) + 0.1
     perm = torch.randperm(n)
     blocks = [perm[0:5], perm[5:10], perm[10:15], perm[15:22], perm[22:23]]  # sizes 5, 5, 5, 7, 1
-    system = BlockDiagonalSystem(blocks, n, alpha, torch.float64, torch.device("cpu"))
-    system.add_rows(J, rho)
+    system = BlockDiagonalSystem(n, alpha, torch.float64, torch.device("cpu"), blocks=blocks)
+    system.add(J, rho)
     system.finalize()
     system.set_damping(d)
     assert system.size_groups() == {5: [0, 1, 2], 7: [3], 1: [4]}

@@ -1,4 +1,6 @@
-"""Jacobian rows of Linear layers held as per-layer factors (:class:`FactoredRows`).
+"""The rows 𝒥 of the generalized Jacobian, as the solvers see them: explicit (:class:`DenseRows`) or, for Linear
+layers, as per-layer factors (:class:`FactoredRows`). Both give the products a dual solve needs
+(:class:`RowOperator`).
 
 For a ``Linear`` layer applied to one feature vector per sample, the columns of residual row r that belong to
 the layer are the outer product of its backpropagated signal δ_r (out) and its input a_r (in):
@@ -14,7 +16,7 @@ So the m × n rows 𝒥 never need to exist: with the m × out signals Δ and th
 each at the cost of one GEMM the size of the layer's weight times m, instead of m × n per product with the rows
 themselves, and m × m × n to form the dual matrix K = 𝒥 D⁻¹ 𝒥ᵀ.
 
-:meth:`FactoredRows.approximate_gram` is the preconditioner of the dual solve (solve/pcg.py): K with D⁻¹
+:meth:`FactoredRows.approximate_gram` is the preconditioner of the dual solve (``solve/pcg.py``): K with D⁻¹
 replaced, per layer, by the nearest rank-one matrix u vᵀ in the log domain (bias as an extra input column of
 ones). Then the layer's part of K is a Hadamard product of two small Grams (the neural-tangent-kernel identity),
 
@@ -28,10 +30,39 @@ terms).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from .. import ops
+
+
+class RowOperator(Protocol):
+    """What a dual solve needs of the rows 𝒥: products with 𝒥 and 𝒥ᵀ, and diag(𝒥ᵀ𝒥)."""
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+    def rmatvec(self, y: torch.Tensor) -> torch.Tensor: ...
+    def column_sq_norms(self) -> torch.Tensor: ...
+
+
+class DenseRows:
+    """Explicit rows 𝒥 (m × n, stored in the accumulation dtype), with the products a dual solve needs; vectors
+    keep their own dtype."""
+
+    def __init__(self, J: torch.Tensor) -> None:
+        self.J = J
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """𝒥 v."""
+        return (self.J @ v.to(self.J.dtype)).to(v.dtype)
+
+    def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
+        """𝒥ᵀ y."""
+        return (self.J.T @ y.to(self.J.dtype)).to(y.dtype)
+
+    def column_sq_norms(self) -> torch.Tensor:
+        """diag(𝒥ᵀ𝒥)."""
+        return (self.J * self.J).sum(dim=0)
 
 
 @dataclass

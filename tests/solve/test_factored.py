@@ -9,11 +9,12 @@ from torch import nn
 import marquardt
 from marquardt.curvature.jacobian import FastPathJacobian, NotApplicable
 from marquardt.curvature.losses import make_curvature
-from marquardt.curvature.params import ParameterLayout
-from marquardt.solve.factored import FactoredRows, LinearFactors
+from marquardt.solve.dual import DualSystem, FactoredDualSystem
 from marquardt.solve.kronecker import kronecker_pays
 from marquardt.solve.pcg import factored_dual_pays, preconditioned_cg
-from marquardt.solve.systems import DualSystem, FactoredDualSystem, PrimalSystem
+from marquardt.solve.primal import KroneckerPrimalSystem, PrimalSystem
+from marquardt.types.layout import ParameterLayout
+from marquardt.types.rows import FactoredRows, LinearFactors
 from tests.conftest import requires_cuda
 
 
@@ -150,9 +151,9 @@ def _systems(model_name: str, mode: str, samples: int, chunks: int):
     factored = FactoredDualSystem(layout.numel, alpha, torch.float64, cpu, tol=1e-13)
     for part in torch.arange(samples).chunk(chunks):
         J, rho, _ = engine.rows(x[part], y[part], curvature)
-        primal.add_rows(J, rho)
-        dense.add_rows(J, rho)
-        factored.add_factors(*engine.factors(x[part], y[part], curvature)[:2])
+        primal.add(J, rho)
+        dense.add(J, rho)
+        factored.add(*engine.factors(x[part], y[part], curvature)[:2])
     for system in (primal, dense, factored):
         system.finalize()
     return primal, dense, factored, layout
@@ -340,7 +341,7 @@ def test_float32_row_space_stops_at_its_rounding():
     model, x, y, curvature = batch("wide_out", "ggn", 9)
     engine = FastPathJacobian(model, ParameterLayout.of(model))
     single = FactoredDualSystem(layout.numel, 1.0 / 9, torch.float32, torch.device("cpu"), tol=1e-14)
-    single.add_factors(*engine.factors(x, y, curvature)[:2])
+    single.add(*engine.factors(x, y, curvature)[:2])
     single.finalize()
     d = primal.diagonal().clamp_min(0.01)
     primal.set_damping(d)
@@ -370,11 +371,12 @@ def test_kronecker_accumulation_equals_the_rows(mode, chunks):
         layout = ParameterLayout.of(net)
         engine = FastPathJacobian(net, layout)
         cpu = torch.device("cpu")
-        dense, kron = (PrimalSystem(layout.numel, 0.1, torch.float64, cpu) for _ in range(2))
+        dense = PrimalSystem(layout.numel, 0.1, torch.float64, cpu)
+        kron = KroneckerPrimalSystem(layout.numel, 0.1, torch.float64, cpu)
         for part in torch.arange(10).chunk(chunks):
             J, rho, _ = engine.rows(x[part], y[part], curvature)
-            dense.add_rows(J, rho)
-            kron.add_factors(*engine.factors(x[part], y[part], curvature)[:2])
+            dense.add(J, rho)
+            kron.add(*engine.factors(x[part], y[part], curvature)[:2])
         torch.testing.assert_close(kron.A, dense.A, rtol=1e-12, atol=1e-13)
         torch.testing.assert_close(kron.g, dense.g, rtol=1e-12, atol=1e-13)
         assert torch.equal(kron.A, kron.A.T)
@@ -412,8 +414,8 @@ def test_primal_accumulation_auto_follows_the_cpu_kernel(monkeypatch, cpu_kernel
     x, y = _sine(60)
     opt = marquardt.LevenbergMarquardt(_mlp(32), "mse", solver="primal")
     opt.step(x, y)  # the Jacobian engine is picked on the first step
-    assert opt._factored_primal() == (cpu_kernel == "gemm")
+    assert (opt.chooser.last_plan.candidate.system is KroneckerPrimalSystem) == (cpu_kernel == "gemm")
     for method in ("factored", "rows"):  # explicit choices are kept whatever the kernel
         opt = marquardt.LevenbergMarquardt(_mlp(32), "mse", solver="primal", primal_accumulation=method)
         opt.step(x, y)
-        assert opt._factored_primal() == (method == "factored")
+        assert (opt.chooser.last_plan.candidate.system is KroneckerPrimalSystem) == (method == "factored")

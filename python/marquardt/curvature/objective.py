@@ -1,0 +1,345 @@
+r"""The objective: everything that evaluates the model on a batch, so that the optimizer never calls it.
+
+For a batch it gives the loss f(θ) = α Σᵢ ℓᵢ (α = 1/N for the mean loss, 1 for the sum), the gradient, and the
+generalized Jacobian rows 𝒥 and residuals ρ (A = α𝒥ᵀ𝒥, g = α𝒥ᵀρ) in chunks, folded into a solver's system.
+It also validates batches, probes the output shape, replays the iteration's noise (curvature/noise.py), picks
+the samples of a subsampled curvature, and forms the geodesic correction's second-order residuals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from ..parallel import Communicator
+from ..solve.system import Problem, System
+from ..types.layout import ParameterLayout
+from ..types.rows import FactoredRows
+from .jacobian import Engine, FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
+from .losses import Curvature
+
+# fn(outputs, targets) -> residuals; targets are what step() was given, None when it was given none
+ResidualFn = Callable[[torch.Tensor, Any], torch.Tensor]
+Chunks = list[tuple[torch.Tensor, Any]]
+
+
+@dataclass
+class Batch:
+    """One step's batch as the objective sees it: its chunks, sizes (all ranks) and scale α."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+    samples: int  # N over all ranks
+    local_samples: int
+    outputs_per_sample: int
+    alpha: float
+    mean_loss: bool
+    curvature_samples: int  # m over all ranks (= samples unless subsampled)
+    local_curvature_samples: int
+    subsampled: bool
+    problem: Problem
+    chunks: Chunks | None = None  # set by Objective.build_system: every evaluation of the step uses these
+
+
+class Objective:
+    """The model, its loss or residual callable, the curvature mode and the Jacobian engine."""
+
+    def __init__(self, model: nn.Module, layout: ParameterLayout, curvature: Curvature,
+                 residual_fn: ResidualFn | None, engine: str, comm: Communicator) -> None:
+        self.model = model
+        self.layout = layout
+        self.curvature = curvature
+        self.residual_fn = residual_fn
+        self.comm = comm
+        self.engine = self._make_engine(engine)
+        self.forward_passes = 0  # counted over the objective's life; the optimizer reads the difference
+        self._shapes: dict[tuple, tuple[int, tuple[int, ...], bool]] = {}  # probe cache per batch shape
+        self._last_fingerprint: tuple | None = None
+        self._checked_ranks = False
+
+    # ------------------------------------------------------------------------------------ engines
+    def _make_engine(self, kind: str) -> Engine:
+        if self.residual_fn is not None or kind == "full":
+            return FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_fn is not None)
+        if kind in ("auto", "fast"):
+            try:
+                return FastPathJacobian(self.model, self.layout)
+            except NotApplicable as exc:
+                if kind == "fast":
+                    raise ValueError(f"engine='fast' cannot handle this model: {exc}") from exc
+        return FunctorchJacobian(self.model, self.layout)
+
+    def _functional_outputs(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: Any) -> torch.Tensor:
+        return self._as_residuals(functional_call(self.model, params, (x,)), y)
+
+    def _as_residuals(self, z: torch.Tensor, y: Any) -> torch.Tensor:
+        if self.residual_fn is None:
+            return z
+        z = self.residual_fn(z, y)
+        return z.reshape(z.shape[0], -1) if z.dim() > 0 else z.reshape(1, 1)
+
+    def outputs(self, x: torch.Tensor, y: Any) -> torch.Tensor:
+        """The model's outputs on x (the residuals, for a residual callable)."""
+        return self._as_residuals(self.model(x), y)
+
+    # --------------------------------------------------------------------------------- validation
+    def check_batch(self, inputs: Any, targets: Any) -> None:
+        """Refuses a batch that the model cannot take, before anything changes."""
+        for name, t in (("inputs", inputs), ("targets", targets)):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.device != self.layout.device:
+                raise ValueError(f"{name}: on {t.device} but the model's parameters are on {self.layout.device}")
+            if t.is_floating_point() and t.dtype != self.layout.dtype:
+                raise ValueError(f"{name}: dtype {t.dtype} does not match the model's parameters ({self.layout.dtype})")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: contains NaN or Inf")
+        if inputs.dim() == 0 or inputs.shape[0] == 0:
+            raise ValueError(f"inputs: expected a non-empty batch [N, ...], got shape {tuple(inputs.shape)}")
+        if self.residual_fn is None:
+            if targets is None:
+                raise ValueError("targets: required for loss='mse' or 'cross_entropy'")
+            if targets.shape[0] != inputs.shape[0]:
+                raise ValueError(
+                    f"targets: batch size {targets.shape[0]} does not match inputs' batch size {inputs.shape[0]}"
+                )
+
+    def batch_changed(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> bool | None:
+        """Whether this batch differs from the previous one (None for the first): mini-batch training.
+
+        The fingerprint is the shapes and 64 evenly spaced entries of inputs and targets: a full batch passed
+        again (full-batch training, curve fitting) matches it, a new batch almost surely does not (storage
+        addresses are no use: the allocator hands a new batch the freed memory of the last one)."""
+
+        def sample(t: torch.Tensor | None) -> tuple:
+            if t is None or t.numel() == 0:
+                return ()
+            flat = t.detach().reshape(-1)
+            index = torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()
+            return (tuple(t.shape), *flat[index].double().tolist())
+
+        fingerprint = sample(inputs) + sample(targets)
+        changed = None if self._last_fingerprint is None else fingerprint != self._last_fingerprint
+        self._last_fingerprint = fingerprint
+        return changed
+
+    # ------------------------------------------------------------------------------------ the batch
+    def _probe(self, inputs: torch.Tensor, targets: torch.Tensor | None, noise: Any) -> tuple[int, tuple, bool]:
+        """(samples N, the shape of one sample's outputs, whether the rows can be factored), checking the
+        targets. One forward pass on one sample, cached per input shape; in residual mode the samples are the
+        rows of the residual callable's output (N = its leading size)."""
+        key = (tuple(inputs.shape), None if targets is None else tuple(targets.shape))
+        if key not in self._shapes:
+            noise.replay()
+            if self.residual_fn is None:
+                z1 = self.outputs(inputs[:1], targets[:1] if targets is not None else None)
+                self._shapes[key] = (inputs.shape[0], tuple(z1.shape[1:]), self.engine.factorable(inputs[:1]))
+            else:
+                z = self.outputs(inputs, targets)
+                self._shapes[key] = (z.shape[0], tuple(z.shape[1:]), False)
+        n_samples, sample_shape, factorable = self._shapes[key]
+        if self.residual_fn is None:
+            assert targets is not None  # check_batch refused a missing target for a model loss
+            self.curvature.check_targets(torch.empty((n_samples,) + sample_shape, device="meta"), targets)
+        return n_samples, sample_shape, factorable
+
+    def prepare(self, inputs: torch.Tensor, targets: torch.Tensor | None, noise: Any,
+                curvature_samples: int | float | None, loss_scale: str) -> Batch:
+        """Sizes over all ranks, α, and the subsampled curvature's sample count for this batch."""
+        n_local, sample_shape, factorable = self._probe(inputs, targets, noise)
+        per_sample = int(torch.Size(sample_shape).numel())
+        if self.comm.active and not self._checked_ranks:
+            self.comm.check_same_parameters([tuple(p.shape) for p in self.layout.params], self.layout.device)
+            self._checked_ranks = True
+        n_samples = int(round(self.comm.sum_float(float(n_local), self.layout.device)))
+        alpha = 1.0 / n_samples if loss_scale == "mean" else 1.0
+        if curvature_samples is None:
+            m_local = n_local
+        elif isinstance(curvature_samples, float):
+            m_local = max(1, min(n_local, round(curvature_samples * n_local)))
+        else:
+            m_local = min(n_local, curvature_samples)
+        # (no all-reduce on the default path: only a subsampling rank can make the step subsampled)
+        subsampled = curvature_samples is not None and self.comm.sum_float(float(n_local - m_local),
+                                                                           self.layout.device) > 0
+        m_total = int(round(self.comm.sum_float(float(m_local), self.layout.device))) if subsampled else n_samples
+        factors: dict[str, Any] = {}
+        # (the engine is asked again: it falls back to torch.func for models the fast path turns out not to fit)
+        if factorable and self.engine.supports_factors:
+            width, shapes, trainable = self.engine.factor_layout()
+            factors = {"factor_width": width, "linear_shapes": shapes, "trainable_weights": trainable}
+        problem = Problem(
+            parameters=self.layout.numel, rows=self.curvature.rows_per_sample(per_sample) * m_total, samples=m_total,
+            outputs_per_sample=per_sample, dtype=self.layout.dtype, device=self.layout.device,
+            distributed=self.comm.active, whole_batch_chunks=self.residual_fn is not None, **factors,
+        )
+        return Batch(inputs, targets, n_samples, n_local, per_sample, alpha, loss_scale == "mean", m_total, m_local,
+                     subsampled, problem)
+
+    def _chunks(self, inputs: torch.Tensor, targets: torch.Tensor | None, size: int) -> Iterator[tuple]:
+        for start in range(0, inputs.shape[0], size):
+            y = targets[start : start + size] if targets is not None else None
+            yield inputs[start : start + size], y
+
+    def curvature_subset(self, n: int, m: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.
+
+        Evenly strided rather than the first m, so that an ordered full batch (a curve sampled on a grid) still
+        gets curvature from its whole range; the rotation visits every sample over n // m steps.
+        """
+        stride = n // m
+        offset = step % stride
+        picked = torch.arange(offset, offset + stride * m, stride, device=self.layout.device)
+        mask = torch.ones(n, dtype=torch.bool, device=self.layout.device)
+        mask[picked] = False
+        return picked, mask.nonzero().squeeze(1)
+
+    # ------------------------------------------------------------------------------- evaluations
+    def build_system(self, batch: Batch, plan: Any, noise: Any, step: int) -> tuple[System, float]:
+        """The system of this batch (``plan.build(α)``) filled with its rows, and the loss C₀.
+
+        With subsampled curvature (ALGORITHM.md §9 item 6) A comes from m samples of the batch and g and the loss
+        from all of it: the curvature samples' rows, whose α𝒥ᵀρ is their share of the gradient (Wρ = ∂ℓ/∂z),
+        then plain backward passes over the other samples. The curvature samples form the first chunks, so that
+        replaying the noise gives them the same draw in every evaluation of the step."""
+        inputs, targets = batch.inputs, batch.targets
+        chunk = min(plan.chunk, inputs.shape[0]) if self.residual_fn is None else inputs.shape[0]
+        if not batch.subsampled:
+            batch.chunks = list(self._chunks(inputs, targets, chunk))
+            return self._accumulate(plan.build(batch.alpha), batch.chunks, noise, first=True)
+        assert targets is not None  # subsampling needs a model loss (checked at construction)
+        picked, rest = self.curvature_subset(batch.local_samples, batch.local_curvature_samples, step)
+        curvature_chunks = list(self._chunks(inputs[picked], targets[picked], chunk))
+        rest_chunks = list(self._chunks(inputs[rest], targets[rest], chunk))
+        batch.chunks = curvature_chunks + rest_chunks
+        alpha_curvature = (1.0 if batch.mean_loss else batch.samples) / batch.curvature_samples
+        system, c_curvature = self._accumulate(plan.build(alpha_curvature), curvature_chunks, noise, first=False)
+        g_rest, c_rest = self.gradient(rest_chunks, noise, batch.alpha)
+        share = batch.alpha / alpha_curvature
+        system.set_gradient(system.g.to(g_rest.dtype) * share + g_rest)
+        return system, c_curvature * share + c_rest
+
+    def _accumulate(self, system: System, chunks: Chunks, noise: Any, first: bool) -> tuple[System, float]:
+        """Folds the rows of these chunks into the system; returns it and α Σ ℓᵢ over them. ``first``: the pass
+        covers the whole batch (it then marks where one forward pass leaves the random generator)."""
+        noise.replay()
+        total = 0.0
+        rows: torch.Tensor | FactoredRows
+        for x, y in chunks:
+            if system.takes_factors:
+                rows, rho, losses = self.engine.factors(x, y, self.curvature)
+            else:
+                rows, rho, losses = self._rows(x, y)
+            system.add(rows, rho)
+            total += float(losses.double().sum())
+        system.reduce(self.comm)  # data-parallel: A, g and the loss summed over the ranks (marquardt.parallel)
+        total = self.comm.sum_float(total, self.layout.device)
+        system.finalize()
+        if first:
+            noise.mark_first_evaluation_done()
+        self.forward_passes += 1
+        return system, (total * system.alpha if math.isfinite(total) else math.inf)
+
+    def _rows(self, x: torch.Tensor, y: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        try:
+            return self.engine.rows(x, y, self.curvature)
+        except NotApplicable:  # e.g. a layer called twice in one forward pass: torch.func from now on
+            self.engine = FunctorchJacobian(self.model, self.layout)
+            return self.engine.rows(x, y, self.curvature)
+
+    def gradient(self, chunks: Chunks, noise: Any, alpha: float) -> tuple[torch.Tensor, float]:
+        """The gradient g = α Σ ∇ℓᵢ and the loss α Σ ℓᵢ over these chunks (one backward pass per chunk).
+
+        The chunks follow those of the curvature pass in the batch order, so the random generator is continued
+        where that pass left it, not replayed."""
+        g = torch.zeros(self.layout.numel, dtype=self.layout.dtype, device=self.layout.device)
+        total = 0.0
+        for x, y in chunks:
+            with torch.enable_grad():
+                losses = self.curvature.per_sample_loss(self.outputs(x, y), y)
+                grads = torch.autograd.grad(losses.sum(), self.layout.params, allow_unused=True)
+            for i, grad in enumerate(grads):
+                if grad is not None:
+                    g[self.layout.slice_of(i)] += grad.reshape(-1)
+            total += float(losses.detach().double().sum())
+        self.comm.sum_(g)
+        total = self.comm.sum_float(total, self.layout.device)
+        noise.mark_first_evaluation_done()
+        self.forward_passes += 1
+        return g * alpha, (total * alpha if math.isfinite(total) else math.inf)
+
+    def loss_at(self, theta: torch.Tensor, batch: Batch, noise: Any) -> float:
+        """f(θ) on the batch, with the iteration's noise; leaves θ written into the model."""
+        assert batch.chunks is not None
+        self.layout.set_flat(theta)
+        noise.replay()
+        total = 0.0
+        with torch.no_grad():
+            for x, y in batch.chunks:
+                z = self.outputs(x, y)
+                yy = torch.zeros_like(z) if self.residual_fn is not None else y
+                total += float(self.curvature.per_sample_loss(z, yy).double().sum())
+        total = self.comm.sum_float(total, self.layout.device)  # every rank compares the same batch loss
+        self.forward_passes += 1
+        return total * batch.alpha if math.isfinite(total) else math.inf
+
+    def second_order_residual(self, v: torch.Tensor, theta: torch.Tensor, batch: Batch, noise: Any,
+                              dtype: torch.dtype) -> SecondOrderResidual:
+        """ρ_vv = Wᵀ z_vv of the direction v at θ (policy/geodesic.py), computed when asked for."""
+        return SecondOrderResidual(self, v.to(theta.dtype), theta, batch, noise, dtype)
+
+
+def second_directional_derivative(
+    outputs: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """z_vv = d²/dτ² outputs(θ + τv) at τ = 0, by jvp of jvp."""
+
+    def directional(t: torch.Tensor) -> torch.Tensor:
+        return jvp(outputs, (t,), (v,))[1]
+
+    return jvp(directional, (theta,), (v,))[1]
+
+
+class SecondOrderResidual:
+    """ρ_vv,ᵢ = Wᵢᵀ z_vv,ᵢ with z_vv = d²/dτ² z(θ + τv), in row space (:meth:`rows`, k-major as the rows) or as
+    α𝒥ᵀρ_vv = α J_zᵀ W Wᵀ z_vv (:meth:`gradient`, one vector-Jacobian product per chunk)."""
+
+    def __init__(self, objective: Objective, v: torch.Tensor, theta: torch.Tensor, batch: Batch, noise: Any,
+                 dtype: torch.dtype) -> None:
+        self.objective, self.v, self.theta = objective, v, theta
+        self.batch, self.noise, self.dtype = batch, noise, dtype
+
+    def _per_chunk(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+        """(ρ_vv [S, q], W or None for the identity, z, θ requiring grad) per chunk, with the step's noise."""
+        objective, theta = self.objective, self.theta
+        assert self.batch.chunks is not None
+        self.noise.replay()
+        for x, y in self.batch.chunks:
+            outputs = lambda t, xx=x, yy=y: objective._functional_outputs(objective.layout.as_dict(t), xx, yy)  # noqa: E731
+            with torch.enable_grad():
+                z_vv = second_directional_derivative(outputs, theta, self.v)
+                theta_req = theta.detach().requires_grad_(True)
+                z = outputs(theta_req)
+            L = objective.curvature.hessian_factor(z.detach()) if objective.residual_fn is None else None
+            zf = z_vv.reshape(z_vv.shape[0], -1)
+            rho_vv = zf if L is None else torch.einsum("scq,sc->sq", L, zf)  # Wᵀ z_vv
+            yield rho_vv, L, z, theta_req
+
+    def rows(self) -> torch.Tensor:
+        return torch.cat([rho_vv.T.reshape(-1) for rho_vv, _, _, _ in self._per_chunk()])
+
+    def gradient(self) -> torch.Tensor:
+        rhs = torch.zeros(self.objective.layout.numel, dtype=self.dtype, device=self.theta.device)
+        for rho_vv, L, z, theta_req in self._per_chunk():
+            cot = rho_vv if L is None else torch.einsum("scq,sq->sc", L, rho_vv)  # W Wᵀ z_vv
+            (grad,) = torch.autograd.grad(z, theta_req, grad_outputs=cot.reshape(z.shape).to(z.dtype))
+            rhs += self.batch.alpha * grad.to(rhs.dtype)
+        return rhs

@@ -1,0 +1,65 @@
+"""Checks a checkpoint against the optimizer it is loaded into, before anything changes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..types.layout import ParameterLayout
+from .config import Config
+
+_NOT_SETTINGS = ("params", "loss")
+
+
+def translated_settings(group: dict[str, Any]) -> Config:
+    """The Config of a checkpoint's param group (older option names read too), validated."""
+    return Config().with_options(**{k: v for k, v in group.items() if k not in _NOT_SETTINGS})
+
+
+def _refuse(what: str) -> ValueError:
+    return ValueError(f"state_dict: {what}; was it saved by an optimizer of another model?")
+
+
+def check_state_dict(state_dict: Any, layout: ParameterLayout, loss: str) -> Config:
+    """The checkpoint's Config, after checking its settings, its loss and its state against this model:
+    d [n] finite and >= 0, λ and ν finite and > 0, the previous step [n] finite, the step count an int >= 0."""
+    if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+        raise ValueError("state_dict: expected the dict of LevenbergMarquardt.state_dict() (keys 'state' and "
+                         "'param_groups')")
+    groups = state_dict["param_groups"]
+    if len(groups) != 1:
+        raise _refuse(f"it has {len(groups)} param groups, LevenbergMarquardt has one")
+    group = groups[0]
+    if len(group.get("params", ())) != len(layout.params):
+        raise _refuse(f"it holds {len(group.get('params', ()))} trainable parameters, this model has "
+                      f"{len(layout.params)}")
+    if group.get("loss", loss) != loss:
+        raise _refuse(f"its loss is {group.get('loss')!r}, this optimizer's is {loss!r}")
+    try:
+        config = translated_settings(group)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"state_dict: its settings are not valid here: {exc}") from exc
+    state = state_dict["state"].get(0)
+    if state is None:
+        return config
+    n = layout.numel
+    d = state.get("d")
+    if not (isinstance(d, torch.Tensor) and d.shape == (n,)):
+        shape = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
+        raise _refuse(f"its damping vector d has shape {shape}, this model has {n} trainable parameters")
+    if not bool(torch.isfinite(d).all()) or bool((d < 0).any()):
+        raise _refuse("its damping vector d holds NaN, Inf or negative entries")
+    for name in ("lam", "nu"):
+        value = state.get(name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise _refuse(f"its {name} is {value!r}, expected a finite number > 0")
+    s_prev = state.get("s_prev")
+    if s_prev is not None and not (isinstance(s_prev, torch.Tensor) and s_prev.shape == (n,)
+                                   and bool(torch.isfinite(s_prev).all())):
+        raise _refuse(f"its previous step is not a finite vector of {n} entries")
+    step = state.get("step")
+    if not (isinstance(step, int) and step >= 0):
+        raise _refuse(f"its step count is {step!r}, expected an int >= 0")
+    return config

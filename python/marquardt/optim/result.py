@@ -1,0 +1,33 @@
+"""What one LM iteration reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepResult:
+    """What one LM iteration did."""
+
+    loss_before: float
+    loss_after: float
+    accepted: bool
+    reason: str  # 'downhill', 'uphill', 'line_search', 'rejected', 'zero_gradient'
+    lam: float
+    multiplier: float  # η for a regular step, s* for a line-search step, 0 when rejected
+    attempts: int
+    forward_passes: int
+    jacobian_passes: int
+    solves: int
+    form: str  # 'primal', 'dual' or 'block_diagonal'
+    engine: str
+    momentum_used: bool
+    geodesic_used: bool
+    grad_norm_inf: float
+    step_norm: float
+    theta_norm: float
+    predicted_reduction: float | None = None
+    curvature_samples: int | None = None  # batch samples (all ranks) the curvature came from; None: residual fn
+    cg_iterations: int | None = None  # conjugate-gradient iterations of all solves (dual_method 'pcg'), else None
+    converged: str | None = None  # set by fit(): 'ftol', 'xtol', 'gtol' or None
+    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,147 @@
+r"""The damped LM system behind one interface: every solver form (primal, dual, block-diagonal) is a
+:class:`System`.
+
+A system is filled with chunks of generalized Jacobian rows and residuals (:meth:`System.add`), summed over
+the ranks (:meth:`System.reduce`) and finalized; then, for one damping vector d, it solves
+
+.. math::
+
+    (A + \lambda\,\mathrm{diag}(d))\,x = b,\qquad A = \alpha\,\mathcal{J}^\top\mathcal{J},
+    \quad g = \alpha\,\mathcal{J}^\top\rho
+
+for any λ the λ rule asks for. Solves return ``(x, ok)``; ``ok`` is False when a factorisation or an iterative
+solve fails, and the caller raises λ instead of catching exceptions. A system also says how many bytes it needs
+for a problem of a given size (:meth:`System.footprint`), which is how :mod:`marquardt.solve.choose` picks one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..types.rows import FactoredRows
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The sizes a solver choice depends on (one step's batch, all ranks).
+
+    ``factor_width`` is Σ (out + in) over the layers when the rows can be kept as per-layer factors (every
+    trainable layer a Linear on [batch, features] inputs, the fast Jacobian engine), else None;
+    ``linear_shapes`` are then those layers' (out, in) and ``trainable_weights`` whether each weight trains.
+    """
+
+    parameters: int
+    rows: int
+    samples: int
+    outputs_per_sample: int
+    dtype: torch.dtype
+    device: torch.device
+    distributed: bool = False
+    whole_batch_chunks: bool = False  # a residual callable sees the whole batch at once
+    factor_width: int | None = None
+    linear_shapes: tuple[tuple[int, int], ...] = ()
+    trainable_weights: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Accumulation dtype, and the factorisation dtype for a system of a given size (float64 up to
+    ``float64_max`` unless ``solve`` is fixed)."""
+
+    accumulate: torch.dtype
+    solve: torch.dtype | None
+    float64_max: int
+
+    def solve_dtype(self, size: int) -> torch.dtype:
+        return self.solve or (torch.float64 if size <= self.float64_max else self.accumulate)
+
+    @property
+    def accumulate_bytes(self) -> int:
+        return torch.finfo(self.accumulate).bits // 8
+
+    def bytes_per_entry(self, size: int) -> int:
+        """The accumulated matrix, its converted copy when the dtypes differ, and the factorisation workspace."""
+        solve_bytes = torch.finfo(self.solve_dtype(size)).bits // 8
+        return 2 * solve_bytes + (self.accumulate_bytes if solve_bytes != self.accumulate_bytes else 0)
+
+
+@dataclass
+class Footprint:
+    """Bytes a system holds for the whole step, and numbers per row while a chunk of rows is formed."""
+
+    system_bytes: int
+    row_width: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class System(ABC):
+    """One damped LM system (see the module docstring)."""
+
+    #: the name a StepResult reports ('primal', 'dual', 'block_diagonal')
+    form: ClassVar[str]
+    #: whether :meth:`add` takes the rows as per-layer factors (FactoredRows) instead of a dense tensor
+    takes_factors: bool = False
+    #: whether the system keeps the rows, so that α𝒥ᵀr for a row-space r is solved without forming it
+    keeps_rows: bool = False
+
+    alpha: float
+    dtype: torch.dtype
+    g: torch.Tensor
+    d: torch.Tensor | None
+
+    @abstractmethod
+    def add(self, rows: torch.Tensor | FactoredRows, rho: torch.Tensor) -> None:
+        """Fold in a chunk of rows [m, n] (or their factors) and their residuals ρ [m]."""
+
+    def reduce(self, comm: Any) -> None:  # noqa: B027  (a no-op unless the form sums over ranks)
+        """Sum the curvature and g over the ranks of ``comm`` (data-parallel)."""
+
+    @abstractmethod
+    def finalize(self) -> None:
+        """Done adding: convert to the factorisation dtype and form g."""
+
+    @abstractmethod
+    def diagonal(self) -> torch.Tensor:
+        """diag(A) (n)."""
+
+    def set_gradient(self, g: torch.Tensor) -> None:
+        """Replace g = α𝒥ᵀρ with a gradient computed elsewhere (subsampled curvature)."""
+        self.g = g.to(self.dtype)
+
+    def set_damping(self, d: torch.Tensor) -> None:
+        """The damping vector of this step's solves (in the system's dtype)."""
+        self.d = d
+
+    @abstractmethod
+    def solve(self, lam: float, rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """x with (A + λ diag d) x = rhs, and whether the solve succeeded."""
+
+    def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
+        """δ_LM = −(A + λ diag d)⁻¹ g; ``keep_factor`` keeps the factor for further solves at this λ."""
+        return self.solve(lam, -self.g)
+
+    def solve_rows(self, lam: float, row_rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """x = (A + λ diag d)⁻¹ α𝒥ᵀ r for a row-space r (only where :attr:`keeps_rows`)."""
+        raise NotImplementedError(f"the {self.form} system does not keep its rows")
+
+    @abstractmethod
+    def quadratic(self, s: torch.Tensor) -> float:
+        """sᵀ A s."""
+
+    def predicted_reduction(self, step: torch.Tensor) -> float:
+        """The quadratic model's decrease −gᵀs − ½ sᵀAs for the step s."""
+        s = step.to(self.g.dtype)
+        return float(-(self.g @ s) - 0.5 * self.quadratic(s))
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters of the step's solves for the StepResult (e.g. CG iterations)."""
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def footprint(cls, problem: Problem, precision: Precision) -> Footprint:
+        """Bytes this form needs for ``problem`` (see :class:`Footprint`)."""

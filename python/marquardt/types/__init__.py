@@ -1,0 +1,1 @@
+"""Types beneath curvature/ and solve/: the flat parameter layout and the row operators of the Jacobian."""

@@ -1,0 +1,59 @@
+"""Acceptance: downhill, Transtrum & Sethna's uphill test with our guard, the gain ratio, the cosine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from marquardt.policy.acceptance import ACCEPTANCE, Downhill, GuardedUphill, accept_uphill, cosine
+
+
+def test_uphill_rule():
+    # β = 0.9: (0.1)² C₁ ≤ C₀ allows up to 100x, but the guard caps at 1.5x
+    assert accept_uphill(1.0, 1.4, 0.9, 2, 1.5)
+    assert not accept_uphill(1.0, 1.6, 0.9, 2, 1.5)
+    assert accept_uphill(1.0, 50.0, 0.9, 2, None)
+    assert not accept_uphill(1.0, 150.0, 0.9, 2, None)
+    # β ≤ 0: no uphill allowance at all
+    assert not accept_uphill(1.0, 1.0001, 0.0, 2, None)
+    assert not accept_uphill(1.0, 1.0001, -0.7, 2, None)
+    # b = 1 accepts less freely than b = 2
+    assert accept_uphill(1.0, 3.0, 0.5, 2, None) and not accept_uphill(1.0, 3.0, 0.5, 1, None)
+    assert not accept_uphill(1.0, math.inf, 0.99, 2, None)
+
+
+def test_cosine():
+    u = torch.tensor([1.0, 0.0])
+    assert cosine(u, torch.tensor([1.0, 1.0])) == pytest.approx(1 / math.sqrt(2))
+    assert cosine(u, torch.zeros(2)) == 0.0
+    assert cosine(u, torch.tensor([1.0, 1.0]), metric=torch.tensor([1.0, 0.0])) == pytest.approx(1.0)
+
+
+def test_downhill_and_guarded_uphill_decisions():
+    step = torch.tensor([1.0, 0.1])
+    previous = torch.tensor([1.0, 0.0])  # cos ≈ 0.995: (1 − β)² ≈ 2.5e-5
+    assert Downhill().decide(1.0, 1.0, step, previous) == "downhill"
+    assert Downhill().decide(1.0, 1.2, step, previous) is None
+    guarded = GuardedUphill(b=2.0, max_ratio=1.5)
+    assert guarded.decide(1.0, 0.9, step, previous) == "downhill"
+    assert guarded.decide(1.0, 1.2, step, previous) == "uphill"
+    assert guarded.decide(1.0, 1.6, step, previous) is None  # past the guard
+    assert guarded.decide(1.0, 1.2, step, None) is None  # no previous step: downhill only
+    assert GuardedUphill(max_ratio=None).decide(1.0, 1.6, step, previous) == "uphill"
+
+
+def test_gain_ratio():
+    assert Downhill.gain_ratio(1.0, 0.5, 0.25) == 2.0
+    assert Downhill.gain_ratio(1.0, 0.5, 0.0) is None and Downhill.gain_ratio(1.0, 0.5, -1.0) is None
+
+
+class _Settings:
+    uphill_b, uphill_max_ratio = 3.0, 2.0
+
+
+def test_registry():
+    built = ACCEPTANCE.build("uphill", _Settings())
+    assert isinstance(built, GuardedUphill) and (built.b, built.max_ratio) == (3.0, 2.0)
+    assert type(ACCEPTANCE.build("downhill", _Settings())) is Downhill
