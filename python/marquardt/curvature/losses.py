@@ -49,6 +49,8 @@ class Curvature:
     name = "base"
     #: whether the geodesic correction has a meaning for this mode (not for the empirical Fisher).
     supports_geodesic = True
+    #: whether W is the identity (Gauss-Newton): the rows are then the output Jacobian itself.
+    identity_weights = False
 
     def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         raise NotImplementedError
@@ -81,6 +83,7 @@ class GaussNewtonMSE(Curvature):
     """``gn``: ℓᵢ = ½‖zᵢ − yᵢ‖² with the Gauss-Newton matrix (1/N) Σ J_zᵀJ_z."""
 
     name = "gn"
+    identity_weights = True
 
     def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if targets.shape != outputs.shape:

@@ -208,7 +208,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             grad_norm_inf=float(g.abs().max()), step_norm=0.0, theta_norm=float(theta0.double().norm()),
             curvature_samples=batch.curvature_samples if self.residual_fn is None else None,
         )
-        if not math.isfinite(c0) or not bool(torch.isfinite(g).all()):
+        if not (math.isfinite(c0) and math.isfinite(result.grad_norm_inf)):  # max |g| is NaN or Inf if any g is
             result.notes.append("loss or gradient not finite at the current parameters; no step taken")
             return self._finish(result, theta0, None)
         if result.grad_norm_inf == 0.0:
@@ -303,8 +303,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     def _finish(self, result: StepResult, theta0: torch.Tensor, accepted_step: torch.Tensor | None) -> StepResult:
         """Commits a finite accepted step in one update, or restores θ₀."""
         state = self._state
-        if accepted_step is not None and bool(torch.isfinite(accepted_step).all()):
-            theta1 = theta0 + accepted_step
+        if accepted_step is not None:
+            theta1 = theta0 + accepted_step  # not finite when the step is not (θ₀ is)
             if bool(torch.isfinite(theta1).all()):
                 self.layout.set_flat(theta1)
                 state["s_prev"] = accepted_step.clone()

@@ -88,6 +88,7 @@ class SolverChooser:
         self._blocks: list[torch.Tensor] | None = None
         self._dual_workspace: dict[str, torch.Tensor] = {}  # m × m buffers reused from step to step
         self.last_plan: Plan | None = None  # the plan of the latest batch (diagnostics, tests)
+        self._plans: dict[Problem, Plan] = {}
 
     @property
     def blocks(self) -> list[torch.Tensor] | None:
@@ -122,6 +123,16 @@ class SolverChooser:
 
     # ------------------------------------------------------------------------------------------ plan
     def plan(self, problem: Problem) -> Plan:
+        """The plan of this problem, kept per problem (batches of one shape get the same plan)."""
+        plan = self._plans.get(problem)
+        if plan is None:
+            if len(self._plans) >= 64:  # many batch shapes: keep the memory of plans bounded
+                self._plans.clear()
+            plan = self._plans[problem] = self._plan(problem)
+        self.last_plan = plan
+        return plan
+
+    def _plan(self, problem: Problem) -> Plan:
         budget = self.settings.memory_budget
         precision = self.precision(problem)
         name = self.settings.solver
@@ -147,9 +158,8 @@ class SolverChooser:
             )
         else:
             chunk = int(min(problem.samples, left // bytes_per_sample))
-        self.last_plan = Plan(candidate, precision.solve_dtype(candidate.dtype_size), precision.accumulate, chunk,
-                              problem.parameters, problem.device)
-        return self.last_plan
+        return Plan(candidate, precision.solve_dtype(candidate.dtype_size), precision.accumulate, chunk,
+                    problem.parameters, problem.device)
 
     def _fits(self, name: str, problem: Problem, precision: Precision) -> bool:
         """Whether the form fits the budget (block-diagonal splits its blocks to fit, or raises)."""
