@@ -15,7 +15,7 @@ PIP=("$VENV/bin/python" -m pip)
 if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '${TORCH_PIN#torch==}' else 1)" 2>/dev/null; then
   "${PIP[@]}" install -q "$TORCH_PIN"
 fi
-"${PIP[@]}" install -q numpy "scikit-build-core>=0.10" ninja "pytest>=7" "pytest-benchmark>=4" tqdm matplotlib scipy mypy==2.4.1
+"${PIP[@]}" install -q numpy "scikit-build-core>=0.10" ninja "pytest>=7" "pytest-benchmark>=4" hypothesis tqdm matplotlib scipy mypy==2.4.1
 
 # Build the wheel users get, against the installed torch, and install it.
 rm -rf "$ROOT/dist"

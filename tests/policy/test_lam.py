@@ -57,7 +57,7 @@ class _Settings:
 
 
 def test_registry_builds_names_and_keeps_instances():
-    assert LAMBDA_RULES.names() == ["delayed", "fixed", "nielsen"]
+    assert {"delayed", "fixed", "nielsen"} <= set(LAMBDA_RULES.names())
     built = LAMBDA_RULES.build("fixed", _Settings())
     assert isinstance(built, FactorRule) and (built.up, built.down) == (4.0, 5.0)
     assert isinstance(LAMBDA_RULES.build("nielsen", _Settings()), NielsenRule)

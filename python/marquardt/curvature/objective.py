@@ -9,9 +9,7 @@ the samples of a subsampled curvature, and forms the geodesic correction's secon
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,66 +20,12 @@ from ..parallel import Communicator
 from ..solve.system import Problem, System
 from ..types.layout import ParameterLayout
 from ..types.rows import FactoredRows
+from .batch import Batch, Chunks, SameBatch, fingerprint
 from .jacobian import Engine, FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
 from .losses import Curvature
 
 # fn(outputs, targets) -> residuals; targets are what step() was given, None when it was given none
 ResidualFn = Callable[[torch.Tensor, Any], torch.Tensor]
-Chunks = list[tuple[torch.Tensor, Any]]
-
-
-@dataclass
-class Batch:
-    """One step's batch as the objective sees it: its chunks, sizes (all ranks) and scale α."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor | None
-    samples: int  # N over all ranks
-    local_samples: int
-    outputs_per_sample: int
-    alpha: float
-    mean_loss: bool
-    curvature_samples: int  # m over all ranks (= samples unless subsampled)
-    local_curvature_samples: int
-    subsampled: bool
-    problem: Problem
-    chunks: Chunks | None = None  # set by Objective.build_system: every evaluation of the step uses these
-
-
-class _SameBatch:
-    """Recognises the tensors of the last batch passed again unchanged: the same objects (held weakly), data
-    pointers and version counters (every in-place change through torch bumps the counter)."""
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._previous: tuple | None = None  # the key of the step before, for batch_changed
-
-    @staticmethod
-    def _key_of(inputs: Any, targets: Any) -> tuple:
-        return tuple((weakref.ref(t), t.data_ptr(), t._version) if isinstance(t, torch.Tensor) else (None,)
-                     for t in (inputs, targets))
-
-    @staticmethod
-    def _same(key: tuple | None, inputs: Any, targets: Any) -> bool:
-        if key is None:
-            return False
-        for (ref, *rest), t in zip(key, (inputs, targets)):
-            if ref is None:
-                if t is not None:
-                    return False
-            elif ref() is not t or rest != [t.data_ptr(), t._version]:
-                return False
-        return True
-
-    def matches(self, inputs: Any, targets: Any) -> bool:
-        return self._same(self._key, inputs, targets)
-
-    def matches_previous_step(self, inputs: Any, targets: Any) -> bool:
-        return self._same(self._previous, inputs, targets)
-
-    def remember(self, inputs: Any, targets: Any) -> None:
-        self._previous = self._key
-        self._key = self._key_of(inputs, targets)
 
 
 class Objective:
@@ -98,7 +42,7 @@ class Objective:
         self.forward_passes = 0  # counted over the objective's life; the optimizer reads the difference
         self._shapes: dict[tuple, tuple[int, tuple[int, ...], bool]] = {}  # probe cache per batch shape
         self._last_fingerprint: tuple | None = None
-        self._last_batch = _SameBatch()  # the batch checked last, to skip rescanning it when passed again
+        self._last_batch = SameBatch()  # the batch checked last, to skip rescanning it when passed again
         self._checked_ranks = False
 
     # ------------------------------------------------------------------------------------ engines
@@ -163,17 +107,9 @@ class Objective:
         tensors passed again unchanged are the same batch without a look."""
         if self._last_fingerprint is not None and self._last_batch.matches_previous_step(inputs, targets):
             return False
-
-        def sample(t: torch.Tensor | None) -> tuple:
-            if t is None or t.numel() == 0:
-                return ()
-            flat = t.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()
-            return (tuple(t.shape), *flat[index].double().tolist())
-
-        fingerprint = sample(inputs) + sample(targets)
-        changed = None if self._last_fingerprint is None else fingerprint != self._last_fingerprint
-        self._last_fingerprint = fingerprint
+        new = fingerprint(inputs) + fingerprint(targets)
+        changed = None if self._last_fingerprint is None else new != self._last_fingerprint
+        self._last_fingerprint = new
         return changed
 
     # ------------------------------------------------------------------------------------ the batch

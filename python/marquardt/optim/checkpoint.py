@@ -13,6 +13,21 @@ from .config import Config
 _NOT_SETTINGS = ("params", "loss")
 
 
+def initial_state(config: Config, layout: ParameterLayout) -> dict[str, Any]:
+    """The LM state before the first step: λ, ν, the damping vector d, no previous step, counters at zero."""
+    return {
+        "lam": float(config.lam.initial),
+        "nu": 2.0,
+        # d lives in float64 whatever the solve dtype: it is an n-vector, and it must not lose the running
+        # maximum to rounding.
+        "d": torch.full((layout.numel,), float(config.damping.initial), dtype=torch.float64, device=layout.device),
+        "s_prev": None,
+        "step": 0,
+        "forward_passes": 0,
+        "solves": 0,
+    }
+
+
 def translated_settings(group: dict[str, Any]) -> Config:
     """The Config of a checkpoint's param group (older option names read too), validated."""
     return Config().with_options(**{k: v for k, v in group.items() if k not in _NOT_SETTINGS})

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ..curvature.losses import Curvature, GaussNewtonMSE, make_curvature
+from ..curvature.objective import ResidualFn
 from ..policy.acceptance import ACCEPTANCE
 from ..policy.damping import DAMPING
 from ..policy.geodesic import GeodesicAcceleration
@@ -229,7 +231,8 @@ OPTIONS: dict[str, Option] = {
     "geodesic": Option("trial", "geodesic", lambda x: _bool(x) or isinstance(x, GeodesicAcceleration),
                        "True, False or a GeodesicAcceleration"),
     "geodesic_alpha": Option("trial", "geodesic_alpha", _positive, _POSITIVE),
-    "solver": Option("solve", "solver", _one_of("auto", *SOLVERS), f"'auto' or one of {sorted(SOLVERS)}"),
+    "solver": Option("solve", "solver", lambda x: isinstance(x, str) and (x == "auto" or x in SOLVERS),
+                     "'auto' or a registered solver name ('primal', 'dual', 'block_diagonal', ...)"),
     "dual_method": Option("solve", "dual_method", _one_of("auto", "cholesky", "pcg"), "'auto', 'cholesky' or 'pcg'"),
     "dual_tol": Option("solve", "dual_tol", lambda x: x is None or (isinstance(x, float) and 0.0 < x < 1.0),
                        "None or a float in (0, 1)"),
@@ -306,6 +309,25 @@ def resolve(preset: str | Config, options: dict[str, Any]) -> Config:
     else:
         raise ValueError(f"Invalid preset value: {preset!r} (expected one of {sorted(PRESETS)} or a Config)")
     return base.with_options(**options)
+
+
+def curvature_for(loss: Any, residual_fn: ResidualFn | None, config: Config) -> Curvature:
+    """The curvature mode of this loss, with the options that depend on it checked."""
+    mode = config.objective.curvature
+    if residual_fn is not None:
+        if mode not in (None, "gn"):
+            raise ValueError("curvature: a residual callable supports only 'gn'")
+        curvature: Curvature = GaussNewtonMSE()
+    else:
+        curvature = make_curvature(loss, mode)
+    geodesic = config.trial.geodesic is not False
+    if subsamples_curvature(config.objective.curvature_samples) and (residual_fn is not None or geodesic):
+        raise ValueError("curvature_samples: subsampled curvature needs loss='mse' or 'cross_entropy' and "
+                         "geodesic=False")
+    if geodesic and not curvature.supports_geodesic:
+        raise ValueError("geodesic: acceleration has no meaning for the empirical Fisher (curvature='ef')")
+    return curvature
+
 
 
 def curvature_samples_at(setting: Any, step: int) -> int | float | None:

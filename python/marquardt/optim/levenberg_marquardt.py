@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..curvature.losses import Curvature, GaussNewtonMSE, make_curvature
+from ..curvature.losses import Curvature
 from ..curvature.noise import NoiseReplay
 from ..curvature.objective import Batch, Objective, ResidualFn
 from ..parallel import Communicator
@@ -35,8 +35,8 @@ from ..policy.momentum import MOMENTUM
 from ..solve.choose import SolverChooser
 from ..solve.system import System
 from ..types.layout import ParameterLayout
-from .checkpoint import check_state_dict, translated_settings
-from .config import Config, curvature_samples_at, resolve, subsamples_curvature
+from .checkpoint import check_state_dict, initial_state, translated_settings
+from .config import Config, curvature_for, curvature_samples_at, resolve
 from .result import StepResult
 
 __all__ = ["LevenbergMarquardt", "StepResult", "ResidualFn"]
@@ -75,30 +75,12 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             # 14/16 and several times more iterations with it; tests/optim/test_mgh.py). Classic LM here.
             options = {**options, "momentum": None}
         config = resolve(preset, options)
-        curvature = self._curvature_for(loss, residual_fn, config)
+        curvature = curvature_for(loss, residual_fn, config)
         self.model = model
         self.layout = ParameterLayout.of(model)
         self.preset = preset
         super().__init__(self.layout.params, {**config.flat(), "loss": "residual" if residual_fn else loss})
         self._build(config, curvature, residual_fn)
-
-    @staticmethod
-    def _curvature_for(loss: Any, residual_fn: ResidualFn | None, config: Config) -> Curvature:
-        """The curvature mode of this loss, with the options that depend on it checked."""
-        mode = config.objective.curvature
-        if residual_fn is not None:
-            if mode not in (None, "gn"):
-                raise ValueError("curvature: a residual callable supports only 'gn'")
-            curvature: Curvature = GaussNewtonMSE()
-        else:
-            curvature = make_curvature(loss, mode)
-        geodesic = config.trial.geodesic is not False
-        if subsamples_curvature(config.objective.curvature_samples) and (residual_fn is not None or geodesic):
-            raise ValueError("curvature_samples: subsampled curvature needs loss='mse' or 'cross_entropy' and "
-                             "geodesic=False")
-        if geodesic and not curvature.supports_geodesic:
-            raise ValueError("geodesic: acceleration has no meaning for the empirical Fisher (curvature='ef')")
-        return curvature
 
     def _build(self, config: Config, curvature: Curvature, residual_fn: ResidualFn | None) -> None:
         """Every piece, built once from the config (again when a checkpoint brings other settings)."""
@@ -133,42 +115,31 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         # load_state_dict() carry it.
         state = self.state[self.layout.params[0]]
         if not state:
-            state["lam"] = float(self.config.lam.initial)
-            state["nu"] = 2.0
-            # d lives in float64 whatever the solve dtype: it is an n-vector, and it must not lose the
-            # running maximum to rounding.
-            state["d"] = torch.full((self.layout.numel,), float(self.config.damping.initial), dtype=torch.float64,
-                                    device=self.layout.device)
-            state["s_prev"] = None
-            state["step"] = 0
-            state["forward_passes"] = 0
-            state["solves"] = 0
+            state.update(initial_state(self.config, self.layout))
         return state
 
     # -------------------------------------------------------------------------------- checkpoints
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a checkpoint of this model's optimizer, refusing (before anything changes) one whose settings,
-        damping vector, λ or previous step do not fit this model."""
-        config = check_state_dict(state_dict, self.layout, self.settings["loss"])
+        damping vector, λ or previous step do not fit this model. Older option names are read."""
+        check_state_dict(state_dict, self.layout, self.settings["loss"])
         saved = state_dict["state"].get(0, {})
-        super().load_state_dict(state_dict)
-        self.param_groups[0] = {"params": self.param_groups[0]["params"], **config.flat(),
-                                "loss": self.settings["loss"]}
+        super().load_state_dict(state_dict)  # installs the groups through __setstate__
         # torch.optim casts floating state to the parameter dtype; d stays float64 so that a resumed run is
         # bit-identical to an uninterrupted one.
         state = self.state[self.layout.params[0]]
         if "d" in saved:
             state["d"] = saved["d"].to(device=self.layout.device, dtype=saved["d"].dtype).clone()
-        self._build(config, self.curvature, self.residual_fn)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickling, also of optimizers saved by older versions (older option names, no policy objects)."""
+        """Installs settings (from load_state_dict or unpickling), older option names translated; the pieces are
+        rebuilt from them when the optimizer has its model."""
         super().__setstate__(state)
-        if "objective" not in self.__dict__ and "model" in self.__dict__:
-            config = translated_settings(self.param_groups[0])
-            self.param_groups[0] = {"params": self.param_groups[0]["params"], **config.flat(),
-                                    "loss": self.param_groups[0].get("loss", "mse")}
-            self._build(config, self.__dict__["curvature"], self.__dict__.get("residual_fn"))
+        group = self.param_groups[0]
+        config = translated_settings(group)
+        self.param_groups[0] = {"params": group["params"], **config.flat(), "loss": group.get("loss", "mse")}
+        if "objective" in self.__dict__:
+            self._build(config, self.curvature, self.residual_fn)
 
     # ---------------------------------------------------------------------------------------- step
     @torch.no_grad()

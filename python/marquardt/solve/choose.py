@@ -214,9 +214,10 @@ class SolverChooser:
                                                                               problem.trainable_weights))
 
 
-#: name -> the method of SolverChooser that builds its candidate. A new form: a System class, a method (or any
-#: function of (chooser, problem, precision)) returning its Candidate, and an entry here.
-SOLVERS: dict[str, Callable[[SolverChooser, Problem, Precision], Candidate]] = {
+CandidateFactory = Callable[[SolverChooser, Problem, Precision], Candidate]
+
+#: name -> the function of (chooser, problem, precision) that builds its candidate; see register_solver.
+SOLVERS: dict[str, CandidateFactory] = {
     "primal": SolverChooser.primal,
     "dual": SolverChooser.dual,
     "block_diagonal": SolverChooser.block_diagonal,
@@ -229,3 +230,13 @@ AUTO_ORDER: list[tuple[str, Callable[[Problem], bool]]] = [
     ("primal", lambda p: True),
     ("block_diagonal", lambda p: True),
 ]
+
+
+def register_solver(name: str, build: CandidateFactory) -> CandidateFactory:
+    """Adds a solver form under ``name`` (then ``solver=name`` picks it): ``build(chooser, problem, precision)``
+    returns the Candidate of a System class, usually ``Candidate(MySystem, MySystem.footprint(problem,
+    precision), dtype_size=problem.parameters)``. ``solver='auto'`` keeps choosing among :data:`AUTO_ORDER`."""
+    if name == "auto" or name in SOLVERS:
+        raise ValueError(f"solver: {name!r} is already a solver name")
+    SOLVERS[name] = build
+    return build

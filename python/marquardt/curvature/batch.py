@@ -1,0 +1,77 @@
+"""One step's batch as the objective sees it, and how batches are recognised from step to step."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..solve.system import Problem
+
+Chunks = list[tuple[torch.Tensor, Any]]
+
+
+@dataclass
+class Batch:
+    """One step's batch as the objective sees it: its chunks, sizes (all ranks) and scale α."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+    samples: int  # N over all ranks
+    local_samples: int
+    outputs_per_sample: int
+    alpha: float
+    mean_loss: bool
+    curvature_samples: int  # m over all ranks (= samples unless subsampled)
+    local_curvature_samples: int
+    subsampled: bool
+    problem: Problem
+    chunks: Chunks | None = None  # set by Objective.build_system: every evaluation of the step uses these
+
+
+class SameBatch:
+    """Recognises the tensors of the last batch passed again unchanged: the same objects (held weakly), data
+    pointers and version counters (every in-place change through torch bumps the counter)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._previous: tuple | None = None  # the key of the step before, for batch_changed
+
+    @staticmethod
+    def _key_of(inputs: Any, targets: Any) -> tuple:
+        return tuple((weakref.ref(t), t.data_ptr(), t._version) if isinstance(t, torch.Tensor) else (None,)
+                     for t in (inputs, targets))
+
+    @staticmethod
+    def _same(key: tuple | None, inputs: Any, targets: Any) -> bool:
+        if key is None:
+            return False
+        for (ref, *rest), t in zip(key, (inputs, targets)):
+            if ref is None:
+                if t is not None:
+                    return False
+            elif ref() is not t or rest != [t.data_ptr(), t._version]:
+                return False
+        return True
+
+    def matches(self, inputs: Any, targets: Any) -> bool:
+        return self._same(self._key, inputs, targets)
+
+    def matches_previous_step(self, inputs: Any, targets: Any) -> bool:
+        return self._same(self._previous, inputs, targets)
+
+    def remember(self, inputs: Any, targets: Any) -> None:
+        self._previous = self._key
+        self._key = self._key_of(inputs, targets)
+
+
+def fingerprint(t: torch.Tensor | None) -> tuple:
+    """The shape and 64 evenly spaced entries of t: equal for the same batch passed again, almost surely not for
+    another batch."""
+    if t is None or t.numel() == 0:
+        return ()
+    flat = t.detach().reshape(-1)
+    index = torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()
+    return (tuple(t.shape), *flat[index].double().tolist())

@@ -1,0 +1,121 @@
+"""The objective: the small-model Jacobian, batch recognition, subsampling sizes and second-order residuals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from marquardt import LevenbergMarquardt
+from marquardt.curvature.jacobian import FullJacobian, _jacobian_by_double_vjp
+from marquardt.curvature.losses import GaussNewtonMSE, make_curvature
+from marquardt.curvature.noise import NoiseReplay
+from marquardt.curvature.objective import Objective
+from marquardt.parallel import Communicator
+from marquardt.types.layout import ParameterLayout
+from tests.models import Exponential, exponential_data, residuals, sine_data, sine_mlp
+
+
+class Awkward(nn.Module):
+    """Seven parameters: a matrix, a vector that reaches the output only through a product, one that is unused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[0.3, -1.2], [0.7, 0.1]], dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor([0.5, -0.25], dtype=torch.float64))
+        self.unused = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(t.unsqueeze(1) * self.w[0] + self.b)
+        return (h * self.w[1]).sum(dim=1) + torch.sin(self.b[0] * t)
+
+
+@pytest.mark.parametrize("model_factory", [Exponential, Awkward])
+def test_double_vjp_jacobian_equals_jacrev(model_factory):
+    model = model_factory()
+    layout = ParameterLayout.of(model)
+    t, y = exponential_data(37)
+    J, z = _jacobian_by_double_vjp(lambda: residuals(model(t), y), list(layout.params))
+    reference = jacrev(lambda flat: residuals(functional_call(model, layout.as_dict(flat), (t,)), y))(layout.get_flat())
+    torch.testing.assert_close(J, reference, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(z, residuals(model(t), y).detach())
+    if model_factory is Awkward:
+        assert torch.equal(J[:, -1], torch.zeros(37, dtype=torch.float64))  # the unused parameter's column
+
+
+def test_full_engine_takes_the_small_path_only_with_few_parameters(monkeypatch):
+    calls = []
+    import marquardt.curvature.jacobian as jacobian
+
+    original = jacobian._jacobian_by_double_vjp
+    monkeypatch.setattr(jacobian, "_jacobian_by_double_vjp", lambda *a: (calls.append(1), original(*a))[1])
+    t, y = exponential_data(50)
+    LevenbergMarquardt(Exponential(), residuals).step(t, y)
+    assert len(calls) == 1
+    x, target = sine_data(40, dtype=torch.float64)
+    LevenbergMarquardt(sine_mlp(4).double(), residuals).step(x, target)  # 17 parameters: jacfwd / jacrev
+    assert len(calls) == 1 and FullJacobian.DOUBLE_VJP_MAX_PARAMETERS < 17
+
+
+def test_a_batch_changed_in_place_is_checked_again():
+    t, y = exponential_data(60)
+    opt = LevenbergMarquardt(Exponential(), residuals)
+    opt.step(t, y)
+    y[3] = float("nan")  # in place: the version counter moves, so the finiteness scan runs again
+    with pytest.raises(ValueError, match="targets: contains NaN or Inf"):
+        opt.step(t, y)
+
+
+def _objective(model, loss="mse"):
+    layout = ParameterLayout.of(model)
+    curvature = make_curvature(loss, None)
+    return Objective(model, layout, curvature, None, "auto", Communicator(False))
+
+
+def test_batch_changed_recognises_the_same_and_new_batches():
+    x, y = sine_data(30, dtype=torch.float64)
+    objective = _objective(sine_mlp(3).double())
+    for first, second, expected in [
+        ((x, y), (x, y), False),  # the same tensors: no look at the data
+        ((x, y), (x.clone(), y.clone()), False),  # equal copies: the fingerprint matches
+        ((x, y), (x, y + 1.0), True),  # other targets
+        ((x, y), (x[:20], y[:20]), True),  # another shape
+    ]:
+        objective = _objective(sine_mlp(3).double())
+        objective.check_batch(*first)
+        assert objective.batch_changed(*first) is None  # the first batch
+        objective.check_batch(*second)
+        assert objective.batch_changed(*second) is expected
+    objective.check_batch(x, y)
+    objective.batch_changed(x, y)
+    y.add_(1.0)  # the same tensor changed in place
+    objective.check_batch(x, y)
+    assert objective.batch_changed(x, y) is True
+
+
+@pytest.mark.parametrize("setting, expected", [(None, 30), (0.25, 8), (7, 7), (100, 30), (1e-9, 1)])
+def test_prepare_counts_curvature_samples(setting, expected):
+    x, y = sine_data(30, dtype=torch.float64)
+    objective = _objective(sine_mlp(3).double())
+    noise = NoiseReplay(torch.device("cpu"))
+    batch = objective.prepare(x, y, noise, setting, "mean")
+    assert batch.curvature_samples == expected and batch.samples == 30 and batch.alpha == 1 / 30
+    assert batch.subsampled == (expected < 30) and batch.problem.rows == expected
+    assert objective.prepare(x, y, noise, setting, "sum").alpha == 1.0
+
+
+def test_second_order_residual_rows_and_gradient_agree():
+    """α 𝒥ᵀ (rows) = gradient(): both forms of ρ_vv describe the same right-hand side (Gauss-Newton: 𝒥 = J_z)."""
+    x, y = sine_data(25, dtype=torch.float64)
+    model = sine_mlp(3).double()
+    objective = _objective(model)
+    noise = NoiseReplay(torch.device("cpu"))
+    batch = objective.prepare(x, y, noise, None, "mean")
+    batch.chunks = [(x[:10], y[:10]), (x[10:], y[10:])]
+    theta = objective.layout.get_flat()
+    v = torch.randn_like(theta)
+    residual = objective.second_order_residual(v, theta, batch, noise, torch.float64)
+    J = jacrev(lambda flat: functional_call(model, objective.layout.as_dict(flat), (x,)))(theta).reshape(25, -1)
+    torch.testing.assert_close(batch.alpha * J.T @ residual.rows(), residual.gradient(), rtol=1e-12, atol=1e-14)
+    assert isinstance(objective.curvature, GaussNewtonMSE)

@@ -1,0 +1,117 @@
+"""Checkpoints: what load_state_dict refuses before anything changes, older formats, bit-identical resumes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from marquardt import LevenbergMarquardt
+from tests.models import sine_data, sine_mlp
+
+
+def _trained(width: int = 8, steps: int = 3, **options):
+    x, y = sine_data(200, dtype=torch.float64)
+    model = sine_mlp(width).double()
+    opt = LevenbergMarquardt(model, "mse", **options)
+    for _ in range(steps):
+        opt.step(x, y)
+    return model, opt, (x, y)
+
+
+def _unchanged(opt: LevenbergMarquardt):
+    """A snapshot of everything a load could change."""
+    return copy.deepcopy(opt.state_dict()), opt.config, [p.detach().clone() for p in opt.layout.params]
+
+
+def _assert_same(opt: LevenbergMarquardt, snapshot) -> None:
+    state, config, params = snapshot
+    now = opt.state_dict()
+    assert now["param_groups"] == state["param_groups"] and opt.config == config
+    for key, value in state["state"][0].items():
+        other = now["state"][0][key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+    assert all(torch.equal(p, q) for p, q in zip(opt.layout.params, params))
+
+
+def test_a_checkpoint_of_another_width_is_refused_before_anything_changes():
+    _, small, _ = _trained(8)
+    _, wide, _ = _trained(9)
+    snapshot = _unchanged(wide)
+    with pytest.raises(ValueError, match=r"damping vector d has shape \(97,\), this model has 118"):
+        wide.load_state_dict(small.state_dict())
+    _assert_same(wide, snapshot)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda s: s["state"][0]["d"].__setitem__(0, float("nan")), "NaN, Inf or negative"),
+    (lambda s: s["state"][0]["d"].__setitem__(3, -1.0), "NaN, Inf or negative"),
+    (lambda s: s["state"][0].__setitem__("lam", float("inf")), "its lam is inf"),
+    (lambda s: s["state"][0].__setitem__("nu", 0.0), "its nu is 0.0"),
+    (lambda s: s["state"][0].__setitem__("s_prev", torch.zeros(5, dtype=torch.float64)), "previous step"),
+    (lambda s: s["state"][0].__setitem__("step", -2), "step count"),
+    (lambda s: s["param_groups"][0].__setitem__("xi", 2.0), "Invalid xi value"),
+    (lambda s: s["param_groups"][0].__setitem__("flux", 1), "unknown option 'flux'"),
+    (lambda s: s["param_groups"][0].__setitem__("loss", "cross_entropy"), "its loss is 'cross_entropy'"),
+    (lambda s: s["param_groups"].append(dict(s["param_groups"][0])), "2 param groups"),
+    (lambda s: s["param_groups"][0].__setitem__("params", [0, 1]), "2 trainable parameters"),
+])
+def test_bad_checkpoints_are_refused_by_name(corrupt, message):
+    _, opt, _ = _trained()
+    saved = copy.deepcopy(opt.state_dict())
+    corrupt(saved)
+    snapshot = _unchanged(opt)
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(saved)
+    _assert_same(opt, snapshot)
+
+
+def test_not_a_state_dict():
+    _, opt, _ = _trained()
+    with pytest.raises(ValueError, match="state_dict"):
+        opt.load_state_dict({"params": []})
+
+
+def _old_names(state_dict):
+    """The param group as versions before the config redesign wrote it (lam_* names, uphill as a bool)."""
+    group = state_dict["param_groups"][0]
+    for new, old in (("lambda_init", "lam_init"), ("lambda_min", "lam_min"), ("lambda_max", "lam_max"),
+                     ("lambda_min_minibatch", "lam_min_minibatch"), ("lambda_skip_outside", "lam_skip_outside")):
+        group[old] = group.pop(new)
+    group["uphill"] = group.pop("acceptance") == "uphill"
+    return state_dict
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_an_older_checkpoint_resumes_bit_identically(preset):
+    x, y = sine_data(200, dtype=torch.float64)
+    straight = sine_mlp(8).double()
+    opt = LevenbergMarquardt(straight, "mse", preset=preset)
+    for _ in range(8):
+        opt.step(x, y)
+    first = sine_mlp(8).double()
+    opt_first = LevenbergMarquardt(first, "mse", preset=preset)
+    for _ in range(4):
+        opt_first.step(x, y)
+    saved = _old_names(copy.deepcopy(opt_first.state_dict()))
+    resumed = sine_mlp(8, seed=5).double()
+    resumed.load_state_dict(first.state_dict())
+    opt_resumed = LevenbergMarquardt(resumed, "mse")  # the checkpoint's settings (and preset) take over
+    opt_resumed.load_state_dict(saved)
+    assert opt_resumed.config == opt.config
+    for _ in range(4):
+        opt_resumed.step(x, y)
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_setstate_translates_older_names():
+    """torch.optim pickles only defaults, state and param groups; an older pickle has the older option names."""
+    _, opt, _ = _trained(lambda_init=0.25, acceptance="uphill")
+    old = {"defaults": dict(opt.defaults), "state": {}, "param_groups": [dict(opt.param_groups[0])]}
+    _old_names(old)
+    assert "lam_init" in old["param_groups"][0] and "uphill" in old["param_groups"][0]
+    revived = LevenbergMarquardt.__new__(LevenbergMarquardt)
+    revived.__setstate__(old)
+    group = revived.param_groups[0]
+    assert group["lambda_init"] == 0.25 and group["acceptance"] == "uphill" and "lam_init" not in group
