@@ -48,14 +48,14 @@ def test_full_engine_takes_the_small_path_only_with_few_parameters(monkeypatch):
     calls = []
     import marquardt.curvature.jacobian as jacobian
 
-    original = jacobian._jacobian_by_double_vjp
-    monkeypatch.setattr(jacobian, "_jacobian_by_double_vjp", lambda *a: (calls.append(1), original(*a))[1])
+    original = jacobian._jacobian_by_dual_passes
+    monkeypatch.setattr(jacobian, "_jacobian_by_dual_passes", lambda *a: (calls.append(1), original(*a))[1])
     t, y = exponential_data(50)
     LevenbergMarquardt(Exponential(), residuals).step(t, y)
     assert len(calls) == 1
     x, target = sine_data(40, dtype=torch.float64)
     LevenbergMarquardt(sine_mlp(4).double(), residuals).step(x, target)  # 17 parameters: jacfwd / jacrev
-    assert len(calls) == 1 and FullJacobian.DOUBLE_VJP_MAX_PARAMETERS < 17
+    assert len(calls) == 1 and FullJacobian.SMALL_MAX_PARAMETERS < 17
 
 
 def test_a_batch_changed_in_place_is_checked_again():
@@ -119,3 +119,55 @@ def test_second_order_residual_rows_and_gradient_agree():
     J = jacrev(lambda flat: functional_call(model, objective.layout.as_dict(flat), (x,)))(theta).reshape(25, -1)
     torch.testing.assert_close(batch.alpha * J.T @ residual.rows(), residual.gradient(), rtol=1e-12, atol=1e-14)
     assert isinstance(objective.curvature, GaussNewtonMSE)
+
+
+class Tied(nn.Module):
+    """One parameter held by two modules (tied weights): both uses must carry its derivative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(1, 1).double()
+        self.second = nn.Linear(1, 1).double()
+        self.second.weight = self.first.weight
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.tanh(self.first(t.unsqueeze(1)))).squeeze(1)
+
+
+class NoForwardMode(torch.autograd.Function):
+    """An operation with a backward formula only: forward mode fails on it, reverse mode twice must take over."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.sin()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * x.cos()
+
+
+class WithCustomOp(Exponential):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return NoForwardMode.apply(self.a * t) + self.b * t + self.c
+
+
+@pytest.mark.parametrize("model_factory", [Exponential, Awkward, Tied, WithCustomOp])
+def test_small_jacobian_of_the_full_engine_equals_reverse_mode(model_factory):
+    torch.manual_seed(0)
+    model = model_factory()
+    layout = ParameterLayout.of(model)
+    t, y = exponential_data(23)
+    engine = FullJacobian(lambda p, x, yy: residuals(functional_call(model, p, (x,)), yy), layout, residual_mode=True,
+                          module_outputs=lambda x, yy: residuals(model(x), yy), model=model)
+    rows, rho, losses = engine.rows(t, y, GaussNewtonMSE())
+    # (torch.autograd.functional: one reverse pass per output, which takes functions without forward formulas)
+    reference = torch.autograd.functional.jacobian(
+        lambda flat: residuals(functional_call(model, layout.as_dict(flat), (t,)), y), layout.get_flat())
+    torch.testing.assert_close(rows, reference, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(rho, residuals(model(t), y).detach())
+    assert engine.forward_mode_failed == (model_factory is WithCustomOp)
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters())  # every parameter put back
+    if model_factory is Tied:
+        assert model.second.weight is model.first.weight

@@ -36,6 +36,8 @@ p − y sum to zero.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -55,7 +57,8 @@ class Curvature:
     def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def per_sample_loss(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
+        """ℓᵢ per sample [N] (targets None: the outputs are residuals, for modes that allow it)."""
         raise NotImplementedError
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -68,6 +71,10 @@ class Curvature:
 
     def hessian_factor(self, outputs: torch.Tensor) -> torch.Tensor:
         """The factor W [N, c, q] of :meth:`weights`, with W Wᵀ = ∂²ℓ/∂z² (used by the geodesic correction)."""
+        raise NotImplementedError
+
+    def residuals(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """ρ [N, q] alone (modes with :attr:`identity_weights`, whose W need not be formed)."""
         raise NotImplementedError
 
     def rows_per_sample(self, outputs_per_sample: int) -> int:
@@ -92,8 +99,14 @@ class GaussNewtonMSE(Curvature):
                 f"got {tuple(targets.shape)}"
             )
 
-    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return 0.5 * _flat_outputs(outputs - targets).pow(2).sum(dim=1)
+    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """½‖zᵢ − yᵢ‖²; targets None: the outputs are residuals already (½‖zᵢ‖², the same numbers as y = 0)."""
+        residual = outputs if targets is None else outputs - targets
+        return 0.5 * _flat_outputs(residual).pow(2).sum(dim=1)
+
+    def residuals(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """ρ [N, c] = z − y (or z itself for targets None), the generalized residual of weights()."""
+        return _flat_outputs(outputs if targets is None else outputs - targets)
 
     def weights(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = _flat_outputs(outputs)

@@ -49,7 +49,7 @@ class Objective:
     def _make_engine(self, kind: str) -> Engine:
         if self.residual_fn is not None or kind == "full":
             return FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_fn is not None,
-                                module_outputs=self.outputs)
+                                module_outputs=self.outputs, model=self.model)
         if kind in ("auto", "fast"):
             try:
                 return FastPathJacobian(self.model, self.layout)
@@ -266,7 +266,8 @@ class Objective:
         with torch.no_grad():
             for x, y in batch.chunks:
                 z = self.outputs(x, y)
-                yy = torch.zeros_like(z) if self.residual_fn is not None else y
+                # (a residual callable's outputs are residuals: no targets to subtract; gn reads None so)
+                yy = None if self.residual_fn is not None else y
                 total += float(self.curvature.per_sample_loss(z, yy).double().sum())
         total = self.comm.sum_float(total, self.layout.device)  # every rank compares the same batch loss
         self.forward_passes += 1

@@ -148,13 +148,11 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self.objective.check_batch(inputs, targets)
         theta0 = self.layout.get_flat()
         noise = NoiseReplay(self.layout.device)
-        d_before = self._state["d"].clone()
         passes_before = self.objective.forward_passes
         try:
             result = self._iterate(inputs, targets, theta0, noise)
         except BaseException:
-            self.layout.set_flat(theta0)  # never leave parameters half-updated
-            self._state["d"].copy_(d_before)
+            self.layout.set_flat(theta0)  # never leave parameters half-updated (the state is written last)
             raise
         finally:
             noise.finish()
@@ -186,14 +184,14 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             result.reason = "zero_gradient"
             return self._finish(result, theta0, None)
 
-        d_saved = state["d"].clone()
-        d = self.damping.update(state["d"], system).to(system.dtype)
+        d_new = self.damping.update(state["d"].clone(), system)  # the state's d is replaced only at the end
+        d = d_new.to(system.dtype)
         system.set_damping(d)
         bounds, lam = self._bounds(state)
         accepted_step, lam, nu = self._attempts(system, d, batch, theta0, noise, c0, result, lam, bounds)
         result.cg_iterations = system.statistics().get("cg_iterations")
-        if accepted_step is None and self.config.damping.revert_on_reject:
-            state["d"].copy_(d_saved)
+        if accepted_step is not None or not self.config.damping.revert_on_reject:
+            state["d"] = d_new
         state["lam"], state["nu"] = lam, nu
         result.lam = lam
         return self._finish(result, theta0, accepted_step)
