@@ -69,7 +69,7 @@ def main() -> int:
         ratio = statistics.median(ratios)
         print(f"per-iteration {rows:>6} rows: new {statistics.median(new) * 1e3:8.1f} ms ({a['file']})\n"
               f"{'':>26}baseline {statistics.median(old) * 1e3:8.1f} ms ({b['file']})\n"
-              f"{'':>26}new/baseline {ratio:.3f} (median of {args.rounds} rounds; per round {['%.3f' % r for r in ratios]})")
+              f"{'':>26}new/baseline {ratio:.3f} (median of {args.rounds} rounds; per round {', '.join(f'{r:.3f}' for r in ratios)})")
         if args.check and ratio > TOLERANCE:
             print(f"FAIL: {rows} rows: new/baseline {ratio:.3f} > {TOLERANCE}")
             ok = False
