@@ -363,13 +363,14 @@ def _jacobian_by_dual_passes(outputs: Callable[[Any, Any], torch.Tensor], owners
     back after the pass whatever happens."""
     columns, z = [], None
     primals = [p.detach() for p in params]
-    sizes = [p.numel() for p in primals]
-    # row k of the identity, split like θ, is every parameter's tangent of pass k (views, nothing allocated)
-    tangents = torch.eye(sum(sizes), dtype=primals[0].dtype, device=primals[0].device).split(sizes, dim=1)
     with fwAD.dual_level():
         x_dual, y_dual = _dual_if_floating(x), _dual_if_floating(y)
-        for k in range(sum(sizes)):
-            duals = [fwAD.make_dual(q, t[k].view_as(q)) for q, t in zip(primals, tangents)]
+        # parameters not being differentiated in a pass carry zero tangents, made once
+        still = [fwAD.make_dual(q, torch.zeros_like(q)) for q in primals]
+        passes = [(i, unit) for i, q in enumerate(primals)
+                  for unit in torch.eye(q.numel(), dtype=q.dtype, device=q.device).view(-1, *q.shape)]
+        for i, unit in passes:
+            duals = [*still[:i], fwAD.make_dual(primals[i], unit), *still[i + 1:]]
             try:
                 for h, holders in enumerate(owners):
                     for module, name in holders:

@@ -207,8 +207,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
 
     def _attempts(self, system: System, d: torch.Tensor, batch: Batch, theta0: torch.Tensor, noise: NoiseReplay,
                   c0: float, result: StepResult, lam: float,
-                  bounds: LambdaBounds) -> tuple[torch.Tensor | None, float, float]:
-        """Up to max_attempts trials at rising λ: (the accepted step or None, λ, ν)."""
+                  bounds: LambdaBounds) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, float, float]:
+        """Up to max_attempts trials at rising λ: ((the accepted step, θ₀ + step) or None, λ, ν)."""
         trial, rule, nu, g = self.config.trial, self.lambda_rule, self._state["nu"], system.g
         s_prev = self._state["s_prev"]
         s_prev = s_prev.to(g.dtype) if s_prev is not None else None
@@ -236,21 +236,23 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                     continue
                 delta, result.geodesic_used = corrected, True
             step = (eta * delta).to(theta0.dtype)
-            c1 = self.objective.loss_at(theta0 + step, batch, noise)
+            trial_point = theta0 + step
+            c1 = self.objective.loss_at(trial_point, batch, noise)
             predicted = system.predicted_reduction(step)
             reason = self.acceptance.decide(c0, c1, delta_lm, s_prev)
             if reason is not None:
                 result.reason, result.multiplier, result.loss_after = reason, eta, c1
                 result.predicted_reduction = predicted
                 lam, nu = rule.accepted(lam, nu, self.acceptance.gain_ratio(c0, c1, predicted), bounds)
-                return step, lam, nu
+                return (step, trial_point), lam, nu
             lam, nu = rule.rejected(lam, nu, bounds)
             if self.line_search is not None:
                 found = self._search_line(delta, theta0, batch, noise, c0, {eta: c1})
                 if found is not None:
                     s_star, c_star = found
                     result.reason, result.multiplier, result.loss_after = "line_search", s_star, c_star
-                    return (s_star * delta).to(theta0.dtype), lam, nu
+                    step = (s_star * delta).to(theta0.dtype)
+                    return (step, theta0 + step), lam, nu
         return None, lam, nu
 
     def _search_line(self, delta: torch.Tensor, theta0: torch.Tensor, batch: Batch, noise: NoiseReplay, c0: float,
@@ -269,16 +271,17 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             return s_star, c_star
         return None
 
-    def _finish(self, result: StepResult, theta0: torch.Tensor, accepted_step: torch.Tensor | None) -> StepResult:
-        """Commits a finite accepted step in one update, or restores θ₀."""
+    def _finish(self, result: StepResult, theta0: torch.Tensor,
+                accepted: tuple[torch.Tensor, torch.Tensor] | None) -> StepResult:
+        """Commits a finite accepted step (the step and θ₁ = θ₀ + step) in one update, or restores θ₀."""
         state = self._state
-        if accepted_step is not None:
-            theta1 = theta0 + accepted_step  # not finite when the step is not (θ₀ is)
-            if bool(torch.isfinite(theta1).all()):
-                self.layout.set_flat(theta1)
-                state["s_prev"] = accepted_step.clone()
+        if accepted is not None:
+            step, theta1 = accepted
+            if bool(torch.isfinite(theta1).all()):  # (not finite when the step is not: θ₀ is)
+                self.layout.set_flat(theta1)  # (nothing to copy when θ₁ is what the last evaluation wrote)
+                state["s_prev"] = step  # a tensor of this step alone: nothing else holds or changes it
                 result.accepted = True
-                result.step_norm = float(accepted_step.double().norm())
+                result.step_norm = float(step.double().norm())
         if not result.accepted:
             self.layout.set_flat(theta0)
             result.loss_after = result.loss_before

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ class ParameterLayout:
     params: list[nn.Parameter]
     offsets: list[int]
     numel: int
+    _written: tuple[torch.Tensor, tuple[int, ...]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, model: nn.Module) -> ParameterLayout:
@@ -58,11 +59,18 @@ class ParameterLayout:
 
     @torch.no_grad()
     def set_flat(self, theta: torch.Tensor) -> None:
-        """Write θ into the parameters (all of them, or none if the shapes are wrong)."""
+        """Write θ into the parameters (all of them, or none if the shapes are wrong). Writing the same tensor
+        again is skipped while no parameter has changed since (their version counters tell)."""
         if theta.shape != (self.numel,):
             raise ValueError(f"theta: expected shape ({self.numel},), got {tuple(theta.shape)}")
+        if self._written is not None and self._written[0] is theta and self._written[1] == self._versions():
+            return
         for i, p in enumerate(self.params):
             p.copy_(theta[self.slice_of(i)].view_as(p))
+        self._written = (theta, self._versions())
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.params)
 
     def as_dict(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """θ split into named tensors shaped like the parameters (views, for torch.func.functional_call)."""
