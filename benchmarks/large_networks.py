@@ -53,7 +53,7 @@ def run(args) -> dict:
     samples = int(args.curvature_samples) if args.curvature_samples >= 1 else args.curvature_samples  # count
     opt = marquardt.LevenbergMarquardt(model, "cross_entropy", solver=args.solver, blocks=blocks,
                                        curvature_samples=samples, memory_budget=args.memory_budget,
-                                       lam_min_minibatch=args.lam_floor)
+                                       lambda_min_minibatch=args.lam_floor)
     order = batches(x.shape[0], batch, args.seed)
     lm_points, clock, rss0 = [], 0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for it in range(1, iterations + 1):
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", default="unit", help="'unit', 'layer' or a group size")
     p.add_argument("--curvature-samples", type=float, default=0.1, help="a fraction of the batch, or a count >= 1")
     p.add_argument("--memory-budget", type=int, default=3 * 2**30)
-    p.add_argument("--lam-floor", type=float, default=1.0, help="lam_min_minibatch (the mini-batch λ floor)")
+    p.add_argument("--lam-floor", type=float, default=1.0, help="lambda_min_minibatch (the mini-batch λ floor)")
     p.add_argument("--validation", action="store_true", help="train on train[:50000], evaluate on train[50000:]")
     p.add_argument("--no-adam", action="store_true", help="LM only")
     p.add_argument("--batch", type=int, default=600, help="mini-batch size (LM and Adam)")

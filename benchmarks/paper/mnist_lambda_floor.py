@@ -1,4 +1,4 @@
-"""The validation study behind lam_min_minibatch: MNIST accuracy on a held-out part of the training set.
+"""The validation study behind lambda_min_minibatch: MNIST accuracy on a held-out part of the training set.
 
     python benchmarks/paper/mnist_lambda_floor.py [--floors none 0.1 1 10] [--iterations 80]
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     for floor in args.floors:
         value = None if floor == "none" else float(floor)
         model = paper_cnn(0)
-        opt = marquardt.LevenbergMarquardt(model, "cross_entropy", lam_min_minibatch=value)
+        opt = marquardt.LevenbergMarquardt(model, "cross_entropy", lambda_min_minibatch=value)
         perm = torch.randperm(50000, generator=torch.Generator().manual_seed(0))
         row = []
         for it in range(args.iterations):

@@ -28,7 +28,7 @@ CONFIGS = {
     "uphill on (guarded)": {"uphill": True},
     "Nielsen lambda": {"lambda_rule": "nielsen"},
     "Levenberg damping, no momentum": {"damping": "levenberg", "momentum": None},
-    "lam_init=1e-3": {"lam_init": 1e-3},
+    "lam_init=1e-3": {"lambda_init": 1e-3},
     "geodesic, no momentum": {"geodesic": True, "momentum": None},
     "preset paper": {"preset": "paper"},
     "preset vanilla": {"preset": "vanilla"},

@@ -1,1 +1,1 @@
-"""Where the rows of the generalized Jacobian come from (ALGORITHM.md §0.2, §3)."""
+"""The objective: everything that evaluates the model on a batch (losses, gradients, generalized Jacobian rows)."""

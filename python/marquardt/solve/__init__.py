@@ -1,1 +1,2 @@
-"""How (A + λ diag d) δ = −g is solved: primal (dense) or dual (Woodbury) form."""
+"""How (A + λ diag d) δ = −g is solved: the System interface, its primal, dual and block-diagonal forms, and the
+choice between them."""
