@@ -4,7 +4,7 @@ The problem: y(t) = a·exp(−b·t) + c, 3 parameters, 100 points, float64. ``ma
 (ftol = xtol = gtol = 0, so it never stops early); the figure is its wall time divided by 10. scipy fits the
 same data from the same start to its own tolerances. One thread, interleaved rounds, medians.
 
-    python benchmarks/overhead_bench.py [--repeats 30] [--check]
+    python benchmarks/overhead_bench.py [--repeats 100] [--check]
 
 ``--check`` exits 1 when an iteration costs more than 0.4 ms (the target of the composable-core issue).
 """
@@ -49,7 +49,7 @@ def scipy_fit(t: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)

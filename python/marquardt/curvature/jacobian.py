@@ -356,6 +356,20 @@ def _dual_if_floating(t: Any) -> Any:
     return t
 
 
+def _unit_tangents(q: torch.Tensor) -> list[torch.Tensor]:
+    """e_j shaped like q, one per entry (kept per shape, dtype and device: a Jacobian asks for them every step)."""
+    key = (tuple(q.shape), q.dtype, q.device)
+    units = _UNIT_TANGENTS.get(key)
+    if units is None:
+        if len(_UNIT_TANGENTS) > 256:
+            _UNIT_TANGENTS.clear()
+        units = _UNIT_TANGENTS[key] = list(torch.eye(q.numel(), dtype=q.dtype, device=q.device).view(-1, *q.shape))
+    return units
+
+
+_UNIT_TANGENTS: dict[tuple, list[torch.Tensor]] = {}
+
+
 def _jacobian_by_dual_passes(outputs: Callable[[Any, Any], torch.Tensor], owners: ParameterOwners,
                              params: list[nn.Parameter], x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(J [*z_shape, n], z) of z = outputs(x, y) by forward mode, one pass per parameter entry: every parameter
@@ -367,8 +381,7 @@ def _jacobian_by_dual_passes(outputs: Callable[[Any, Any], torch.Tensor], owners
         x_dual, y_dual = _dual_if_floating(x), _dual_if_floating(y)
         # parameters not being differentiated in a pass carry zero tangents, made once
         still = [fwAD.make_dual(q, torch.zeros_like(q)) for q in primals]
-        passes = [(i, unit) for i, q in enumerate(primals)
-                  for unit in torch.eye(q.numel(), dtype=q.dtype, device=q.device).view(-1, *q.shape)]
+        passes = [(i, unit) for i, q in enumerate(primals) for unit in _unit_tangents(q)]
         for i, unit in passes:
             duals = [*still[:i], fwAD.make_dual(primals[i], unit), *still[i + 1:]]
             try:
@@ -418,10 +431,10 @@ class FullJacobian(Engine):
         # per sample, forward mode wins when there are no more parameters than samples (curve fits). With a
         # handful of parameters, two reverse passes beat both (see _jacobian_by_double_vjp).
         n = self.layout.numel
-        with torch.enable_grad():
-            if n <= self.SMALL_MAX_PARAMETERS and self.module_outputs is not None:
-                J, z = self._small_jacobian(self.module_outputs, x, y)
-            else:
+        if n <= self.SMALL_MAX_PARAMETERS and self.module_outputs is not None:
+            J, z = self._small_jacobian(self.module_outputs, x, y)
+        else:
+            with torch.enable_grad():
                 engine = jacfwd if n <= x.shape[0] else jacrev
                 J, z = engine(outputs, has_aux=True)(self.layout.get_flat())  # [*z_shape, n]
         Jz = J.reshape(z.shape[0], -1, self.layout.numel)
@@ -435,4 +448,5 @@ class FullJacobian(Engine):
                 return _jacobian_by_dual_passes(outputs, self._owners, params, x, y)
             except (RuntimeError, NotImplementedError):  # e.g. an operation without a forward-mode formula
                 self.forward_mode_failed = True
-        return _jacobian_by_double_vjp(lambda: outputs(x, y), params)
+        with torch.enable_grad():
+            return _jacobian_by_double_vjp(lambda: outputs(x, y), params)

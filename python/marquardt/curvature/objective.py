@@ -43,6 +43,7 @@ class Objective:
         self._shapes: dict[tuple, tuple[int, tuple[int, ...], bool]] = {}  # probe cache per batch shape
         self._last_fingerprint: tuple | None = None
         self._last_batch = SameBatch()  # the batch checked last, to skip rescanning it when passed again
+        self._checked_against: tuple | None = None  # the model's (device, dtype) when it was checked
         self._checked_ranks = False
 
     # ------------------------------------------------------------------------------------ engines
@@ -75,7 +76,10 @@ class Objective:
     def check_batch(self, inputs: Any, targets: Any) -> None:
         """Refuses a batch that the model cannot take, before anything changes. The finiteness scan is skipped
         for the batch checked last when it comes again unchanged (same tensors, same version counters)."""
-        rescan = not self._last_batch.matches(inputs, targets)
+        same = self._last_batch.matches(inputs, targets)
+        if same and self._checked_against == (self.layout.device, self.layout.dtype):
+            self._last_batch.remember(inputs, targets)
+            return  # checked already, and neither the batch nor the model's dtype or device changed since
         for name, t in (("inputs", inputs), ("targets", targets)):
             if t is None:
                 continue
@@ -85,7 +89,7 @@ class Objective:
                 raise ValueError(f"{name}: on {t.device} but the model's parameters are on {self.layout.device}")
             if t.is_floating_point() and t.dtype != self.layout.dtype:
                 raise ValueError(f"{name}: dtype {t.dtype} does not match the model's parameters ({self.layout.dtype})")
-            if rescan and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if not same and t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name}: contains NaN or Inf")
         if inputs.dim() == 0 or inputs.shape[0] == 0:
             raise ValueError(f"inputs: expected a non-empty batch [N, ...], got shape {tuple(inputs.shape)}")
@@ -97,6 +101,7 @@ class Objective:
                     f"targets: batch size {targets.shape[0]} does not match inputs' batch size {inputs.shape[0]}"
                 )
         self._last_batch.remember(inputs, targets)
+        self._checked_against = (self.layout.device, self.layout.dtype)
 
     def batch_changed(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> bool | None:
         """Whether this batch differs from the previous one (None for the first): mini-batch training.
@@ -263,12 +268,11 @@ class Objective:
         self.layout.set_flat(theta)
         noise.replay()
         total = 0.0
-        with torch.no_grad():
-            for x, y in batch.chunks:
-                z = self.outputs(x, y)
-                # (a residual callable's outputs are residuals: no targets to subtract; gn reads None so)
-                yy = None if self.residual_fn is not None else y
-                total += float(self.curvature.per_sample_loss(z, yy).double().sum())
+        for x, y in batch.chunks:  # (no graph is built: the optimizer's step runs under torch.no_grad)
+            z = self.outputs(x, y)
+            # (a residual callable's outputs are residuals: no targets to subtract; gn reads None so)
+            yy = None if self.residual_fn is not None else y
+            total += float(self.curvature.per_sample_loss(z, yy).double().sum())
         total = self.comm.sum_float(total, self.layout.device)  # every rank compares the same batch loss
         self.forward_passes += 1
         return total * batch.alpha if math.isfinite(total) else math.inf

@@ -174,7 +174,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             loss_before=c0, loss_after=c0, accepted=False, reason="rejected", lam=state["lam"], multiplier=0.0,
             attempts=0, forward_passes=0, jacobian_passes=1, solves=0, form=system.form,
             engine=self.objective.engine.name, momentum_used=False, geodesic_used=False,
-            grad_norm_inf=float(g.abs().max()), step_norm=0.0, theta_norm=float(theta0.double().norm()),
+            grad_norm_inf=float(g.abs().max()), step_norm=0.0, theta_norm=float(torch.linalg.vector_norm(theta0, dtype=torch.float64)),
             curvature_samples=batch.curvature_samples if self.residual_fn is None else None,
         )
         if not (math.isfinite(c0) and math.isfinite(result.grad_norm_inf)):  # max |g| is NaN or Inf if any g is
@@ -281,7 +281,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 self.layout.set_flat(theta1)  # (nothing to copy when θ₁ is what the last evaluation wrote)
                 state["s_prev"] = step  # a tensor of this step alone: nothing else holds or changes it
                 result.accepted = True
-                result.step_norm = float(step.double().norm())
+                result.step_norm = float(torch.linalg.vector_norm(step, dtype=torch.float64))
         if not result.accepted:
             self.layout.set_flat(theta0)
             result.loss_after = result.loss_before

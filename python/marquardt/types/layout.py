@@ -65,8 +65,8 @@ class ParameterLayout:
             raise ValueError(f"theta: expected shape ({self.numel},), got {tuple(theta.shape)}")
         if self._written is not None and self._written[0] is theta and self._written[1] == self._versions():
             return
-        for i, p in enumerate(self.params):
-            p.copy_(theta[self.slice_of(i)].view_as(p))
+        for p, offset in zip(self.params, self.offsets):
+            p.copy_(theta[offset : offset + p.numel()].view_as(p))
         self._written = (theta, self._versions())
 
     def _versions(self) -> tuple[int, ...]:
