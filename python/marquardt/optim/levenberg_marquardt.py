@@ -174,7 +174,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             loss_before=c0, loss_after=c0, accepted=False, reason="rejected", lam=state["lam"], multiplier=0.0,
             attempts=0, forward_passes=0, jacobian_passes=1, solves=0, form=system.form,
             engine=self.objective.engine.name, momentum_used=False, geodesic_used=False,
-            grad_norm_inf=float(g.abs().max()), step_norm=0.0, theta_norm=float(torch.linalg.vector_norm(theta0, dtype=torch.float64)),
+            grad_norm_inf=float(g.abs().max()), step_norm=0.0,
+            theta_norm=float(torch.linalg.vector_norm(theta0, dtype=torch.float64)),
             curvature_samples=batch.curvature_samples if self.residual_fn is None else None,
         )
         if not (math.isfinite(c0) and math.isfinite(result.grad_norm_inf)):  # max |g| is NaN or Inf if any g is
