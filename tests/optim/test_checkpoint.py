@@ -115,3 +115,22 @@ def test_setstate_translates_older_names():
     revived.__setstate__(old)
     group = revived.param_groups[0]
     assert group["lambda_init"] == 0.25 and group["acceptance"] == "uphill" and "lam_init" not in group
+
+
+def test_a_checkpoint_with_other_curvature_settings_takes_over_or_is_refused():
+    x = torch.randn(40, 2, dtype=torch.float64)
+    labels = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    model = torch.nn.Linear(2, 3).double()
+    ef = LevenbergMarquardt(model, "cross_entropy", curvature="ef")
+    ef.step(x, labels)
+    ggn = LevenbergMarquardt(torch.nn.Linear(2, 3).double(), "cross_entropy")
+    ggn.load_state_dict(ef.state_dict())
+    assert ggn.curvature.name == "ef" and ggn.config.objective.curvature == "ef"
+    geodesic = LevenbergMarquardt(torch.nn.Linear(2, 3).double(), "cross_entropy", geodesic=True)
+    geodesic.step(x, labels)
+    saved = copy.deepcopy(ggn.state_dict())
+    saved["param_groups"][0]["geodesic"] = True  # ef with geodesic acceleration: not a valid combination
+    snapshot = _unchanged(geodesic)
+    with pytest.raises(ValueError, match="geodesic"):
+        geodesic.load_state_dict(saved)
+    _assert_same(geodesic, snapshot)

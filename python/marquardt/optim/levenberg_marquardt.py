@@ -122,7 +122,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a checkpoint of this model's optimizer, refusing (before anything changes) one whose settings,
         damping vector, λ or previous step do not fit this model. Older option names are read."""
-        check_state_dict(state_dict, self.layout, self.settings["loss"])
+        config = check_state_dict(state_dict, self.layout, self.settings["loss"])
+        curvature_for(self.settings["loss"], self.residual_fn, config)  # the settings' rules for this loss
         saved = state_dict["state"].get(0, {})
         super().load_state_dict(state_dict)  # installs the groups through __setstate__
         # torch.optim casts floating state to the parameter dtype; d stays float64 so that a resumed run is
@@ -139,7 +140,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         config = translated_settings(group)
         self.param_groups[0] = {"params": group["params"], **config.flat(), "loss": group.get("loss", "mse")}
         if "objective" in self.__dict__:
-            self._build(config, self.curvature, self.residual_fn)
+            self._build(config, curvature_for(self.param_groups[0]["loss"], self.residual_fn, config), self.residual_fn)
 
     # ---------------------------------------------------------------------------------------- step
     @torch.no_grad()
