@@ -55,7 +55,7 @@ class ParameterLayout:
 
     def get_flat(self) -> torch.Tensor:
         """A copy of θ."""
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
+        return torch.cat([p.reshape(-1) for p in self.params]).detach()
 
     @torch.no_grad()
     def set_flat(self, theta: torch.Tensor) -> None:
