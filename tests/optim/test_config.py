@@ -151,3 +151,12 @@ def test_flat_round_trip():
     config = Config().with_options(momentum="olmam", memory_budget=2**20, curvature_samples={0: 0.5, 3: None})
     assert Config().with_options(**config.flat()) == config
     assert set(config.flat()) == set(OPTIONS)
+
+
+def test_factored_settings_are_refused_at_construction_for_models_that_cannot_factor():
+    cnn = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 8, 1))
+    with pytest.raises(ValueError, match="dual_method='pcg' needs every trainable layer to be a Linear"):
+        LevenbergMarquardt(cnn, "mse", dual_method="pcg")
+    with pytest.raises(ValueError, match="primal_accumulation='factored'"):
+        LevenbergMarquardt(nn.Linear(2, 1), lambda z, y: z - y, primal_accumulation="factored")  # the full engine
+    LevenbergMarquardt(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)), "mse", dual_method="pcg")

@@ -53,3 +53,21 @@ def test_registry():
     built = LINE_SEARCHES.build("paper_code", _Settings())
     assert isinstance(built, GridSearch) and built.apply_always and built.candidates == grid("paper_code")
     assert isinstance(LINE_SEARCHES.build("backtrack", _Settings()), Backtracking)
+
+
+def test_take_reuses_known_losses_and_applies_its_rule():
+    calls = []
+
+    def f(s: float) -> float:
+        calls.append(s)
+        return (s - 0.3) ** 2
+
+    known = {1.0: f(1.0)}
+    calls.clear()
+    found = Backtracking().take(f, c0=0.09, known=known)
+    assert found is not None and found[1] < 0.09
+    assert 1.0 not in calls and len(calls) == len(set(calls))  # the known point and repeats are not evaluated
+    assert Backtracking().take(lambda s: 1.0 + s, c0=1.0, known={}) is None  # no decrease: nothing taken
+    taken = GridSearch("log", apply_always=True).take(lambda s: 1.0 + s, c0=1.0, known={})
+    assert taken is not None and taken[0] == grid("log")[0]  # the authors' rule takes the best point anyway
+    assert GridSearch("log", apply_always=True).take(lambda s: math.nan, c0=1.0, known={}) is None

@@ -53,6 +53,11 @@ class Engine:
         """Whether :meth:`factors` applies to inputs like x."""
         return False
 
+    @property
+    def may_factor(self) -> bool:
+        """Whether :meth:`factors` can apply to any input (then inputs of [batch, features] decide)."""
+        return False
+
     def factors(self, x: torch.Tensor, y: Any, curvature: Curvature) -> tuple[FactoredRows, torch.Tensor, torch.Tensor]:
         raise NotApplicable(f"the {self.name!r} engine does not keep rows as factors")
 
@@ -135,6 +140,10 @@ class FastPathJacobian(Engine):
                 raise NotApplicable("a trainable parameter is not owned by a supported layer")
             module, pname = owner[id(p)]
             self.columns[(id(module), pname)] = layout.slice_of(i)
+
+    @property
+    def may_factor(self) -> bool:
+        return self.all_linear
 
     @property
     def all_linear(self) -> bool:

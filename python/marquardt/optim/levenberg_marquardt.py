@@ -89,6 +89,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self.objective = Objective(self.model, self.layout, curvature, residual_fn, config.objective.engine,
                                    Communicator(config.objective.distributed))
         self.chooser = SolverChooser(config.solve, self.layout)
+        self.chooser.check_model(self.objective.engine.may_factor)
         self.damping = DAMPING.build(config.damping.kind, config.damping)
         self.lambda_rule = LAMBDA_RULES.build(config.lam.rule, config.lam)
         kind = config.momentum.kind
@@ -249,29 +250,15 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 return (step, trial_point), lam, nu
             lam, nu = rule.rejected(lam, nu, bounds)
             if self.line_search is not None:
-                found = self._search_line(delta, theta0, batch, noise, c0, {eta: c1})
+                found = self.line_search.take(
+                    lambda m, d=delta: self.objective.loss_at(theta0 + (m * d).to(theta0.dtype), batch, noise),
+                    c0, {eta: c1})
                 if found is not None:
                     s_star, c_star = found
                     result.reason, result.multiplier, result.loss_after = "line_search", s_star, c_star
                     step = (s_star * delta).to(theta0.dtype)
                     return (step, theta0 + step), lam, nu
         return None, lam, nu
-
-    def _search_line(self, delta: torch.Tensor, theta0: torch.Tensor, batch: Batch, noise: NoiseReplay, c0: float,
-                     known: dict[float, float]) -> tuple[float, float] | None:
-        """(s*, f(θ₀ + s*δ)) when the line search finds a point it takes, else None. ``known``: the trial point's
-        loss (θ₀ + ηδ): backtracking starts there and may double back to it, saving up to two forward passes."""
-        assert self.line_search is not None
-
-        def loss_along(m: float) -> float:
-            if m not in known:
-                known[m] = self.objective.loss_at(theta0 + (m * delta).to(theta0.dtype), batch, noise)
-            return known[m]
-
-        s_star, c_star, _ = self.line_search.search(loss_along, c0)
-        if math.isfinite(c_star) and (c_star < c0 or self.line_search.apply_always):
-            return s_star, c_star
-        return None
 
     def _finish(self, result: StepResult, theta0: torch.Tensor,
                 accepted: tuple[torch.Tensor, torch.Tensor] | None) -> StepResult:

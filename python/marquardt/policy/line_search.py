@@ -53,6 +53,22 @@ class LineSearch(ABC):
     def search(self, loss_at: Callable[[float], float], c0: float) -> tuple[float, float, int]:
         """(s*, f(θ + s*δ), evaluations)."""
 
+    def take(self, loss_at: Callable[[float], float], c0: float,
+             known: dict[float, float]) -> tuple[float, float] | None:
+        """(s*, f(θ + s*δ)) when the search finds a multiplier to take (a decrease, or any finite loss with
+        ``apply_always``), else None. ``known``: losses already evaluated by multiplier (the failed trial point,
+        where backtracking starts and may double back), reused instead of evaluated again."""
+
+        def memo(s: float) -> float:
+            if s not in known:
+                known[s] = loss_at(s)
+            return known[s]
+
+        s_star, c_star, _ = self.search(memo, c0)
+        if math.isfinite(c_star) and (c_star < c0 or self.apply_always):
+            return s_star, c_star
+        return None
+
 
 class Backtracking(LineSearch):
     """s = 1, halved until the loss decreases (≤ 20 tries), then doubled while it keeps decreasing (≤ 30

@@ -95,6 +95,17 @@ class SolverChooser:
         """The block-diagonal partition (parameter indices per block), once a block-diagonal step has run."""
         return self._blocks
 
+    def check_model(self, rows_can_be_factored: bool) -> None:
+        """Refuses, when the optimizer is built, settings that need factored rows from a model that cannot give
+        them (every trainable layer a Linear, the fast engine); inputs that are not [batch, features] are
+        refused at the first step, when they are seen."""
+        if rows_can_be_factored:
+            return
+        if self.settings.dual_method == "pcg":
+            raise self._not_factorable("dual_method='pcg'", "'cholesky'")
+        if self.settings.primal_accumulation == "factored":
+            raise self._not_factorable("primal_accumulation='factored'", "'rows'")
+
     def precision(self, problem: Problem) -> Precision:
         s = self.settings
         return Precision(s.accumulate_dtype or problem.dtype, s.solve_dtype, s.solve_float64_max)
