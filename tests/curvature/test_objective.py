@@ -85,13 +85,18 @@ def test_batch_changed_recognises_the_same_and_new_batches():
         objective = _objective(sine_mlp(3).double())
         objective.check_batch(*first)
         assert objective.batch_changed(*first) is None  # the first batch
+        objective.commit_batch()  # (its step succeeded)
         objective.check_batch(*second)
         assert objective.batch_changed(*second) is expected
+        objective.commit_batch()
     objective.check_batch(x, y)
     objective.batch_changed(x, y)
+    objective.commit_batch()
     y.add_(1.0)  # the same tensor changed in place
     objective.check_batch(x, y)
     assert objective.batch_changed(x, y) is True
+    objective.check_batch(x, y + 5.0)
+    assert objective.batch_changed(x, y + 5.0) is True  # never committed (a refused step): the reference stays
 
 
 @pytest.mark.parametrize("setting, expected", [(None, 30), (0.25, 8), (7, 7), (100, 30), (1e-9, 1)])

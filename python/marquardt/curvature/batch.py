@@ -36,8 +36,8 @@ class SameBatch:
     pointers and version counters (every in-place change through torch bumps the counter)."""
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._previous: tuple | None = None  # the key of the step before, for batch_changed
+        self._key: tuple | None = None  # the batch checked last
+        self._stepped: tuple | None = None  # the batch of the last step that succeeded, for batch_changed
 
     @staticmethod
     def _key_of(inputs: Any, targets: Any) -> tuple:
@@ -60,11 +60,15 @@ class SameBatch:
         return self._same(self._key, inputs, targets)
 
     def matches_previous_step(self, inputs: Any, targets: Any) -> bool:
-        return self._same(self._previous, inputs, targets)
+        return self._same(self._stepped, inputs, targets)
 
     def remember(self, inputs: Any, targets: Any) -> None:
-        self._previous = self._key
+        """These tensors passed the checks."""
         self._key = self._key_of(inputs, targets)
+
+    def commit(self) -> None:
+        """The step on the batch checked last succeeded."""
+        self._stepped = self._key
 
 
 def fingerprint(t: torch.Tensor | None) -> tuple:

@@ -28,6 +28,44 @@ from .losses import Curvature
 ResidualFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
+def _checked_output(z: Any) -> torch.Tensor:
+    """The model's output, refused unless it is one real floating-point tensor."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(
+            f"model output: expected one tensor, got {type(z).__name__}; for a model that returns several "
+            "(a tuple, a dict), wrap it in a module that returns the one to fit, or pass a residual callable"
+        )
+    if not z.is_floating_point():
+        raise TypeError(f"model output: expected a real floating-point tensor, got dtype {z.dtype}")
+    return z
+
+
+def _check_residuals(r: Any, z: torch.Tensor, targets: Any) -> None:
+    """A residual callable's output: a tensor of residuals, shaped like the targets or like the model output.
+
+    A scalar is a loss, not residuals (LM would minimise its square), and an element count that matches
+    neither the targets nor the model output is almost always broadcasting ([N, 1] − [N] gives [N, N])."""
+    if not isinstance(r, torch.Tensor):
+        raise TypeError(f"residual callable: expected a tensor of residuals, got {type(r).__name__}")
+    if r.dim() == 0:
+        raise ValueError(
+            "residual callable: it returned a scalar; LM needs the residuals themselves (one per sample or output), "
+            "not a loss: for a loss module such as nn.MSELoss use loss='mse', for nn.CrossEntropyLoss "
+            "loss='cross_entropy'"
+        )
+    if not r.is_floating_point():
+        raise TypeError(f"residual callable: expected floating-point residuals, got dtype {r.dtype}")
+    allowed = {z.numel()} | ({targets.numel()} if isinstance(targets, torch.Tensor) else set())
+    if r.numel() not in allowed:
+        target_shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else None
+        raise ValueError(
+            f"residual callable: it returned {r.numel()} residuals of shape {tuple(r.shape)}, but the model output "
+            f"has shape {tuple(z.shape)} and the targets {target_shape}; the residuals must have as many entries "
+            "as the targets or the model output (is a [N, 1] output broadcast against [N] targets? reshape one "
+            "of them)"
+        )
+
+
 class Objective:
     """The model, its loss or residual callable, the curvature mode and the Jacobian engine."""
 
@@ -42,6 +80,7 @@ class Objective:
         self.forward_passes = 0  # counted over the objective's life; the optimizer reads the difference
         self._shapes: dict[tuple, tuple[int, tuple[int, ...], bool]] = {}  # probe cache per batch shape
         self._last_fingerprint: tuple | None = None
+        self._pending_fingerprint: tuple | None = None
         self._last_batch = SameBatch()  # the batch checked last, to skip rescanning it when passed again
         self._checked_against: tuple | None = None  # the model's (device, dtype) when it was checked
         self._checked_ranks = False
@@ -65,8 +104,10 @@ class Objective:
     def _as_residuals(self, z: torch.Tensor, y: Any) -> torch.Tensor:
         if self.residual_fn is None:
             return z
-        z = self.residual_fn(z, y)
-        return z.reshape(z.shape[0], -1) if z.dim() > 0 else z.reshape(1, 1)
+        r = self.residual_fn(z, y)
+        if r.dim() == 0:  # (checked with names in _probe; here only the shape)
+            return r.reshape(1, 1)
+        return r.reshape(r.shape[0], -1)
 
     def outputs(self, x: torch.Tensor, y: Any) -> torch.Tensor:
         """The model's outputs on x (the residuals, for a residual callable)."""
@@ -78,13 +119,17 @@ class Objective:
         for the batch checked last when it comes again unchanged (same tensors, same version counters)."""
         same = self._last_batch.matches(inputs, targets)
         if same and self._checked_against == (self.layout.device, self.layout.dtype):
-            self._last_batch.remember(inputs, targets)
             return  # checked already, and neither the batch nor the model's dtype or device changed since
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(f"inputs: expected a torch.Tensor [N, ...], got {type(inputs).__name__}")
         for name, t in (("inputs", inputs), ("targets", targets)):
             if t is None:
                 continue
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.is_complex():
+                raise TypeError(f"{name}: complex tensors are not supported (dtype {t.dtype}); LM here works on "
+                                "real residuals (split real and imaginary parts into two outputs)")
             if t.device != self.layout.device:
                 raise ValueError(f"{name}: on {t.device} but the model's parameters are on {self.layout.device}")
             if t.is_floating_point() and t.dtype != self.layout.dtype:
@@ -111,11 +156,17 @@ class Objective:
         addresses are no use: the allocator hands a new batch the freed memory of the last one). The same
         tensors passed again unchanged are the same batch without a look."""
         if self._last_fingerprint is not None and self._last_batch.matches_previous_step(inputs, targets):
+            self._pending_fingerprint = self._last_fingerprint
             return False
         new = fingerprint(inputs) + fingerprint(targets)
-        changed = None if self._last_fingerprint is None else new != self._last_fingerprint
-        self._last_fingerprint = new
-        return changed
+        self._pending_fingerprint = new
+        return None if self._last_fingerprint is None else new != self._last_fingerprint
+
+    def commit_batch(self) -> None:
+        """The step on the batch of the last :meth:`batch_changed` succeeded: it becomes the previous batch (a
+        refused step leaves no trace in mini-batch detection)."""
+        self._last_fingerprint = self._pending_fingerprint
+        self._last_batch.commit()
 
     # ------------------------------------------------------------------------------------ the batch
     def _probe(self, inputs: torch.Tensor, targets: torch.Tensor | None, noise: Any) -> tuple[int, tuple, bool]:
@@ -126,11 +177,14 @@ class Objective:
         if key not in self._shapes:
             noise.replay()
             if self.residual_fn is None:
-                z1 = self.outputs(inputs[:1], targets[:1] if targets is not None else None)
+                z1 = _checked_output(self.model(inputs[:1]))
                 self._shapes[key] = (inputs.shape[0], tuple(z1.shape[1:]), self.engine.factorable(inputs[:1]))
             else:
-                z = self.outputs(inputs, targets)
-                self._shapes[key] = (z.shape[0], tuple(z.shape[1:]), False)
+                z = _checked_output(self.model(inputs))
+                r = self.residual_fn(z, targets)
+                _check_residuals(r, z, targets)
+                r = self._as_residuals(z, targets)
+                self._shapes[key] = (r.shape[0], tuple(r.shape[1:]), False)
         n_samples, sample_shape, factorable = self._shapes[key]
         if self.residual_fn is None:
             assert targets is not None  # check_batch refused a missing target for a model loss

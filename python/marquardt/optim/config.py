@@ -314,6 +314,13 @@ def resolve(preset: str | Config, options: dict[str, Any]) -> Config:
 def curvature_for(loss: Any, residual_fn: ResidualFn | None, config: Config) -> Curvature:
     """The curvature mode of this loss, with the options that depend on it checked."""
     mode = config.objective.curvature
+    if isinstance(loss, torch.nn.modules.loss._Loss):
+        name = type(loss).__name__
+        hint = {"MSELoss": "loss='mse'", "CrossEntropyLoss": "loss='cross_entropy'"}.get(name, "a residual callable")
+        raise ValueError(
+            f"loss: a {name} object returns the loss, not residuals, and LM would minimise its square; use {hint} "
+            "(the string), whose curvature is exact"
+        )
     if residual_fn is not None:
         if mode not in (None, "gn"):
             raise ValueError("curvature: a residual callable supports only 'gn'")

@@ -15,7 +15,7 @@ class FitResult:
     """Outcome of :func:`fit`."""
 
     converged: bool
-    reason: str  # 'ftol', 'xtol', 'gtol', 'lam_max', 'max_iterations'
+    reason: str  # 'ftol', 'xtol', 'gtol', 'lam_max', 'max_iterations', 'not_finite' (the loss or gradient at θ)
     iterations: int
     loss: float
     history: list[StepResult] = field(default_factory=list)
@@ -41,12 +41,15 @@ def fit(
     * ``xtol``: an accepted step with ‖Δθ‖ ≤ xtol·(xtol + ‖θ‖);
     * ``gtol``: ‖g‖∞ ≤ gtol at the current point (a stationary point);
     * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible).
+
+    It stops at once with reason ``not_finite`` (not converged) when the loss or the gradient at the current
+    parameters is NaN or Inf: no step can be taken from there.
     """
     for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
-        if not value >= 0:
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
-    if max_iterations < 1:
-        raise ValueError(f"max_iterations: expected >= 1, got {max_iterations}")
+    if not (isinstance(max_iterations, int) and not isinstance(max_iterations, bool) and max_iterations >= 1):
+        raise ValueError(f"max_iterations: expected an int >= 1, got {max_iterations!r}")
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -61,7 +64,9 @@ def fit(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{info.loss_after:.4g}", lam=f"{info.lam:.2g}")
-            if info.grad_norm_inf <= gtol or info.reason == "zero_gradient":
+            if info.reason == "not_finite":
+                reason = "not_finite"  # nothing will change: the loss or gradient at θ is NaN or Inf
+            elif info.grad_norm_inf <= gtol or info.reason == "zero_gradient":
                 reason = "gtol"
             elif (
                 info.accepted
@@ -82,4 +87,4 @@ def fit(
         if bar is not None:
             bar.close()
     last = history[-1]
-    return FitResult(reason != "max_iterations", reason, len(history), last.loss_after, history)
+    return FitResult(reason not in ("max_iterations", "not_finite"), reason, len(history), last.loss_after, history)

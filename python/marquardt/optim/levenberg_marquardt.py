@@ -146,8 +146,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     # ---------------------------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> StepResult:  # type: ignore[override]
-        """One LM iteration on this batch. Returns a :class:`StepResult`."""
+        """One LM iteration on this batch. Returns a :class:`StepResult`. A step that raises leaves the
+        parameters, the optimizer state and the random generator as they were."""
         self.objective.check_batch(inputs, targets)
+        fresh = not self.state[self.layout.params[0]]
         theta0 = self.layout.get_flat()
         noise = NoiseReplay(self.layout.device)
         passes_before = self.objective.forward_passes
@@ -155,9 +157,12 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             result = self._iterate(inputs, targets, theta0, noise)
         except BaseException:
             self.layout.set_flat(theta0)  # never leave parameters half-updated (the state is written last)
+            noise.replay()  # the generator as before the step
+            if fresh:
+                self.state.pop(self.layout.params[0], None)
             raise
-        finally:
-            noise.finish()
+        noise.finish()
+        self.objective.commit_batch()
         result.forward_passes = self.objective.forward_passes - passes_before
         self._state["forward_passes"] += result.forward_passes
         return result
@@ -165,11 +170,11 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     def _iterate(self, inputs: torch.Tensor, targets: torch.Tensor | None, theta0: torch.Tensor,
                  noise: NoiseReplay) -> StepResult:
         state = self._state
-        changed = self.objective.batch_changed(inputs, targets)
-        if changed is not None:  # the flag lives in the state: a resumed run keeps it until it has seen two batches
-            state["minibatch"] = changed
         samples = curvature_samples_at(self.config.objective.curvature_samples, state["step"])
         batch = self.objective.prepare(inputs, targets, noise, samples, self.config.objective.loss_scale)
+        changed = self.objective.batch_changed(inputs, targets)  # (recorded only when the step succeeds)
+        # the flag lives in the state: a resumed run keeps it until it has seen two batches
+        self._minibatch = state.get("minibatch", False) if changed is None else changed
         system, c0 = self.objective.build_system(batch, self.chooser.plan(batch.problem), noise, state["step"])
         g = system.g
         result = StepResult(
@@ -181,6 +186,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             curvature_samples=batch.curvature_samples if self.residual_fn is None else None,
         )
         if not (math.isfinite(c0) and math.isfinite(result.grad_norm_inf)):  # max |g| is NaN or Inf if any g is
+            result.reason = "not_finite"
             result.notes.append("loss or gradient not finite at the current parameters; no step taken")
             return self._finish(result, theta0, None)
         if result.grad_norm_inf == 0.0:
@@ -203,7 +209,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         """λ's bounds for this step, and λ raised to the mini-batch floor while the batches change."""
         lam_config, lam = self.config.lam, state["lam"]
         minimum = lam_config.minimum
-        if state.get("minibatch", False) and lam_config.minibatch_minimum is not None:
+        if self._minibatch and lam_config.minibatch_minimum is not None:
             minimum = max(minimum, lam_config.minibatch_minimum)
             lam = max(lam, minimum)
         return LambdaBounds(minimum, lam_config.maximum, lam_config.skip_outside), lam
@@ -274,9 +280,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         if not result.accepted:
             self.layout.set_flat(theta0)
             result.loss_after = result.loss_before
-            if result.reason != "zero_gradient":
+            if result.reason not in ("zero_gradient", "not_finite"):
                 result.reason = "rejected"
             result.multiplier = 0.0
         state["step"] += 1
         state["solves"] += result.solves
+        state["minibatch"] = self._minibatch
         return result

@@ -12,7 +12,7 @@ class StepResult:
     loss_before: float
     loss_after: float
     accepted: bool
-    reason: str  # 'downhill', 'uphill', 'line_search', 'rejected', 'zero_gradient'
+    reason: str  # 'downhill', 'uphill', 'line_search', 'rejected', 'zero_gradient', 'not_finite' (loss or g)
     lam: float
     multiplier: float  # η for a regular step, s* for a line-search step, 0 when rejected
     attempts: int

@@ -38,8 +38,12 @@ class ParameterLayout:
                 f"model: all trainable parameters must share one dtype and device, got dtypes "
                 f"{sorted(map(str, dtypes))} and devices {sorted(map(str, devices))}"
             )
-        if not params[0].dtype.is_floating_point:
-            raise ValueError(f"model: parameters must be floating point, got {params[0].dtype}")
+        if params[0].dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"model: trainable parameters must be float32 or float64, got {params[0].dtype} (the curvature is "
+                "accumulated and factored in float32 or float64: convert the model with model.float() or "
+                "model.double())"
+            )
         return cls(names, params, offsets, total)
 
     @property
