@@ -164,3 +164,42 @@ def test_grouped_conv_weight_grad_equals_autograd(S, c_in, hw, c_out, kernel, st
         for k in range(q):
             ref = torch.func.grad(lambda ww: (conv(ww, a[s : s + 1])[0] * delta[s, k]).sum())(w)
             torch.testing.assert_close(ours[s, k], ref.reshape(-1), rtol=1e-10, atol=1e-12)
+
+
+class TiedPair(nn.Module):
+    """Two Linear layers holding the same weight (b.weight = a.weight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_tied_weights_leave_the_fast_path_and_the_first_step_is_exact():
+    """A parameter held by two layers: the fast engine would keep one owner's share; 'auto' takes torch.func,
+    and the first LM step equals one computed by hand in float64 from the whole Jacobian."""
+    import marquardt
+
+    torch.manual_seed(0)
+    model = TiedPair().double()
+    with pytest.raises(NotApplicable, match="tied"):
+        FastPathJacobian(model, ParameterLayout.of(model))
+    x = torch.randn(25, 3, dtype=torch.float64)
+    y = torch.randn(25, 3, dtype=torch.float64)
+    layout = ParameterLayout.of(model)
+    theta0 = layout.get_flat()
+    J = jacrev(lambda flat: functional_call(model, layout.as_dict(flat), (x,)))(theta0).reshape(-1, layout.numel)
+    r = (model(x) - y).detach().reshape(-1)
+    A, g = J.T @ J / 25, J.T @ r / 25
+    d = torch.maximum(torch.full_like(g, 0.01), A.diagonal())
+    expected = -torch.linalg.solve(A + torch.diag(d), g)
+    opt = marquardt.LevenbergMarquardt(model, "mse", momentum=None)
+    info = opt.step(x, y)
+    assert info.engine == "functorch" and info.accepted
+    torch.testing.assert_close(layout.get_flat() - theta0, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="engine='fast' cannot handle this model: .*tied"):
+        marquardt.LevenbergMarquardt(TiedPair().double(), "mse", engine="fast")

@@ -181,3 +181,25 @@ def test_fit_arguments_are_checked_by_name(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
         marquardt.fit(LevenbergMarquardt(Exponential(), residuals), *exponential_data(10), **bad)
+
+
+@pytest.mark.parametrize("engine", ["auto", "fast", "functorch", "full"])
+def test_a_compiled_model_trains_on_the_uncompiled_trajectory(engine):
+    x, y = sine_data(60, dtype=torch.float64)
+    plain = sine_mlp(5).double()
+    compiled_source = copy.deepcopy(plain)
+    compiled = torch.compile(compiled_source)
+    a = LevenbergMarquardt(plain, "mse", engine=engine)
+    b = LevenbergMarquardt(compiled, "mse", engine=engine)
+    for _ in range(6):
+        ia, ib = a.step(x, y), b.step(x, y)
+        assert ia.loss_after == ib.loss_after and ia.engine == ib.engine
+    for p, q in zip(plain.parameters(), compiled_source.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    assert b.model is compiled_source  # the compiled wrapper's own module, with the same parameters
+
+
+def test_a_compiled_submodule_is_refused():
+    inner = torch.compile(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="submodule '0' is torch.compile'd"):
+        LevenbergMarquardt(nn.Sequential(inner, nn.Tanh(), nn.Linear(2, 1)), "mse")

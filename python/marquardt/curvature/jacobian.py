@@ -133,6 +133,8 @@ class FastPathJacobian(Engine):
                     raise NotApplicable("grouped, non-zero-padded or 'same'-padded convolution")
             self.modules.append(module)
             for pname, p in direct:
+                if id(p) in owner:  # rows from one layer's signals would drop the other layers' share
+                    raise NotApplicable("a parameter is held by several layers (tied weights)")
                 owner[id(p)] = (module, pname)
         self.columns: dict[tuple[int, str], slice] = {}
         for i, p in enumerate(layout.params):

@@ -382,4 +382,5 @@ class SecondOrderResidual:
             cot = rho_vv if L is None else torch.einsum("scq,sq->sc", L, rho_vv)  # W Wᵀ z_vv
             (grad,) = torch.autograd.grad(z, theta_req, grad_outputs=cot.reshape(z.shape).to(z.dtype))
             rhs += self.batch.alpha * grad.to(rhs.dtype)
+        self.objective.comm.sum_(rhs)  # data-parallel: every rank's share, so that every rank takes the same step
         return rhs

@@ -337,6 +337,23 @@ def curvature_for(loss: Any, residual_fn: ResidualFn | None, config: Config) -> 
 
 
 
+def eager_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module LM evaluates: a ``torch.compile``'d model's original module (the same parameters; the Jacobian
+    engines need eager hooks and torch.func, which a compiled graph bypasses, so the compiled one would give
+    wrong rows). A compiled module inside an eager model is refused: compile the whole model, or none of it."""
+    compiled = getattr(torch._dynamo, "eval_frame", None)
+    optimized = getattr(compiled, "OptimizedModule", None) if compiled is not None else None
+    if optimized is None:
+        return model
+    if isinstance(model, optimized):
+        model = model._orig_mod
+    inner = [name for name, m in model.named_modules() if isinstance(m, optimized)]
+    if inner:
+        raise ValueError(f"model: the submodule {inner[0]!r} is torch.compile'd; LM evaluates models eagerly, so "
+                         "pass the model uncompiled (or compile the whole model: it is then run uncompiled)")
+    return model
+
+
 def curvature_samples_at(setting: Any, step: int) -> int | float | None:
     """The curvature sample setting in force at ``step`` (0 = the first step): the setting itself, or for a
     schedule ``{first step: setting}`` the entry with the largest first step <= ``step``."""

@@ -36,7 +36,7 @@ from ..solve.choose import SolverChooser
 from ..solve.system import System
 from ..types.layout import ParameterLayout
 from .checkpoint import check_state_dict, initial_state, translated_settings
-from .config import Config, curvature_for, curvature_samples_at, resolve
+from .config import Config, curvature_for, curvature_samples_at, eager_module, resolve
 from .result import StepResult
 
 __all__ = ["LevenbergMarquardt", "StepResult", "ResidualFn"]
@@ -76,8 +76,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             options = {**options, "momentum": None}
         config = resolve(preset, options)
         curvature = curvature_for(loss, residual_fn, config)
-        self.model = model
-        self.layout = ParameterLayout.of(model)
+        self.model = eager_module(model)
+        self.layout = ParameterLayout.of(self.model)
         self.preset = preset
         super().__init__(self.layout.params, {**config.flat(), "loss": "residual" if residual_fn else loss})
         self._build(config, curvature, residual_fn)
