@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // Argument validation shared by every backend. Messages name the op, the argument and what was expected.
 #include <cmath>
+#include <limits>
+
+#include <ATen/MemoryOverlap.h>
 
 #include "ops.h"
 
@@ -19,6 +22,19 @@ void check_same(const char* op, const char* name, const at::Tensor& t, const cha
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "marquardt::", op, ": ", name, " and ", ref_name,
               " must have the same dtype (got ", name, "=", t.scalar_type(), ", ", ref_name, "=",
               ref.scalar_type(), ")");
+}
+
+// Outputs written in place must share no memory with any other argument: a kernel reading J while writing A
+// (or g) would read values it has already changed.
+void check_no_overlap(const char* op, const char* out_name, const at::Tensor& out, const char* in_name,
+                      const at::Tensor& in) {
+  // Tensors on different storages never overlap; on one storage, anything but proven disjointness is refused
+  // (get_overlap_status cannot decide for strided views and says so).
+  if (!out.has_storage() || !in.has_storage() || !out.storage().is_alias_of(in.storage())) {
+    return;
+  }
+  TORCH_CHECK(at::get_overlap_status(out, in) == at::MemOverlapStatus::No, "marquardt::", op, ": ", out_name,
+              " (written in place) must not share memory with ", in_name);
 }
 
 void check_square(const char* op, const char* name, const at::Tensor& A) {
@@ -49,8 +65,12 @@ void check_jtj_accumulate_args(const at::Tensor& A, const at::Tensor& J, const s
     TORCH_CHECK(g->dim() == 1 && g->size(0) == n, "marquardt::jtj_accumulate_: g must have shape [", n,
                 "] (got shape ", g->sizes(), ")");
     TORCH_CHECK(g->is_contiguous(), "marquardt::jtj_accumulate_: g must be contiguous (it is updated in place)");
-    TORCH_CHECK(!g->is_same(A), "marquardt::jtj_accumulate_: g must not alias A");
+    check_no_overlap(op, "g", *g, "A", A);
+    check_no_overlap(op, "g", *g, "J", J);
+    check_no_overlap(op, "g", *g, "r", *r);
+    check_no_overlap(op, "A", A, "r", *r);
   }
+  check_no_overlap(op, "A", A, "J", J);
 }
 
 void check_max_diag_update_args(const at::Tensor& d, const at::Tensor& A, double floor) {
@@ -62,6 +82,7 @@ void check_max_diag_update_args(const at::Tensor& d, const at::Tensor& A, double
               A.size(0), "] to match A (got shape ", d.sizes(), ")");
   TORCH_CHECK(d.is_contiguous(), "marquardt::max_diag_update_: d must be contiguous (it is updated in place)");
   TORCH_CHECK(!std::isnan(floor), "marquardt::max_diag_update_: floor must not be NaN");
+  check_no_overlap(op, "d", d, "A", A);
 }
 
 namespace {
@@ -77,6 +98,14 @@ void check_damped_matrix(const char* op, const at::Tensor& A, const at::Tensor& 
 }
 
 }  // namespace
+
+void add_damping_(const at::Tensor& diag, const at::Tensor& d, double lam) {
+  if (diag.scalar_type() == at::kFloat && lam > static_cast<double>(std::numeric_limits<float>::max())) {
+    diag.add_(d.to(at::kDouble).mul(lam).to(at::kFloat));
+  } else {
+    diag.add_(d, lam);
+  }
+}
 
 void check_damped_cholesky_factor_args(const at::Tensor& A, const at::Tensor& d, double lam) {
   check_damped_matrix("damped_cholesky_factor", A, d, lam);

@@ -53,4 +53,9 @@ void check_damped_cholesky_solve_args(const at::Tensor& A, const at::Tensor& d, 
 //   damped_cholesky_solve (U is unspecified when info > 0). A is never modified.
 void check_damped_cholesky_factor_args(const at::Tensor& A, const at::Tensor& d, double lam);
 
+// diag += lam * d for the damped matrix, with any finite lam >= 0: a float32 matrix and a lam beyond the float32
+// range (which an alpha Scalar could not take) gets lam * d formed in float64 and rounded, inf where it
+// overflows; the factorisation then reports that pivot through info.
+void add_damping_(const at::Tensor& diag, const at::Tensor& d, double lam);
+
 }  // namespace marquardt

@@ -14,7 +14,7 @@ std::tuple<at::Tensor, at::Tensor> damped_cholesky_factor_cpu(const at::Tensor& 
   TORCH_INTERNAL_ASSERT(A.device().is_cpu());
   TORCH_CHECK(A.size(0) <= INT32_MAX, "marquardt::damped_cholesky_factor: n must fit in int32 for LAPACK");
   at::Tensor U = A.clone(at::MemoryFormat::Contiguous);
-  U.diagonal().add_(d, lam);
+  add_damping_(U.diagonal(), d, lam);
   int info = 0;
   if (lapack_cholesky_available(A.scalar_type())) {
     info = potrf_upper_inplace(U);

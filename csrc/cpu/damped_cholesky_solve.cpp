@@ -22,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cpu(const at::Tensor& A
   TORCH_CHECK(n <= INT32_MAX && k <= INT32_MAX, "marquardt::damped_cholesky_solve: n and k must fit in int32 for LAPACK");
 
   at::Tensor W = A.clone(at::MemoryFormat::Contiguous);  // the one n x n workspace
-  W.diagonal().add_(d, lam);
+  add_damping_(W.diagonal(), d, lam);
   // A copy even when B is already laid out right: B is an input and must not be overwritten. X is stored
   // column-major ([k, n] row-major), as LAPACK wants the right-hand sides.
   at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).clone(at::MemoryFormat::Contiguous);

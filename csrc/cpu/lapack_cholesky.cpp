@@ -4,6 +4,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "cpu/syrk_dispatch.h"
 
@@ -103,6 +104,17 @@ int potrf_upper_inplace(const at::Tensor& W) {
       info = potrf_upper_blocked<scalar_t>(W.data_ptr<scalar_t>(), n);
     } else {
       Lapack<scalar_t>::potrf(&uplo, &n, W.data_ptr<scalar_t>(), &n, &info);
+    }
+    // LAPACK fails only on a pivot <= 0 or NaN; an infinite pivot (a damped diagonal past the dtype's range)
+    // can leave an infinite factor behind info = 0, or fail a later pivot. Both paths report the first
+    // non-finite pivot before the one that failed, so that blocked and unblocked agree.
+    const scalar_t* w = W.const_data_ptr<scalar_t>();
+    const int factored = info > 0 ? info - 1 : n;
+    for (int j = 0; j < factored; ++j) {
+      if (!std::isfinite(w[static_cast<int64_t>(j) * (n + 1)])) {
+        info = j + 1;
+        break;
+      }
     }
   });
   return info;

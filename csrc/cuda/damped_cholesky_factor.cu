@@ -17,7 +17,7 @@ std::tuple<at::Tensor, at::Tensor> damped_cholesky_factor_cuda(const at::Tensor&
   const c10::cuda::OptionalCUDAGuard guard(A.device());
   TORCH_CHECK(A.size(0) <= INT32_MAX, "marquardt::damped_cholesky_factor: n must fit in int32");
   at::Tensor U = A.clone(at::MemoryFormat::Contiguous);
-  U.diagonal().add_(d, lam);
+  add_damping_(U.diagonal(), d, lam);
   at::Tensor info = at::zeros({}, A.options().dtype(at::kInt));
   potrf_upper_inplace_cuda(U, info);
   U.triu_();  // the strictly lower part still holds A's entries

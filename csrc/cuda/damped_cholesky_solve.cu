@@ -22,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> damped_cholesky_solve_cuda(const at::Tensor& 
   TORCH_CHECK(n <= INT32_MAX && k <= INT32_MAX, "marquardt::damped_cholesky_solve: n and k must fit in int32");
 
   at::Tensor W = A.clone(at::MemoryFormat::Contiguous);  // the one n x n workspace
-  W.diagonal().add_(d, lam);
+  add_damping_(W.diagonal(), d, lam);
   // A copy even when B is already laid out right: B is an input and must not be overwritten.
   at::Tensor Xt = (B.dim() == 1 ? B.unsqueeze(0) : B.t()).clone(at::MemoryFormat::Contiguous);
   at::Tensor info = at::zeros({}, A.options().dtype(at::kInt));
