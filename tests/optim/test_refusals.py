@@ -203,3 +203,66 @@ def test_a_compiled_submodule_is_refused():
     inner = torch.compile(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="submodule '0' is torch.compile'd"):
         LevenbergMarquardt(nn.Sequential(inner, nn.Tanh(), nn.Linear(2, 1)), "mse")
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 1)).double()
+
+
+def test_train_mode_batchnorm_is_refused_before_any_forward_pass():
+    model = _bn_model()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    opt = LevenbergMarquardt(model, "mse")
+    snapshot = _snapshot(model, opt)
+    with pytest.raises(ValueError, match="'1' is a BatchNorm in training mode.*model.eval().*engine='full'"):
+        opt.step(x, y)
+    _assert_unchanged(model, opt, snapshot)  # num_batches_tracked and the running statistics included
+    model.eval()
+    assert opt.step(x, y).accepted  # with its running statistics it is an ordinary layer
+
+
+def test_train_mode_batchnorm_with_the_full_engine_matches_whole_batch_derivatives():
+    """The 'full' engine differentiates the whole batch at once: its first step equals a float64 LM step built
+    from torch.func's Jacobian of the whole batch (batch statistics included)."""
+    from torch.func import functional_call, jacrev
+
+    from marquardt.types.layout import ParameterLayout
+
+    model = _bn_model()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    layout = ParameterLayout.of(model)
+    theta0 = layout.get_flat()
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+
+    def outputs(flat):  # the running statistics' update lands on copies made inside the transform
+        return functional_call(model, {**layout.as_dict(flat), **{k: v.clone() for k, v in buffers.items()}}, (x,))
+
+    J = jacrev(outputs)(theta0).reshape(16, -1)
+    with torch.no_grad():
+        r = (outputs(theta0) - y).reshape(-1)
+    A, g = J.T @ J / 16, J.T @ r / 16
+    expected = -torch.linalg.solve(A + torch.diag(torch.maximum(torch.full_like(g, 0.01), A.diagonal())), g)
+    info = LevenbergMarquardt(model, "mse", engine="full", momentum=None, memory_budget=2**20).step(x, y)
+    assert info.engine == "full" and info.accepted
+    torch.testing.assert_close(layout.get_flat() - theta0, expected, rtol=1e-9, atol=1e-12)
+
+
+class GRUHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(2, 4, batch_first=True)
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.out(self.gru(x)[0][:, -1])
+
+
+def test_a_model_vmap_cannot_batch_falls_back_to_the_full_engine():
+    torch.manual_seed(0)
+    model = GRUHead().double()
+    x, y = torch.randn(12, 5, 2, dtype=torch.float64), torch.randn(12, 1, dtype=torch.float64)
+    reference = copy.deepcopy(model)
+    auto = LevenbergMarquardt(model, "mse").step(x, y)
+    full = LevenbergMarquardt(reference, "mse", engine="full").step(x, y)
+    assert auto.engine == "full" and (auto.loss_after, auto.reason) == (full.loss_after, full.reason)

@@ -76,7 +76,9 @@ class Objective:
         self.curvature = curvature
         self.residual_fn = residual_fn
         self.comm = comm
+        self.engine_choice = engine
         self.engine = self._make_engine(engine)
+        self.whole_batch = residual_fn is not None  # chunks of the whole batch (residual callables, BatchNorm)
         self.forward_passes = 0  # counted over the objective's life; the optimizer reads the difference
         self._shapes: dict[tuple, tuple[int, tuple[int, ...], bool]] = {}  # probe cache per batch shape
         self._last_fingerprint: tuple | None = None
@@ -99,6 +101,9 @@ class Objective:
         return FunctorchJacobian(self.model, self.layout)
 
     def _functional_outputs(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: Any) -> torch.Tensor:
+        if self.whole_batch and not self.residual_fn:  # train-mode BatchNorm: it updates its running statistics,
+            # which a torch.func transform may not mutate; copies made inside the transform take the update
+            params = {**params, **{name: b.clone() for name, b in self.model.named_buffers()}}
         return self._as_residuals(functional_call(self.model, params, (x,)), y)
 
     def _as_residuals(self, z: torch.Tensor, y: Any) -> torch.Tensor:
@@ -169,16 +174,54 @@ class Objective:
         self._last_batch.commit()
 
     # ------------------------------------------------------------------------------------ the batch
+    def _samples_coupled(self) -> bool:
+        """Whether the model mixes the samples of a batch (BatchNorm in training mode): then only the 'full'
+        engine, on the whole batch at once, gives its rows; anything else is refused before a forward pass."""
+        training = [name for name, m in self.model.named_modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        if not training:
+            return False
+        if self.engine.name != "full":
+            raise ValueError(
+                f"model: {training[0]!r} is a BatchNorm in training mode, which mixes the samples of a batch; the "
+                "per-sample Jacobian engines cannot follow that. Call model.eval() for the LM steps (its running "
+                "statistics are then used), or pass engine='full', which differentiates the whole batch at once"
+            )
+        return True
+
+    def _settle_engine(self, x1: torch.Tensor, y1: Any, noise: Any) -> None:
+        """Tries the engine on one sample before the step uses it: the fast path gives way to torch.func for
+        models it cannot follow (a layer run twice), and with engine='auto' torch.func gives way to the 'full'
+        engine for models vmap cannot batch (a GRU, for example)."""
+        while True:
+            noise.replay()
+            try:
+                with torch.enable_grad():
+                    self.engine.rows(x1, y1, self.curvature)
+                return
+            except NotApplicable:
+                self.engine = FunctorchJacobian(self.model, self.layout)
+            except RuntimeError:
+                if self.engine_choice != "auto" or self.engine.name != "functorch":
+                    raise
+                self.engine = FullJacobian(self._functional_outputs, self.layout, model=self.model)
     def _probe(self, inputs: torch.Tensor, targets: torch.Tensor | None, noise: Any) -> tuple[int, tuple, bool]:
         """(samples N, the shape of one sample's outputs, whether the rows can be factored), checking the
         targets. One forward pass on one sample, cached per input shape; in residual mode the samples are the
         rows of the residual callable's output (N = its leading size)."""
         key = (tuple(inputs.shape), None if targets is None else tuple(targets.shape))
+        coupled = self._samples_coupled()
         if key not in self._shapes:
             noise.replay()
-            if self.residual_fn is None:
+            if self.residual_fn is None and not coupled:
                 z1 = _checked_output(self.model(inputs[:1]))
+                assert targets is not None  # check_batch refused a missing target for a model loss
+                self.curvature.check_targets(torch.empty((inputs.shape[0],) + z1.shape[1:], device="meta"), targets)
+                self._settle_engine(inputs[:1], targets[:1], noise)
                 self._shapes[key] = (inputs.shape[0], tuple(z1.shape[1:]), self.engine.factorable(inputs[:1]))
+            elif self.residual_fn is None:  # the samples are coupled (train-mode BatchNorm): one pass on all
+                z = _checked_output(self.model(inputs))
+                self._shapes[key] = (inputs.shape[0], tuple(z.shape[1:]), False)
             else:
                 z = _checked_output(self.model(inputs))
                 r = self.residual_fn(z, targets)
@@ -186,6 +229,7 @@ class Objective:
                 r = self._as_residuals(z, targets)
                 self._shapes[key] = (r.shape[0], tuple(r.shape[1:]), False)
         n_samples, sample_shape, factorable = self._shapes[key]
+        self.whole_batch = self.residual_fn is not None or coupled
         if self.residual_fn is None:
             assert targets is not None  # check_batch refused a missing target for a model loss
             self.curvature.check_targets(torch.empty((n_samples,) + sample_shape, device="meta"), targets)
@@ -219,7 +263,7 @@ class Objective:
         problem = Problem(
             parameters=self.layout.numel, rows=self.curvature.rows_per_sample(per_sample) * m_total, samples=m_total,
             outputs_per_sample=per_sample, dtype=self.layout.dtype, device=self.layout.device,
-            distributed=self.comm.active, whole_batch_chunks=self.residual_fn is not None, **factors,
+            distributed=self.comm.active, whole_batch_chunks=self.whole_batch, **factors,
         )
         return Batch(inputs, targets, n_samples, n_local, per_sample, alpha, loss_scale == "mean", m_total, m_local,
                      subsampled, problem)
@@ -251,7 +295,7 @@ class Objective:
         then plain backward passes over the other samples. The curvature samples form the first chunks, so that
         replaying the noise gives them the same draw in every evaluation of the step."""
         inputs, targets = batch.inputs, batch.targets
-        chunk = min(plan.chunk, inputs.shape[0]) if self.residual_fn is None else inputs.shape[0]
+        chunk = inputs.shape[0] if self.whole_batch else min(plan.chunk, inputs.shape[0])
         if not batch.subsampled:
             batch.chunks = list(self._chunks(inputs, targets, chunk))
             return self._accumulate(plan.build(batch.alpha), batch.chunks, noise, first=True)

@@ -256,9 +256,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 return (step, trial_point), lam, nu
             lam, nu = rule.rejected(lam, nu, bounds)
             if self.line_search is not None:
-                found = self.line_search.take(
-                    lambda m, d=delta: self.objective.loss_at(theta0 + (m * d).to(theta0.dtype), batch, noise),
-                    c0, {eta: c1})
+                def loss_along(m: float, along: torch.Tensor = delta) -> float:  # (δ of this attempt, bound now)
+                    return self.objective.loss_at(theta0 + (m * along).to(theta0.dtype), batch, noise)
+
+                found = self.line_search.take(loss_along, c0, {eta: c1})
                 if found is not None:
                     s_star, c_star = found
                     result.reason, result.multiplier, result.loss_after = "line_search", s_star, c_star
