@@ -14,6 +14,8 @@ a peer still finishes the last all-reduce can make that peer abort (seen once in
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -39,18 +41,19 @@ class Communicator:
             return value
         return float(self.sum_(torch.tensor([value], dtype=torch.float64, device=device))[0])
 
-    def check_same_parameters(self, shapes: list[tuple[int, ...]], device: torch.device) -> None:
-        """Refuses ranks whose models differ in the number or shapes of trainable parameters."""
+    def check_same_setup(self, setup: dict[str, Any]) -> None:
+        """Refuses, on every rank and before any other collective, ranks whose setups differ (the parameters'
+        shapes and dtype, every setting): a difference would either abort the collectives (different sizes) or
+        let the ranks drift apart silently. The error names the first entry that differs."""
         if not self.active:
             return
-        numel = sum(int(torch.Size(s).numel()) for s in shapes)
-        signature = hash(tuple(shapes)) % (2**61)
-        local = torch.tensor([numel, signature], dtype=torch.int64, device=device)
-        high, low = local.clone(), local.clone()
-        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
-        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
-        if not torch.equal(high, low):
-            raise ValueError(
-                f"distributed: the ranks' models differ (this rank: {numel} trainable parameters; across ranks "
-                f"{int(low[0])} to {int(high[0])}); every rank must hold the same model"
-            )
+        setups: list[Any] = [None] * self.world_size
+        dist.all_gather_object(setups, setup, group=self.group)
+        for rank, other in enumerate(setups):
+            for key in setup:
+                if other.get(key) != setup[key]:
+                    name = "the trainable parameters" if key == "parameters" else repr(key)
+                    raise ValueError(
+                        f"distributed: the ranks differ in {name} (this rank: {setup[key]!r}; rank {rank}: "
+                        f"{other.get(key)!r}); every rank must hold the same model and settings"
+                    )

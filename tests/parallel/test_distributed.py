@@ -102,9 +102,80 @@ def mismatched_worker(rank, world, port, out_path):
 def test_mismatched_models_are_refused(tmp_path):
     mp.spawn(mismatched_worker, args=(2, free_port(), str(tmp_path / "out")), nprocs=2, join=True)
     for rank in range(2):
-        assert "the ranks' models differ" in torch.load(tmp_path / f"out.{rank}")
+        assert "the ranks differ in the trainable parameters" in torch.load(tmp_path / f"out.{rank}")
 
 
 def test_distributed_true_without_a_process_group():
     with pytest.raises(ValueError, match="torch.distributed is not initialised"):
         LevenbergMarquardt(nn.Linear(1, 1), "mse", distributed=True)
+
+
+def setup_worker(rank, world, port, case, out_path):
+    """One of the mismatches that aborted gloo or let the ranks drift apart; every rank must report it."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        x, y = data()
+        shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+        net, options = model(), {}
+        if case == "dtype" and rank == 1:
+            net, x, y = net.float(), x.float(), y.float()
+        if case == "solver":
+            options = {"solver": "primal" if rank == 0 else "block_diagonal"}
+        if case == "momentum":
+            options = {"momentum": "lmam" if rank == 0 else None}
+        messages = []
+        opt = LevenbergMarquardt(net, "mse", **options)
+        for _ in range(2):  # the second call: a rank that caught the error and tries again
+            try:
+                opt.step(x[shard], y[shard])
+                messages.append("no error")
+            except (ValueError, RuntimeError) as exc:
+                messages.append(str(exc))
+        torch.save(messages, f"{out_path}.{rank}")
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("dtype", "the ranks differ in 'dtype'"),
+    ("solver", "the ranks differ in 'solver'"),
+    ("momentum", "the ranks differ in 'momentum'"),
+])
+def test_mismatched_setups_are_refused_on_every_rank(tmp_path, case, words):
+    mp.spawn(setup_worker, args=(2, free_port(), case, str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        first, second = torch.load(tmp_path / f"out.{rank}")
+        assert words in first
+        assert "no longer pair up" in second  # refused at once, without a collective that could abort
+
+
+def failing_worker(rank, world, port, out_path):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=10))
+    try:
+        x, y = data()
+        shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+        opt = LevenbergMarquardt(model(), "mse")
+        opt.step(x[shard], y[shard])
+        messages = []
+        if rank == 1:  # this rank fails inside its second step, after the curvature's collectives
+            opt.objective.loss_at = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+        for _ in range(2):
+            try:
+                opt.step(x[shard], y[shard])
+                messages.append("no error")
+            except RuntimeError as exc:
+                messages.append(str(exc).splitlines()[0])
+        torch.save(messages, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_after_an_exception_on_one_rank_every_rank_refuses_further_steps(tmp_path):
+    mp.spawn(failing_worker, args=(2, free_port(), str(tmp_path / "out")), nprocs=2, join=True)
+    failed = torch.load(tmp_path / "out.1")
+    assert failed[0] == "boom" and "no longer pair up" in failed[1]
+    waiting = torch.load(tmp_path / "out.0")  # its peer left: the collective times out, then it refuses too
+    assert waiting[0] != "no error" and "no longer pair up" in waiting[1]

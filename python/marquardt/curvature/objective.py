@@ -86,6 +86,8 @@ class Objective:
         self._last_batch = SameBatch()  # the batch checked last, to skip rescanning it when passed again
         self._checked_against: tuple | None = None  # the model's (device, dtype) when it was checked
         self._checked_ranks = False
+        #: what must agree across torch.distributed ranks besides the parameters (the optimizer's settings)
+        self.setup: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------ engines
     def _make_engine(self, kind: str) -> Engine:
@@ -241,7 +243,8 @@ class Objective:
         n_local, sample_shape, factorable = self._probe(inputs, targets, noise)
         per_sample = int(torch.Size(sample_shape).numel())
         if self.comm.active and not self._checked_ranks:
-            self.comm.check_same_parameters([tuple(p.shape) for p in self.layout.params], self.layout.device)
+            self.comm.check_same_setup({"parameters": [tuple(p.shape) for p in self.layout.params],
+                                        "dtype": str(self.layout.dtype), **self.setup})
             self._checked_ranks = True
         n_samples = int(round(self.comm.sum_float(float(n_local), self.layout.device)))
         alpha = 1.0 / n_samples if loss_scale == "mean" else 1.0

@@ -337,6 +337,19 @@ def curvature_for(loss: Any, residual_fn: ResidualFn | None, config: Config) -> 
 
 
 
+def comparable_settings(config: Config) -> dict[str, Any]:
+    """The settings as values that compare equal across processes (a policy object by its class and attributes)."""
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str, torch.dtype, tuple)):
+            return str(value) if isinstance(value, torch.dtype) else value
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return (type(value).__qualname__, sorted((k, repr(v)) for k, v in vars(value).items()))
+
+    return {name: plain(value) for name, value in config.flat().items()}
+
+
 def eager_module(model: torch.nn.Module) -> torch.nn.Module:
     """The module LM evaluates: a ``torch.compile``'d model's original module (the same parameters; the Jacobian
     engines need eager hooks and torch.func, which a compiled graph bypasses, so the compiled one would give

@@ -36,7 +36,7 @@ from ..solve.choose import SolverChooser
 from ..solve.system import System
 from ..types.layout import ParameterLayout
 from .checkpoint import check_state_dict, initial_state, translated_settings
-from .config import Config, curvature_for, curvature_samples_at, eager_module, resolve
+from .config import Config, comparable_settings, curvature_for, curvature_samples_at, eager_module, resolve
 from .result import StepResult
 
 __all__ = ["LevenbergMarquardt", "StepResult", "ResidualFn"]
@@ -79,6 +79,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self.model = eager_module(model)
         self.layout = ParameterLayout.of(self.model)
         self.preset = preset
+        self._out_of_step: str | None = None  # set when a step raised under torch.distributed
         super().__init__(self.layout.params, {**config.flat(), "loss": "residual" if residual_fn else loss})
         self._build(config, curvature, residual_fn)
 
@@ -88,6 +89,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self.curvature, self.residual_fn = curvature, residual_fn
         self.objective = Objective(self.model, self.layout, curvature, residual_fn, config.objective.engine,
                                    Communicator(config.objective.distributed))
+        self.objective.setup = comparable_settings(config)
         self.chooser = SolverChooser(config.solve, self.layout)
         self.chooser.check_model(self.objective.engine.may_factor)
         self.damping = DAMPING.build(config.damping.kind, config.damping)
@@ -148,6 +150,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     def step(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> StepResult:  # type: ignore[override]
         """One LM iteration on this batch. Returns a :class:`StepResult`. A step that raises leaves the
         parameters, the optimizer state and the random generator as they were."""
+        if getattr(self, "_out_of_step", None):
+            raise RuntimeError(self._out_of_step)
         self.objective.check_batch(inputs, targets)
         fresh = not self.state[self.layout.params[0]]
         theta0 = self.layout.get_flat()
@@ -160,6 +164,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             noise.replay()  # the generator as before the step
             if fresh:
                 self.state.pop(self.layout.params[0], None)
+            if self.objective.comm.active:  # the ranks' collectives are now out of step: no further step can pair up
+                self._out_of_step = ("LevenbergMarquardt: a step raised on this rank under torch.distributed, so the "
+                                     "ranks' collectives no longer pair up; rebuild the optimizers on every rank")
             raise
         noise.finish()
         self.objective.commit_batch()
