@@ -3,7 +3,8 @@ curvature A and gradient g of a float64 autograd reference (torch.func.jacrev of
 
 Models are drawn from a small grammar: Linear, Conv1d/Conv2d with pooling and flatten, activations, LayerNorm,
 BatchNorm in eval mode, Embedding, residual connections, a layer used twice, tied weights, frozen and unused
-parameters. The example budget is Hypothesis's profile: ``ci`` (default, 25 models) or ``long``
+parameters; GRU, LSTM and self-attention heads. (torch.compile'd models and train-mode BatchNorm are routed by
+the optimizer, not the engines: tests/optim/test_refusals.py.) The example budget is Hypothesis's profile: ``ci`` (default, 25 models) or ``long``
 (``HYPOTHESIS_PROFILE=long pytest tests/curvature/test_engines_property.py``, 400 models).
 """
 
@@ -135,6 +136,32 @@ def conv_model(draw):
     return model, x, model[-1].out_features
 
 
+class SequenceHead(nn.Module):
+    """A recurrent layer or self-attention over [N, L, F] inputs, then a Linear head on the last position."""
+
+    def __init__(self, kind: str, features: int, outputs: int) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "attention":
+            self.body = nn.MultiheadAttention(features, num_heads=1, batch_first=True)
+        else:
+            self.body = (nn.GRU if kind == "gru" else nn.LSTM)(features, features, batch_first=True)
+        self.head = nn.Linear(features, outputs)
+
+    def forward(self, x):
+        h = self.body(x, x, x)[0] if self.kind == "attention" else self.body(x)[0]
+        return self.head(h[:, -1])
+
+
+@st.composite
+def sequence_model(draw):
+    features, outputs = draw(st.integers(2, 3)), draw(st.integers(1, 3))
+    model = SequenceHead(draw(st.sampled_from(["gru", "lstm", "attention"])), features, outputs).double()
+    n, length = draw(st.integers(2, 4)), draw(st.integers(1, 4))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    return model, torch.randn(n, length, features, generator=g, dtype=torch.float64), outputs
+
+
 def reference(model, x, y, curvature, layout):
     """A = (1/N) Σ J_iᵀ H_i J_i and g = (1/N) Σ J_iᵀ ∂ℓ/∂z_i from jacrev of the whole batch (float64)."""
     theta = layout.get_flat()
@@ -198,4 +225,10 @@ def test_engines_agree_with_autograd_on_dense_models(case, loss):
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @given(case=conv_model())
 def test_engines_agree_with_autograd_on_convolutions(case, loss):
+    check(*case, loss)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@given(case=sequence_model())
+def test_engines_agree_with_autograd_on_recurrent_and_attention_models(case, loss):
     check(*case, loss)
