@@ -55,6 +55,12 @@ inline void potrf_upper_inplace_cuda(const at::Tensor& W, const at::Tensor& info
     MARQUARDT_CUSOLVER_CHECK(Solver<scalar_t>::potrf(handle, CUBLAS_FILL_MODE_LOWER, n, W.data_ptr<scalar_t>(), n,
                                                      work.data_ptr<scalar_t>(), lwork, info.data_ptr<int>()));
   });
+  // As on the CPU: the first non-finite pivot before the one potrf failed on (an infinite pivot can leave an
+  // infinite factor behind info = 0). Device-side tensor ops, no sync.
+  const at::Tensor bad = W.diagonal().isfinite().logical_not();
+  const at::Tensor first = at::where(bad.any(), bad.to(at::kInt).argmax().to(at::kInt) + 1, at::zeros_like(info));
+  const at::Tensor earlier = first.gt(0).logical_and(info.eq(0).logical_or(first.lt(info)));
+  info.copy_(at::where(earlier, first, info));
 }
 
 }  // namespace marquardt
