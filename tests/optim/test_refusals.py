@@ -266,3 +266,23 @@ def test_a_model_vmap_cannot_batch_falls_back_to_the_full_engine():
     auto = LevenbergMarquardt(model, "mse").step(x, y)
     full = LevenbergMarquardt(reference, "mse", engine="full").step(x, y)
     assert auto.engine == "full" and (auto.loss_after, auto.reason) == (full.loss_after, full.reason)
+
+
+@pytest.mark.parametrize("change", ["replace", "freeze", "unfreeze"])
+def test_a_model_changed_after_construction_is_refused(change):
+    x, y = sine_data(40, dtype=torch.float64)
+    model = sine_mlp(3).double()
+    if change == "unfreeze":
+        model[0].bias.requires_grad_(False)
+    opt = LevenbergMarquardt(model, "mse")
+    opt.step(x, y)
+    if change == "replace":
+        model[2] = nn.Linear(3, 3).double()
+    elif change == "freeze":
+        model[0].weight.requires_grad_(False)
+    else:
+        model[0].bias.requires_grad_(True)
+    snapshot = _snapshot(model, opt)
+    with pytest.raises(ValueError, match="trainable parameters changed since the optimizer was built"):
+        opt.step(x, y)
+    _assert_unchanged(model, opt, snapshot)

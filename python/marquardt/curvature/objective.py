@@ -124,6 +124,13 @@ class Objective:
     def check_batch(self, inputs: Any, targets: Any) -> None:
         """Refuses a batch that the model cannot take, before anything changes. The finiteness scan is skipped
         for the batch checked last when it comes again unchanged (same tensors, same version counters)."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if len(trainable) != len(self.layout.params) or any(p is not q for p, q in zip(trainable, self.layout.params)):
+            raise ValueError(
+                f"model: its trainable parameters changed since the optimizer was built ({len(self.layout.params)} "
+                f"then, {len(trainable)} now, or other tensors: a layer replaced, frozen or unfrozen); the optimizer "
+                "would update the old ones. Build a new optimizer for the changed model"
+            )
         same = self._last_batch.matches(inputs, targets)
         if same and self._checked_against == (self.layout.device, self.layout.dtype):
             return  # checked already, and neither the batch nor the model's dtype or device changed since
