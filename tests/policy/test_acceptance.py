@@ -57,3 +57,16 @@ def test_registry():
     built = ACCEPTANCE.build("uphill", _Settings())
     assert isinstance(built, GuardedUphill) and (built.b, built.max_ratio) == (3.0, 2.0)
     assert type(ACCEPTANCE.build("downhill", _Settings())) is Downhill
+
+
+def test_anti_parallel_previous_step_gives_no_uphill_allowance():
+    """cos = −1: (1 − β) is clipped to 1, so only downhill passes (|cos| would wrongly allow uphill)."""
+    guarded = GuardedUphill(b=2.0, max_ratio=None)
+    step = torch.tensor([1.0, 0.0])
+    assert guarded.decide(1.0, 1.01, step, -step) is None
+    assert guarded.decide(1.0, 1.01, step, step * 3) == "uphill"
+    assert cosine(step, -step) == pytest.approx(-1.0)
+
+
+def test_gain_ratio_is_negative_when_the_loss_rises():
+    assert Downhill.gain_ratio(1.0, 1.5, 0.2) == pytest.approx(-2.5)

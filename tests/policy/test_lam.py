@@ -69,3 +69,10 @@ def test_registry_builds_names_and_keeps_instances():
     registry.register("a")(lambda s: FactorRule())
     with pytest.raises(ValueError, match="already registered"):
         registry.register("a")(lambda s: FactorRule())
+
+
+def test_nielsen_keeps_its_bounds():
+    bounds = LambdaBounds(1e-8, 10.0)
+    assert NielsenRule().accepted(1e-9, 2.0, 0.0, bounds)[0] == 1e-8  # ρ = 0 doubles λ: still below the floor
+    assert NielsenRule().accepted(9.0, 2.0, 0.0, bounds)[0] == 10.0  # doubled past the ceiling
+    assert NielsenRule().rejected(8.0, 4.0, bounds) == (10.0, 8.0)

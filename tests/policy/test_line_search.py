@@ -71,3 +71,15 @@ def test_take_reuses_known_losses_and_applies_its_rule():
     taken = GridSearch("log", apply_always=True).take(lambda s: 1.0 + s, c0=1.0, known={})
     assert taken is not None and taken[0] == grid("log")[0]  # the authors' rule takes the best point anyway
     assert GridSearch("log", apply_always=True).take(lambda s: math.nan, c0=1.0, known={}) is None
+
+
+@pytest.mark.parametrize("kind", ["log", "paper_code", "paper_text"])
+def test_grids_can_choose_either_end(kind):
+    candidates = grid(kind)
+    assert GridSearch(kind).search(lambda s: -s, c0=0.0)[0] == candidates[-1]
+    assert GridSearch(kind).search(lambda s: s, c0=10.0)[0] == candidates[0]
+
+
+def test_backtracking_doubles_while_it_improves():
+    s_star, value, evals = Backtracking().search(lambda s: (s - 5.0) ** 2, c0=25.0)
+    assert s_star == 4.0 and evals == 4  # 1 decreases at once; then 2 and 4 improve, 8 does not

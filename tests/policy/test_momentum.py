@@ -86,10 +86,14 @@ def test_factor2_of_the_authors_code_violates_the_constraint():
 
 def test_olmam_runs_and_satisfies_its_own_constraints():
     H, g, s, d_lm = problem(2)
-    out = OLMAM().apply(d_lm, g, s, float(s @ H @ s))
-    i_gg = float(-(g @ d_lm))
-    if out.used:
-        assert float(out.step @ H @ out.step) == pytest.approx(i_gg / 256, rel=1e-9)
+    i_ff = float(s @ H @ s)
+    out = OLMAM().apply(d_lm, g, s, i_ff)
+    i_gg, i_gf = float(-(g @ d_lm)), float(g @ s)
+    assert out.used
+    delta_p = math.sqrt(i_gg) / 16
+    xi = math.sqrt(1 - i_gf**2 / (i_gg * i_ff))  # OLMAM's ξ (Ampazis & Perantonis 2002, §3)
+    assert float(out.step @ H @ out.step) == pytest.approx(delta_p**2, rel=1e-9)
+    assert float(g @ out.step) == pytest.approx(-xi * delta_p * math.sqrt(i_gg), rel=1e-9)
 
 
 def test_invalid_settings():

@@ -96,3 +96,18 @@ def test_external_gradient_dual_equals_primal(m, n):
                 x, ok = system.lm_step(lam, keep_factor=keep)
                 assert ok
                 torch.testing.assert_close(x, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_cg_stops_on_the_relative_residual():
+    """The same iterations whatever the scale of b (powers of two: exact in floating point): the stopping test
+    is ‖r‖ ≤ tol ‖b‖, not an absolute one."""
+    from marquardt.solve.pcg import preconditioned_cg
+
+    torch.manual_seed(3)
+    M = torch.randn(30, 30, dtype=torch.float64)
+    K = M @ M.T + 0.1 * torch.eye(30, dtype=torch.float64)
+    b = torch.randn(30, dtype=torch.float64)
+    runs = [preconditioned_cg(lambda p: K @ p, lambda r: r, b * scale, 1e-8, 500) for scale in (2.0**-30, 1.0, 2.0**30)]
+    assert len({run.iterations for run in runs}) == 1 and all(run.converged for run in runs)
+    for run, scale in zip(runs, (2.0**-30, 1.0, 2.0**30)):
+        assert float((K @ run.x - b * scale).norm() / (b * scale).norm()) < 1e-7

@@ -1,0 +1,85 @@
+"""fit's convergence tests, each on scripted step results just either side of its threshold."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import marquardt
+from marquardt.optim.result import StepResult
+
+
+def _info(**changes) -> StepResult:
+    """An accepted LM step far from every threshold, with the given fields changed."""
+    fields = dict(loss_before=1.0, loss_after=0.5, accepted=True, reason="downhill", lam=1.0, multiplier=1.0,
+                  attempts=1, forward_passes=2, jacobian_passes=1, solves=1, form="primal", engine="fast",
+                  momentum_used=False, geodesic_used=False, grad_norm_inf=1.0, step_norm=1.0, theta_norm=1.0,
+                  predicted_reduction=0.5)
+    fields.update(changes)
+    return StepResult(**fields)
+
+
+class Scripted:
+    """Stands in for the optimizer: step() returns the scripted results in turn."""
+
+    def __init__(self, *infos: StepResult, lam_max: float = 1e10) -> None:
+        self.infos = list(infos)
+        self.config = SimpleNamespace(lam=SimpleNamespace(maximum=lam_max))
+
+    def step(self, inputs, targets=None):
+        return self.infos.pop(0) if len(self.infos) > 1 else self.infos[0]
+
+
+def _fit(*infos, **kwargs):
+    return marquardt.fit(Scripted(*infos, lam_max=kwargs.pop("lam_max", 1e10)), None, None, max_iterations=3,
+                         **kwargs)
+
+
+def test_nothing_fires_far_from_every_threshold():
+    result = _fit(_info())
+    assert (result.reason, result.converged, result.iterations) == ("max_iterations", False, 3)
+
+
+def test_ftol_needs_both_the_actual_and_the_predicted_reduction():
+    tol = 1e-6
+    both = _info(loss_before=1.0, loss_after=1.0 - 0.9e-6, predicted_reduction=0.9e-6)
+    assert _fit(both, ftol=tol).reason == "ftol"
+    assert _fit(_info(loss_before=1.0, loss_after=1.0 - 0.9e-6, predicted_reduction=1.1e-6), ftol=tol).reason \
+        == "max_iterations"  # the prediction alone keeps it going
+    assert _fit(_info(loss_before=1.0, loss_after=1.0 - 1.1e-6, predicted_reduction=0.9e-6), ftol=tol).reason \
+        == "max_iterations"
+    assert _fit(_info(loss_after=1.0 - 0.9e-6, predicted_reduction=None), ftol=tol).reason == "max_iterations"
+    assert _fit(both.__class__(**{**both.__dict__, "accepted": False}), ftol=tol).reason == "max_iterations"
+
+
+def test_xtol_is_relative_to_the_parameters():
+    tol = 1e-6
+    assert _fit(_info(step_norm=0.9e-6 * (1e-6 + 1.0), theta_norm=1.0), xtol=tol).reason == "xtol"
+    assert _fit(_info(step_norm=1.1e-6 * (1e-6 + 1.0), theta_norm=1.0), xtol=tol).reason == "max_iterations"
+    # ‖θ‖ = 1000: a step of 5e-4 is within xtol·(xtol + ‖θ‖) = 1e-3, though not within xtol alone
+    assert _fit(_info(step_norm=5e-4, theta_norm=1000.0), xtol=tol).reason == "xtol"
+
+
+def test_gtol_fires_on_a_small_gradient_or_a_zero_gradient_step():
+    assert _fit(_info(grad_norm_inf=0.9e-9), gtol=1e-9).reason == "gtol"
+    assert _fit(_info(grad_norm_inf=1.1e-9), gtol=1e-9).reason == "max_iterations"
+    assert _fit(_info(reason="zero_gradient", accepted=False, grad_norm_inf=0.0)).reason == "gtol"
+
+
+def test_lam_max_fires_only_on_a_rejected_step_at_the_bound():
+    assert _fit(_info(accepted=False, reason="rejected", lam=1e10), lam_max=1e10).reason == "lam_max"
+    assert _fit(_info(accepted=False, reason="rejected", lam=0.9e10), lam_max=1e10).reason == "max_iterations"
+    assert _fit(_info(accepted=True, lam=1e10), lam_max=1e10).reason == "max_iterations"
+
+
+def test_not_finite_stops_unconverged_and_each_stop_is_its_own_reason():
+    result = _fit(_info(accepted=False, reason="not_finite", loss_before=float("inf")))
+    assert (result.reason, result.converged, result.iterations) == ("not_finite", False, 1)
+    later = _fit(_info(), _info(grad_norm_inf=0.0))
+    assert (later.reason, later.iterations, later.converged) == ("gtol", 2, True)
+    assert later.history[-1].converged == "gtol" and later.history[0].converged is None
+
+
+def test_the_first_test_in_order_names_the_stop():
+    both = _info(grad_norm_inf=0.0, loss_after=1.0, predicted_reduction=0.0, step_norm=0.0)
+    assert _fit(both).reason == "gtol"  # gtol is checked first, then ftol, then xtol
+    assert _fit(_info(loss_after=1.0, predicted_reduction=0.0, step_norm=0.0)).reason == "ftol"
