@@ -111,9 +111,11 @@ def test_distributed_true_without_a_process_group():
 
 
 def setup_worker(rank, world, port, case, out_path):
-    """One of the mismatches that aborted gloo or let the ranks drift apart; every rank must report it."""
+    """One of the mismatches that aborted gloo or let the ranks drift apart; every rank must report it. (A long
+    timeout: on a loaded machine a rank that gave up waiting would leave its peer in a collective it no longer
+    joins.)"""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
+                            timeout=datetime.timedelta(seconds=120))
     try:
         x, y = data()
         shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
