@@ -232,3 +232,11 @@ def test_engines_agree_with_autograd_on_convolutions(case, loss):
 @given(case=sequence_model())
 def test_engines_agree_with_autograd_on_recurrent_and_attention_models(case, loss):
     check(*case, loss)
+
+
+def test_the_full_engine_takes_operations_vmap_cannot_batch():
+    """RReLU has no vmap rule: with more samples than parameters (jacfwd), the full engine falls back to one
+    reverse pass per output instead of failing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.RReLU().eval(), nn.Linear(4, 2)).double()
+    check(model, torch.randn(40, 3, dtype=torch.float64), 2, "mse")

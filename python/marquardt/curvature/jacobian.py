@@ -456,7 +456,12 @@ class FullJacobian(Engine):
         else:
             with torch.enable_grad():
                 engine = jacfwd if n <= x.shape[0] else jacrev
-                J, z = engine(outputs, has_aux=True)(self.layout.get_flat())  # [*z_shape, n]
+                theta = self.layout.get_flat()
+                try:
+                    J, z = engine(outputs, has_aux=True)(theta)  # [*z_shape, n]
+                except RuntimeError:  # an operation vmap cannot batch (RReLU): one reverse pass per output
+                    z = outputs(theta)[0].detach()
+                    J = torch.autograd.functional.jacobian(lambda t: outputs(t)[0], theta, vectorize=False)
         Jz = J.reshape(z.shape[0], -1, self.layout.numel)
         return _rows_from_output_jacobian(curvature, z, None if self.residual_mode else y, Jz)
 
