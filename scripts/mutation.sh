@@ -15,7 +15,7 @@ INSTALLED=$("$VENV/bin/python" -c "import marquardt, os; print(os.path.dirname(m
 
 MVENV=${MUTATION_VENV:-$ROOT/.venv-mutation}
 if [ ! -x "$MVENV/bin/python" ]; then python3 -m venv "$MVENV"; fi
-"$MVENV/bin/python" -m pip install -q "$TORCH_PIN" numpy scipy "pytest>=7" hypothesis "mutmut==3.8.1"
+"$MVENV/bin/python" -m pip install -q "$TORCH_PIN" numpy scipy tqdm "pytest>=7" hypothesis "mutmut==3.8.1"
 
 WORK=$ROOT/build/mutation
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -39,7 +39,7 @@ pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 testpaths = ["tests"]
 TOML
 cd "$WORK"
-"$MVENV/bin/python" -m mutmut run --max-children "${MUTATION_JOBS:-$(nproc)}" || true
+"$MVENV/bin/python" -m mutmut run --max-children "${MUTATION_JOBS:-$(nproc)}"
 # The score: killed (or timed out: an endless loop is a caught mistake) over all mutants checked.
 "$MVENV/bin/python" - <<'PY'
 import json, pathlib
