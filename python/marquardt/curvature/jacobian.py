@@ -43,8 +43,6 @@ class Engine:
     chunk, and, where the engine can keep them as per-layer factors, those (:meth:`factors`)."""
 
     name = "base"
-    #: whether :meth:`factors` can ever apply (the fast path's Linear layers)
-    supports_factors = False
 
     def rows(self, x: torch.Tensor, y: Any, curvature: Curvature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -109,7 +107,6 @@ class FastPathJacobian(Engine):
     """Per-sample rows from layer inputs and backpropagated signals (see the module docstring)."""
 
     name = "fast"
-    supports_factors = True
     #: On the CPU a convolution whose weight has at most this many entries per output channel (Cin·kh·kw) forms
     #: its per-sample weight gradients by one grouped convolution instead of unfold + bmm: measured on one thread
     #: (batch 600, 36-72 output rows), 2.4-2.8× faster at Cin·k² = 25-50, 1.5× at 27 with 32×32 inputs, and

@@ -267,7 +267,7 @@ class Objective:
         m_total = int(round(self.comm.sum_float(float(m_local), self.layout.device))) if subsampled else n_samples
         factors: dict[str, Any] = {}
         # (the engine is asked again: it falls back to torch.func for models the fast path turns out not to fit)
-        if factorable and self.engine.supports_factors:
+        if factorable and self.engine.may_factor:
             width, shapes, trainable = self.engine.factor_layout()
             factors = {"factor_width": width, "linear_shapes": shapes, "trainable_weights": trainable}
         problem = Problem(

@@ -65,14 +65,6 @@ class Plan:
     parameters: int
     device: torch.device
 
-    @property
-    def form(self) -> str:
-        return self.candidate.system.form
-
-    @property
-    def takes_factors(self) -> bool:
-        return self.candidate.system.takes_factors
-
     def build(self, alpha: float) -> System:
         system: Any = self.candidate.system  # every form takes (n, α, dtype, device, accumulate_dtype, **its own)
         return system(self.parameters, alpha, self.dtype, self.device,
