@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import gc
+import os
 import socket
 
 import pytest
@@ -181,3 +183,34 @@ def test_after_an_exception_on_one_rank_every_rank_refuses_further_steps(tmp_pat
     assert failed[0] == "boom" and "no longer pair up" in failed[1]
     waiting = torch.load(tmp_path / "out.0")  # its peer left: the collective times out, then it refuses too
     assert waiting[0] != "no error" and "no longer pair up" in waiting[1]
+
+
+def gloo_threads() -> list[str]:
+    tasks = "/proc/self/task"
+    names = [open(f"{tasks}/{task}/comm").read().strip() for task in os.listdir(tasks)]
+    return sorted(name for name in names if "gloo" in name)
+
+
+def release_worker(rank, world, port, out_path):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    x, y = data()
+    shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+    train(model(), x[shard], y[shard], {})
+    running = gloo_threads()
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
+    torch.save((running, gloo_threads()), f"{out_path}.{rank}")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads through /proc")
+def test_destroying_the_group_stops_its_threads(tmp_path):
+    """marquardt imported before init_process_group (as this module is in each spawned process): building the
+    optimizer must not leave the group referenced after destroy_process_group. Its gloo threads outliving it
+    aborted examples/data_parallel.py at exit, now and then."""
+    mp.spawn(release_worker, args=(2, free_port(), str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        running, left = torch.load(tmp_path / f"out.{rank}")
+        assert running, "the check sees no gloo threads while the group is up"
+        assert left == []
