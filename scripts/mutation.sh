@@ -17,7 +17,7 @@ MVENV=${MUTATION_VENV:-$ROOT/.venv-mutation}
 if [ ! -x "$MVENV/bin/python" ]; then python3 -m venv "$MVENV"; fi
 "$MVENV/bin/python" -m pip install -q "$TORCH_PIN" numpy scipy tqdm "pytest>=7" hypothesis "mutmut==3.8.1"
 
-WORK=$ROOT/build/mutation
+WORK=${MUTATION_WORK:-$ROOT/build/mutation}
 rm -rf "$WORK" && mkdir -p "$WORK"
 cp -r "$ROOT/python/marquardt" "$WORK/marquardt"
 cp "$INSTALLED"/_C*.so "$INSTALLED/_build_info.py" "$WORK/marquardt/"

@@ -70,3 +70,30 @@ def test_anti_parallel_previous_step_gives_no_uphill_allowance():
 
 def test_gain_ratio_is_negative_when_the_loss_rises():
     assert Downhill.gain_ratio(1.0, 1.5, 0.2) == pytest.approx(-2.5)
+
+
+@pytest.mark.parametrize("c0, c1", [(math.inf, 1.0), (1.0, math.inf), (math.nan, 1.0), (1.0, math.nan)])
+def test_no_uphill_step_from_or_to_a_non_finite_loss(c0, c1):
+    assert not accept_uphill(c0, c1, beta=0.5, b=2.0, max_ratio=None)
+
+
+def test_the_uphill_allowance_is_capped_at_one():
+    """β < 0 would make (1 − β)^b > 1 and refuse even a downhill point; the factor is clipped to 1."""
+    assert accept_uphill(1.2, 1.0, beta=-0.5, b=2.0, max_ratio=None)
+
+
+def test_both_uphill_limits_are_inclusive():
+    # (1 − β)^b C₁ = 0.25 · 4 = C₀ exactly
+    assert accept_uphill(1.0, 4.0, beta=0.5, b=2.0, max_ratio=None)
+    # C₁ = max_ratio · C₀ = 3 exactly, and (1 − β)^b C₁ = 0.75 ≤ C₀
+    assert accept_uphill(2.0, 3.0, beta=0.5, b=2.0, max_ratio=1.5)
+    assert not accept_uphill(2.0, 3.0 + 1e-12, beta=0.5, b=2.0, max_ratio=1.5)
+
+
+def test_cosine_in_a_diagonal_metric():
+    u = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
+    v = torch.tensor([0.5, -1.0, 3.0], dtype=torch.float64)
+    w = torch.tensor([4.0, 0.25, 2.0], dtype=torch.float64)
+    expected = float((u * w) @ v) / math.sqrt(float((u * w) @ u) * float((v * w) @ v))
+    assert cosine(u, v, w) == pytest.approx(expected, rel=1e-14)
+    assert cosine(u, v, w) != pytest.approx(cosine(u, v), rel=1e-3)

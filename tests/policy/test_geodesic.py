@@ -28,3 +28,9 @@ def test_acceptance_ratio():
     assert not acceptable(torch.ones(4), 0.5 * torch.ones(4), 0.75)
     assert not acceptable(torch.zeros(4), torch.zeros(4), 0.75)
     assert not acceptable(torch.ones(4), torch.full((4,), float("nan")), 0.75)
+
+
+def test_the_acceptance_ratio_is_inclusive():
+    v = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    assert acceptable(v, torch.tensor([0.375, 0.0], dtype=torch.float64), alpha=0.75)  # 2‖a‖/‖v‖ = α exactly
+    assert not acceptable(v, torch.tensor([0.376, 0.0], dtype=torch.float64), alpha=0.75)

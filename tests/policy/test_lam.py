@@ -76,3 +76,9 @@ def test_nielsen_keeps_its_bounds():
     assert NielsenRule().accepted(1e-9, 2.0, 0.0, bounds)[0] == 1e-8  # ρ = 0 doubles λ: still below the floor
     assert NielsenRule().accepted(9.0, 2.0, 0.0, bounds)[0] == 10.0  # doubled past the ceiling
     assert NielsenRule().rejected(8.0, 4.0, bounds) == (10.0, 8.0)
+
+
+@pytest.mark.parametrize("up, down", [(1.0, 3.0), (2.0, 1.0)])
+def test_a_factor_of_one_is_refused(up, down):
+    with pytest.raises(ValueError, match="up and down must be > 1"):
+        FactorRule(up, down)

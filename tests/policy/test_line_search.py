@@ -83,3 +83,71 @@ def test_grids_can_choose_either_end(kind):
 def test_backtracking_doubles_while_it_improves():
     s_star, value, evals = Backtracking().search(lambda s: (s - 5.0) ** 2, c0=25.0)
     assert s_star == 4.0 and evals == 4  # 1 decreases at once; then 2 and 4 improve, 8 does not
+
+
+def evaluated(search, losses, c0):
+    """Runs a search on a loss given as a function of s, and records the multipliers it tries, in order."""
+    tried = []
+
+    def loss_at(s):
+        tried.append(s)
+        return losses(s)
+
+    return search.search(loss_at, c0), tried
+
+
+def backtracking_reference(losses, c0):
+    """The documented rule, written out: s = 1, 1/2, ... (at most 20) until f < C₀, the first strict best
+    kept; then s doubled while f keeps strictly improving, at most 30 evaluations in all. Non-finite f is +inf."""
+    def f(s):
+        value = losses(s)
+        return value if math.isfinite(value) else math.inf
+
+    tried, best_s, best = [], 0.0, math.inf
+    for k in range(20):
+        s = 0.5**k
+        tried.append(s)
+        if f(s) < best:
+            best_s, best = s, f(s)
+        if f(s) < c0:
+            break
+    while best < c0 and len(tried) < 30:
+        tried.append(2.0 * best_s)
+        if f(2.0 * best_s) >= best:
+            break
+        best_s, best = 2.0 * best_s, f(2.0 * best_s)
+    return (best_s, best, len(tried)), tried
+
+
+BACKTRACKING_CASES = {
+    "never decreases": (lambda s: 2.0 + s, 1.0),
+    "flat above C0": (lambda s: 2.0, 1.0),  # ties keep the first point
+    "equal to C0 first": (lambda s: 1.0 if s == 1.0 else 0.5, 1.0),  # f = C₀ is no decrease
+    "never below C0": (lambda s: 1.0, 1.0),  # best = C₀: no doubling
+    "every value non-finite": (lambda s: math.nan, 1.0),
+    "minus infinity is the worst": (lambda s: -math.inf if s == 1.0 else 0.9, 1.0),
+    "improves forever": (lambda s: -s, 0.0),  # doubling stops at 30 evaluations
+    "tie while doubling": (lambda s: 0.5 if s in (1.0, 2.0) else 0.8, 1.0),
+    "a minimum at 5": (lambda s: (s - 5.0) ** 2, 25.0),
+}
+
+
+@pytest.mark.parametrize("name", BACKTRACKING_CASES)
+def test_backtracking_tries_exactly_the_documented_multipliers(name):
+    losses, c0 = BACKTRACKING_CASES[name]
+    assert evaluated(Backtracking(), losses, c0) == backtracking_reference(losses, c0)
+
+
+def test_a_tie_with_c0_is_not_taken_unless_always_applied():
+    assert GridSearch("log").take(lambda s: 1.0, c0=1.0, known={}) is None
+    assert GridSearch("log", apply_always=True).take(lambda s: 1.0, c0=1.0, known={}) == (grid("log")[0], 1.0)
+
+
+@pytest.mark.parametrize("kind", ["log", "paper_code", "paper_text"])
+@pytest.mark.parametrize("always", [False, True])
+def test_registered_grids_build_their_own_grid(kind, always):
+    class Settings:
+        line_search_apply_always = always
+
+    built = LINE_SEARCHES.build(kind, Settings())
+    assert type(built) is GridSearch and built.candidates == grid(kind) and built.apply_always is always

@@ -111,3 +111,21 @@ def test_cg_stops_on_the_relative_residual():
     assert len({run.iterations for run in runs}) == 1 and all(run.converged for run in runs)
     for run, scale in zip(runs, (2.0**-30, 1.0, 2.0**30)):
         assert float((K @ run.x - b * scale).norm() / (b * scale).norm()) < 1e-7
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_solve_rows_takes_rows_in_the_models_dtype(keep):
+    """A float32 model with solves in float64: its second-order residuals come in float32, and the dual system
+    solves them in its own dtype, to the same answer as float64 rows."""
+    torch.manual_seed(4)
+    J = torch.randn(6, 20, dtype=torch.float64)
+    system = DualSystem(20, 0.5, torch.float64, torch.device("cpu"))
+    system.add(J, torch.randn(6, dtype=torch.float64))
+    system.finalize()
+    system.set_damping(torch.rand(20, dtype=torch.float64) + 0.1)
+    assert system.lm_step(0.7, keep_factor=keep)[1]
+    rows = torch.randn(6, dtype=torch.float64).float()
+    x32, ok32 = system.solve_rows(0.7, rows)
+    x64, ok64 = system.solve_rows(0.7, rows.double())
+    assert ok32 and ok64 and x32.dtype == torch.float64
+    torch.testing.assert_close(x32, x64, rtol=0, atol=0)

@@ -40,7 +40,7 @@ class GeodesicAcceleration:
     def correct(self, v: torch.Tensor, lam: float, system: System,
                 residual: SecondOrderResidual) -> torch.Tensor | None:
         if system.keeps_rows:  # the dual form solves from ρ_vv in row space, without forming 𝒥ᵀρ_vv
-            x, ok = system.solve_rows(lam, residual.rows().to(system.dtype))
+            x, ok = system.solve_rows(lam, residual.rows())
         else:
             x, ok = system.solve(lam, residual.gradient())
         a = -x

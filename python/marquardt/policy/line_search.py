@@ -6,6 +6,7 @@ f(θ + sδ) < C₀ (or takes the best one whatever it is, with ``apply_always``,
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -120,9 +121,9 @@ def _backtrack(settings: Any) -> LineSearch:
     return Backtracking(settings.line_search_apply_always)
 
 
-def _register_grid(kind: str) -> None:
-    LINE_SEARCHES.register(kind)(lambda settings: GridSearch(kind, settings.line_search_apply_always))
+def _grid_search(kind: str, settings: Any) -> LineSearch:
+    return GridSearch(kind, settings.line_search_apply_always)
 
 
 for _kind in GRIDS:
-    _register_grid(_kind)
+    LINE_SEARCHES.register(_kind)(functools.partial(_grid_search, _kind))

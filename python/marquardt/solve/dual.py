@@ -126,7 +126,7 @@ class DualSystem(System):
     def solve_rows(self, lam: float, row_rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """x = (A + λ diag d)⁻¹ α𝒥ᵀ r through the m × m system (reusing a kept factor at this λ)."""
         assert self.d is not None
-        y, ok = self._solve_gram(lam, row_rhs)
+        y, ok = self._solve_gram(lam, row_rhs.to(self.dtype))  # the rows may be in the model's dtype
         x = self.rows.rmatvec(y) / self.d
         return x, ok and bool(torch.isfinite(x).all())
 

@@ -125,7 +125,7 @@ class System(ABC):
         return self.solve(lam, -self.g)
 
     def solve_rows(self, lam: float, row_rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """x = (A + λ diag d)⁻¹ α𝒥ᵀ r for a row-space r (only where :attr:`keeps_rows`)."""
+        """x = (A + λ diag d)⁻¹ α𝒥ᵀ r for a row-space r of any dtype (only where :attr:`keeps_rows`)."""
         raise NotImplementedError(f"the {self.form} system does not keep its rows")
 
     @abstractmethod
