@@ -30,7 +30,7 @@ def read_equivalents(path: pathlib.Path | None) -> dict[str, str]:
     listed = {}
     for line in path.read_text().splitlines():
         name, _, reason = line.partition("#")
-        if name.strip():
+        if name.strip() and not line.startswith("#"):
             listed[name.strip()] = reason.strip()
     return listed
 
