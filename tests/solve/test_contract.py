@@ -1,0 +1,190 @@
+"""What every dense system promises, whatever its form: sums over ranks (reduce), rows in another dtype than the
+accumulation, and a footprint that matches the formula the budget rule uses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from marquardt.solve.block import BlockDiagonalSystem, make_blocks
+from marquardt.solve.dual import DualSystem
+from marquardt.solve.primal import PrimalSystem
+from marquardt.solve.system import Precision, Problem
+from marquardt.types.layout import ParameterLayout
+
+N, M = 11, 7
+BLOCKS = [torch.tensor([0, 1, 2, 9]), torch.tensor([3, 4]), torch.tensor([5, 6, 7, 8, 10])]  # one non-contiguous
+
+
+def build(form, dtype=torch.float64, accumulate=None):
+    args = (N, 0.5, dtype, torch.device("cpu"), accumulate)
+    if form == "block":
+        return BlockDiagonalSystem(*args, blocks=BLOCKS)
+    return {"primal": PrimalSystem, "dual": DualSystem}[form](*args)
+
+
+def data(dtype=torch.float64):
+    g = torch.Generator().manual_seed(8)
+    J = torch.randn(M, N, generator=g, dtype=torch.float64)
+    return J.to(dtype), torch.randn(M, generator=g, dtype=torch.float64).to(dtype)
+
+
+class Doubling:
+    """A stand-in for two ranks holding the same shard: the sum over ranks is twice the local value."""
+
+    active = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def sum_(self, tensor):
+        self.calls += 1
+        return tensor.mul_(2)
+
+
+class Alone:
+    active = False
+
+    def sum_(self, tensor):
+        raise AssertionError("an inactive communicator is never called")
+
+
+def finished(system, d, lam=0.3):
+    system.finalize()
+    system.set_damping(d)
+    step, ok = system.lm_step(lam)
+    assert ok
+    return system.diagonal(), system.g.clone(), step
+
+
+@pytest.mark.parametrize("form", ["primal", "block"])
+def test_reduce_sums_the_system_over_ranks(form):
+    """Summed over two identical ranks = the rows added twice on one rank."""
+    J, rho = data()
+    d = torch.linspace(0.5, 2.0, N, dtype=torch.float64)
+    summed, comm = build(form), Doubling()
+    summed.add(J, rho)
+    summed.reduce(comm)
+    twice = build(form)
+    twice.add(J, rho)
+    twice.add(J, rho)
+    twice.reduce(Alone())
+    assert comm.calls == 1  # one all-reduce for the whole system
+    for got, expected in zip(finished(summed, d), finished(twice, d)):
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+    s = torch.randn(N, dtype=torch.float64)
+    assert summed.quadratic(s) == pytest.approx(twice.quadratic(s), rel=1e-12)
+
+
+def test_the_dual_form_refuses_to_be_summed_over_ranks():
+    system = build("dual")
+    system.add(*data())
+    with pytest.raises(ValueError, match="solver='dual' keeps every rank's rows"):
+        system.reduce(Doubling())
+
+
+@pytest.mark.parametrize("form", ["primal", "dual", "block"])
+def test_float32_rows_accumulated_and_solved_in_float64(form):
+    """A float32 model with accumulate_dtype/solve float64: the rows are converted, not rejected, and the
+    system is the float64 one of those same (float32-rounded) rows."""
+    # (the vectors that quadratic and solve take are in the system's dtype: the optimizer casts them first)
+    J32, rho32 = data(torch.float32)
+    d = torch.linspace(0.5, 2.0, N, dtype=torch.float64)
+    mixed = build(form, torch.float64, torch.float64)
+    mixed.add(J32, rho32)
+    exact = build(form, torch.float64)
+    exact.add(J32.double(), rho32.double())
+    for got, expected in zip(finished(mixed, d), finished(exact, d)):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+    s = torch.randn(N, dtype=torch.float64)  # vectors come in the system's dtype (the optimizer casts them)
+    assert mixed.quadratic(s) == pytest.approx(exact.quadratic(s), rel=1e-12)
+    rhs = torch.randn(N, dtype=torch.float64)
+    torch.testing.assert_close(mixed.solve(0.3, rhs)[0], exact.solve(0.3, rhs)[0], rtol=1e-12, atol=1e-13)
+
+
+def problem(n=N, rows=M):
+    return Problem(parameters=n, rows=rows, samples=rows, outputs_per_sample=1, dtype=torch.float32,
+                   device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("accumulate, solve, entry", [
+    (torch.float64, torch.float64, 16),  # A and the factorisation workspace
+    (torch.float32, torch.float64, 20),  # plus the float32 accumulation converted
+    (torch.float32, torch.float32, 8),
+])
+def test_footprints_follow_the_formula(accumulate, solve, entry):
+    precision = Precision(accumulate, solve, float64_max=4096)
+    assert precision.bytes_per_entry(N) == entry
+    assert PrimalSystem.footprint(problem(), precision).system_bytes == N * N * entry
+    footprint = BlockDiagonalSystem.footprint(problem(), precision, blocks=BLOCKS)
+    assert footprint.system_bytes == (16 + 4 + 25) * entry and footprint.detail["largest_block"] == 5
+    with pytest.raises(ValueError, match="needs the block partition"):
+        BlockDiagonalSystem.footprint(problem(), precision)
+
+
+def test_block_memory_is_the_sum_of_its_blocks():
+    system = build("block", torch.float64)
+    assert system.memory_bytes() == (16 + 4 + 25) * 8
+
+
+def test_a_failed_block_fails_the_whole_solve():
+    """One block not positive definite (its damping zero and its curvature zero): the step must say so even
+    when the other blocks solve."""
+    J, rho = data()
+    J[:, 3:5] = 0.0  # block [3, 4] gets no curvature
+    system = build("block")
+    system.add(J, rho)
+    system.finalize()
+    d = torch.ones(N, dtype=torch.float64)
+    d[3:5] = 0.0
+    system.set_damping(d)
+    _, ok = system.lm_step(0.3)
+    assert not ok
+
+
+@pytest.mark.parametrize("kind", ["layer", "unit"])
+def test_unit_and_layer_blocks_solve_like_a_dense_system_restricted_to_them(kind):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1))
+    layout = ParameterLayout.of(model)
+    blocks = make_blocks(kind, layout)
+    n = layout.numel
+    g_ = torch.Generator().manual_seed(2)
+    J, rho = torch.randn(9, n, generator=g_, dtype=torch.float64), torch.randn(9, generator=g_, dtype=torch.float64)
+    system = BlockDiagonalSystem(n, 1.0, torch.float64, torch.device("cpu"), blocks=blocks)
+    system.add(J, rho)
+    system.finalize()
+    d = torch.ones(n, dtype=torch.float64)
+    system.set_damping(d)
+    step, ok = system.lm_step(0.1)
+    assert ok
+    A, g = J.T @ J, J.T @ rho
+    for b in blocks:
+        expected = -torch.linalg.solve(A[b][:, b] + 0.1 * torch.eye(len(b), dtype=torch.float64), g[b])
+        torch.testing.assert_close(step[b], expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual"])
+def test_too_large_names_the_sizes_in_mebibytes(solver):
+    """The refusal's figures are the footprints the budget rule compared, in MiB."""
+    from marquardt.solve.choose import SolverChooser, SolverSettings
+
+    layout = ParameterLayout.of(torch.nn.Linear(99, 10))  # 1000 parameters
+    n, rows = layout.numel, 3000
+    budget = 2**20
+    chooser = SolverChooser(SolverSettings(solver=solver, memory_budget=budget), layout)
+    big = Problem(parameters=n, rows=rows, samples=rows, outputs_per_sample=1, dtype=torch.float64,
+                  device=torch.device("cpu"))
+    precision = chooser.precision(big)
+    primal_mib = PrimalSystem.footprint(big, precision).system_bytes / 2**20
+    dual_mib = DualSystem.footprint(big, precision).system_bytes / 2**20
+    with pytest.raises(ValueError) as refused:
+        chooser.plan(big)
+    message = str(refused.value)
+    assert "memory_budget is 1.0 MiB" in message
+    if solver == "primal":
+        assert f"the {n} x {n} curvature needs {primal_mib:.1f} MiB" in message
+        assert f"(this batch has {rows} residual rows for {n} parameters)" in message
+    else:
+        assert f"{rows} rows x {n} parameters need {dual_mib:.1f} MiB" in message
+        assert f"solver='primal' ({primal_mib:.1f} MiB)" in message
