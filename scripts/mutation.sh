@@ -4,23 +4,27 @@
 #   bash scripts/mutation.sh                          # policy/, solve/, curvature/, optim/ (long: hours)
 #   bash scripts/mutation.sh policy/lam.py optim/fit.py   # files or folders under python/marquardt
 #   MUTATION_JOBS=2 ...                                # parallel test processes (default: the cores)
-# It builds and installs the wheel (scripts/setup_env.sh), then mutates a copy of the package laid out at the
-# top of build/mutation/ (mutmut names modules from their paths), with the compiled library copied beside it,
-# in a venv of its own that does not hold marquardt (so that the mutated copy is the one imported).
+# It builds the wheel (without installing it), then mutates a copy of the package laid out at the top of
+# build/mutation/ (mutmut names modules from their paths), with the compiled library copied beside it, in a
+# venv of its own that does not hold marquardt (so that the mutated copy is the one imported).
+#   MUTATION_WORK=DIR (default build/mutation), MUTATION_MIN_SCORE=PERCENT (exit 1 below it; default 0)
 # Afterwards: cd build/mutation && ../../.venv-mutation/bin/python -m mutmut browse   (or: results, show NAME)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-source "$ROOT/scripts/setup_env.sh"
-INSTALLED=$("$VENV/bin/python" -c "import marquardt, os; print(os.path.dirname(marquardt.__file__))")
+TORCH_PIN=${TORCH_PIN:-torch==2.13.0}
 
 MVENV=${MUTATION_VENV:-$ROOT/.venv-mutation}
 if [ ! -x "$MVENV/bin/python" ]; then python3 -m venv "$MVENV"; fi
-"$MVENV/bin/python" -m pip install -q "$TORCH_PIN" numpy scipy tqdm "pytest>=7" hypothesis "mutmut==3.8.1"
+"$MVENV/bin/python" -m pip install -q "$TORCH_PIN" numpy scipy tqdm "pytest>=7" hypothesis "mutmut==3.8.1" \
+    "scikit-build-core>=0.10" ninja
 
 WORK=${MUTATION_WORK:-$ROOT/build/mutation}
 rm -rf "$WORK" && mkdir -p "$WORK"
+# The compiled library from a wheel built here (not installed anywhere: the development venv keeps its own).
+"$MVENV/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/wheel" "$ROOT"
+"$MVENV/bin/python" -m zipfile -e "$WORK"/wheel/marquardt-*.whl "$WORK/wheel/unpacked"
 cp -r "$ROOT/python/marquardt" "$WORK/marquardt"
-cp "$INSTALLED"/_C*.so "$INSTALLED/_build_info.py" "$WORK/marquardt/"
+cp "$WORK"/wheel/unpacked/marquardt/_C*.so "$WORK/wheel/unpacked/marquardt/_build_info.py" "$WORK/marquardt/"
 cp -r "$ROOT/tests" "$ROOT/benchmarks" "$WORK/"
 
 targets=("$@")

@@ -188,3 +188,22 @@ def test_too_large_names_the_sizes_in_mebibytes(solver):
     else:
         assert f"{rows} rows x {n} parameters need {dual_mib:.1f} MiB" in message
         assert f"solver='primal' ({primal_mib:.1f} MiB)" in message
+
+
+@pytest.mark.parametrize("form", ["primal", "dual", "block"])
+def test_every_buffer_lives_on_the_systems_device(form):
+    """Built on the meta device (no data, no GPU needed): a buffer made without the system's device would land
+    on the CPU, which a CUDA run would only find out in its first mixed-device op."""
+    meta = torch.device("meta")
+    args = (N, 0.5, torch.float64, meta, None)
+    system = (BlockDiagonalSystem(*args, blocks=BLOCKS) if form == "block"
+              else {"primal": PrimalSystem, "dual": DualSystem}[form](*args))
+    buffers = [value for value in vars(system).values() if isinstance(value, torch.Tensor)]
+    buffers += [t for value in vars(system).values() if isinstance(value, list) for t in value
+                if isinstance(t, torch.Tensor)]
+    assert buffers and all(t.device == meta for t in buffers)
+    if form == "block":
+        system.add(torch.empty(M, N, dtype=torch.float64, device=meta), torch.empty(M, dtype=torch.float64,
+                                                                                     device=meta))
+        system.finalize()
+        assert system.diagonal().device == meta
