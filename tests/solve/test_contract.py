@@ -207,3 +207,31 @@ def test_every_buffer_lives_on_the_systems_device(form):
                                                                                      device=meta))
         system.finalize()
         assert system.diagonal().device == meta
+
+
+@pytest.mark.parametrize("form", ["primal", "dual", "block"])
+def test_a_system_that_cannot_be_factored_says_so(form):
+    """A NaN in the damping (in the middle block of the block form): every solve reports failure."""
+    J, rho = data()
+    system = build(form)
+    system.add(J, rho)
+    system.finalize()
+    d = torch.ones(N, dtype=torch.float64)
+    d[3] = float("nan")
+    system.set_damping(d)
+    assert not system.lm_step(0.3)[1]
+    assert not system.lm_step(0.3, keep_factor=True)[1]
+    assert not system.solve(0.3, torch.ones(N, dtype=torch.float64))[1]
+
+
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_the_factor_is_kept_only_when_asked(form):
+    J, rho = data()
+    system = build(form)
+    system.add(J, rho)
+    system.finalize()
+    system.set_damping(torch.ones(N, dtype=torch.float64))
+    system.lm_step(0.3)
+    assert system._factor is None
+    system.lm_step(0.3, keep_factor=True)
+    assert system._factor is not None and system._factor[0] == 0.3
