@@ -135,3 +135,27 @@ def test_block_diagonal_on_cuda_matches_cpu():
             opt.step(x.double().to(device), y.double().to(device))
         results.append(torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()]))
     torch.testing.assert_close(results[1], results[0], rtol=1e-7, atol=1e-9)
+
+
+def test_batched_systems_solve_through_solve_and_report_a_failed_block():
+    """batched=True (the GPU choice) routes solve() and lm_step() through the batched path; off by default."""
+    torch.manual_seed(6)
+    n, m = 12, 20
+    J, rho = torch.randn(m, n, dtype=torch.float64), torch.randn(m, dtype=torch.float64)
+    blocks = [torch.arange(0, 4), torch.arange(4, 8), torch.arange(8, 12)]
+    systems = [BlockDiagonalSystem(n, 0.5, torch.float64, torch.device("cpu"), torch.float32, blocks=blocks,
+                                   **({"batched": True} if batched else {})) for batched in (False, True)]
+    assert [s.batched for s in systems] == [False, True]
+    d = torch.rand(n, dtype=torch.float64) + 0.1
+    for s in systems:
+        s.add(J, rho)
+        s.finalize()
+        s.set_damping(d)
+    (x_loop, ok_loop), (x_batch, ok_batch) = (s.lm_step(0.2) for s in systems)
+    assert ok_loop and ok_batch and x_batch.dtype == torch.float64
+    torch.testing.assert_close(x_batch, x_loop, rtol=1e-12, atol=1e-14)
+    bad = d.clone()
+    bad[5] = float("nan")
+    for s in systems:
+        s.set_damping(bad)
+        assert not s.solve(0.2, -s.g)[1]
