@@ -79,8 +79,11 @@ def test_reduce_sums_the_system_over_ranks(form):
 def test_the_dual_form_refuses_to_be_summed_over_ranks():
     system = build("dual")
     system.add(*data())
-    with pytest.raises(ValueError, match="solver='dual' keeps every rank's rows"):
+    with pytest.raises(ValueError) as refused:
         system.reduce(Doubling())
+    assert str(refused.value) == ("solver='dual' keeps every rank's rows and cannot be summed across ranks; use "
+                                  "solver='primal' or 'block_diagonal' with torch.distributed")
+    system.reduce(Alone())  # one process: nothing to sum, nothing refused
 
 
 @pytest.mark.parametrize("form", ["primal", "dual", "block"])
@@ -235,3 +238,14 @@ def test_the_factor_is_kept_only_when_asked(form):
     assert system._factor is None
     system.lm_step(0.3, keep_factor=True)
     assert system._factor is not None and system._factor[0] == 0.3
+
+
+@pytest.mark.parametrize("form", ["primal", "dual", "block"])
+def test_float32_accumulation_hands_out_the_systems_dtype(form):
+    J32, rho32 = data(torch.float32)
+    system = build(form, torch.float64, torch.float32)
+    system.add(J32, rho32)
+    system.finalize()
+    expected = 0.5 * (J32.double() ** 2).sum(0)
+    assert system.diagonal().dtype == torch.float64 and system.g.dtype == torch.float64
+    torch.testing.assert_close(system.diagonal(), expected, rtol=1e-6, atol=1e-6)

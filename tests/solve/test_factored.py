@@ -419,3 +419,42 @@ def test_primal_accumulation_auto_follows_the_cpu_kernel(monkeypatch, cpu_kernel
         opt = marquardt.LevenbergMarquardt(_mlp(32), "mse", solver="primal", primal_accumulation=method)
         opt.step(x, y)
         assert (opt.chooser.last_plan.candidate.system is KroneckerPrimalSystem) == (method == "factored")
+
+
+def factored_system(workspace=None, accumulate=None, **kwargs):
+    model, x, y, curvature = batch("wide_out", "gn", 6)
+    layout = ParameterLayout.of(model)
+    rows, rho, _ = FastPathJacobian(model, layout).factors(x, y, curvature)
+    system = FactoredDualSystem(layout.numel, 0.5, torch.float64, torch.device("cpu"), accumulate,
+                                workspace=workspace, **kwargs)
+    system.add(rows, rho)
+    system.finalize()
+    return system, layout.numel
+
+
+def test_factored_dual_defaults():
+    """CG runs to a relative residual below the rounding of K in the rows' dtype, at most 200 iterations."""
+    assert factored_system()[0].tol == 1e-12
+    assert factored_system(accumulate=torch.float32)[0].tol == 1e-10
+    assert factored_system(tol=1e-6)[0].tol == 1e-6
+    assert factored_system()[0].max_iter == 200
+
+
+@pytest.mark.parametrize("limit_offset, kept", [(0, True), (-1, False)])
+def test_the_workspace_keeps_the_gram_buffers_up_to_its_limit(monkeypatch, limit_offset, kept):
+    workspace: dict[str, torch.Tensor] = {}
+    system, n = factored_system(workspace)
+    m = system.factored_rows.m
+    monkeypatch.setattr(FactoredDualSystem, "WORKSPACE_MAX_BYTES", 3 * m * m * 8 + limit_offset)
+    system.set_damping(torch.ones(n, dtype=torch.float64))
+    assert (sorted(workspace) == ["gram", "gram_inputs", "gram_signals"]) is kept
+    system.lm_step(0.3)
+    assert len(system.cg_iterations) == 1
+    system.set_damping(torch.ones(n, dtype=torch.float64))
+    assert system.cg_iterations == []  # counted per damping
+
+
+def test_without_a_workspace_nothing_is_kept():
+    system, n = factored_system(None)
+    system.set_damping(torch.ones(n, dtype=torch.float64))
+    assert system.workspace is None and system.lm_step(0.3)[1]
