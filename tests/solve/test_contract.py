@@ -249,3 +249,53 @@ def test_float32_accumulation_hands_out_the_systems_dtype(form):
     expected = 0.5 * (J32.double() ** 2).sum(0)
     assert system.diagonal().dtype == torch.float64 and system.g.dtype == torch.float64
     torch.testing.assert_close(system.diagonal(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["primal", "dual", "block"])
+def test_a_factored_system_whose_solution_overflows_fails(form):
+    """The factorisation succeeds (A + λ diag d = 1e-300 I is positive definite) but x = 1e300 / 1e-300
+    overflows: the solve must report failure, and a failed factorisation (NaN x) must too."""
+    system = build(form)
+    system.add(torch.zeros(M, N, dtype=torch.float64), torch.zeros(M, dtype=torch.float64))
+    system.finalize()
+    system.set_damping(torch.full((N,), 1e-300, dtype=torch.float64))
+    x, ok = system.solve(1.0, torch.full((N,), 1e300, dtype=torch.float64))
+    assert not ok and not bool(torch.isfinite(x).all())
+
+
+def test_a_gradient_from_elsewhere_takes_the_systems_dtype():
+    system = build("primal")
+    system.set_gradient(torch.ones(N, dtype=torch.float32))
+    assert system.g.dtype == torch.float64
+
+
+def test_only_row_keeping_systems_solve_in_row_space():
+    with pytest.raises(NotImplementedError, match="^the primal system does not keep its rows$"):
+        build("primal").solve_rows(0.3, torch.ones(M, dtype=torch.float64))
+
+
+def test_precision_switches_to_the_accumulation_dtype_above_float64_max():
+    precision = Precision(torch.float32, None, float64_max=100)
+    assert precision.solve_dtype(100) == torch.float64 and precision.solve_dtype(101) == torch.float32
+    assert type(precision.bytes_per_entry(100)) is int and precision.bytes_per_entry(100) == 2 * 8 + 4
+    assert Precision(torch.float32, torch.float32, float64_max=100).solve_dtype(50) == torch.float32
+
+
+def test_kronecker_sizes_and_thresholds():
+    from marquardt.solve.kronecker import kronecker_pays, kronecker_workspace
+    from marquardt.solve.pcg import factored_dual_pays
+    from marquardt.solve.primal import KroneckerPrimalSystem
+
+    assert kronecker_workspace(3, 4) == (6 * 10, 6 + 10)  # symmetric pairs: o(o+1)/2 and i(i+1)/2
+    assert kronecker_pays(8, 128) and not kronecker_pays(7, 200) and not kronecker_pays(8, 127)
+    # the factored dual: m·n ≥ 300,000 and n ≥ 4 Σ(out + in + 1); one (2, 2) layer has width 5
+    assert factored_dual_pays(15_000, 20, [(2, 2)])
+    assert not factored_dual_pays(14_999, 20, [(2, 2)]) and not factored_dual_pays(20_000, 19, [(2, 2)])
+    precision = Precision(torch.float32, torch.float64, float64_max=10**6)
+    p = Problem(parameters=3000, rows=10, samples=10, outputs_per_sample=1, dtype=torch.float32,
+                device=torch.device("cpu"), linear_shapes=((32, 32), (40, 32), (2, 3)),
+                trainable_weights=(True, False, True))
+    footprint = KroneckerPrimalSystem.footprint(p, precision)
+    fixed, per_row = kronecker_workspace(32, 32)  # only the trained weight whose Kronecker products pay
+    assert footprint.system_bytes == 3000 * 3000 * precision.bytes_per_entry(3000) + fixed * 4
+    assert footprint.row_width == 3000 + per_row
