@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 import marquardt
 from marquardt.optim.result import StepResult
 
@@ -83,3 +85,71 @@ def test_the_first_test_in_order_names_the_stop():
     both = _info(grad_norm_inf=0.0, loss_after=1.0, predicted_reduction=0.0, step_norm=0.0)
     assert _fit(both).reason == "gtol"  # gtol is checked first, then ftol, then xtol
     assert _fit(_info(loss_after=1.0, predicted_reduction=0.0, step_norm=0.0)).reason == "ftol"
+
+
+def test_every_threshold_is_inclusive():
+    """Exactly at each threshold the test fires (≤), with a loss of 4 so that ftol·|C₀| ≠ ftol/|C₀|."""
+    ftol, xtol, gtol = 2.0**-20, 2.0**-20, 2.0**-30  # powers of two: the products below are exact
+    at_ftol = _info(loss_before=4.0, loss_after=4.0 - ftol * 4.0, predicted_reduction=ftol * 4.0)
+    assert _fit(at_ftol, ftol=ftol).reason == "ftol"
+    assert _fit(_info(step_norm=xtol * (xtol + 4.0), theta_norm=4.0), xtol=xtol).reason == "xtol"
+    assert _fit(_info(grad_norm_inf=gtol), gtol=gtol).reason == "gtol"
+
+
+def test_a_zero_gradient_step_stops_whatever_the_gradient_norm_says():
+    assert _fit(_info(reason="zero_gradient", accepted=False, grad_norm_inf=1.0)).reason == "gtol"
+
+
+def test_defaults_run_200_iterations_without_a_bar(monkeypatch):
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a bar")))
+    result = marquardt.fit(Scripted(_info()), None, None)
+    assert (result.reason, result.iterations) == ("max_iterations", 200)
+
+
+def test_the_progress_bar_counts_iterations_and_shows_loss_and_lambda(monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.updates, self.postfixes, self.closed = kwargs, [], [], False
+            bars.append(self)
+
+        def update(self, n):
+            self.updates.append(n)
+
+        def set_postfix(self, **values):
+            self.postfixes.append(values)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    marquardt.fit(Scripted(_info(loss_after=0.25, lam=0.5)), None, None, max_iterations=3, progress=True)
+    (bar,) = bars
+    assert bar.kwargs == {"total": 3, "desc": "LM fit", "leave": False}
+    assert bar.updates == [1, 1, 1] and bar.closed
+    assert bar.postfixes[-1] == {"loss": "0.25", "lam": "0.5"}
+
+
+def test_zero_tolerances_and_a_single_iteration_are_accepted():
+    result = _fit(_info(), ftol=0.0, xtol=0.0, gtol=0.0)
+    assert result.reason == "max_iterations"
+    assert marquardt.fit(Scripted(_info()), None, None, max_iterations=1).iterations == 1
+
+
+@pytest.mark.parametrize("name", ["ftol", "xtol", "gtol"])
+def test_a_negative_tolerance_is_refused_by_name(name):
+    with pytest.raises(ValueError) as refused:
+        _fit(_info(), **{name: -1.0})
+    assert str(refused.value) == f"{name}: expected a number >= 0, got -1.0"
+
+
+@pytest.mark.parametrize("value", [0, 1.5, True])
+def test_max_iterations_must_be_a_positive_int(value):
+    with pytest.raises(ValueError) as refused:
+        marquardt.fit(Scripted(_info()), None, None, max_iterations=value)
+    assert str(refused.value) == f"max_iterations: expected an int >= 1, got {value!r}"
