@@ -109,3 +109,43 @@ def test_a_registered_solver_is_one_class_and_one_entry():
     torch.testing.assert_close(mine, reference, rtol=1e-7, atol=1e-9)
     with pytest.raises(ValueError, match="already a solver name"):
         register_solver("primal", SOLVERS["primal"])
+
+
+def test_the_counters_add_up_over_attempts_and_steps():
+    """A tiny λ, no line search and 3 attempts: some steps are rejected after several solves. Each result counts
+    its own solves (one per attempt, without geodesic), and the state sums them over the steps."""
+    _, infos = _run(steps=5, lam_init=1e-9, line_search=None, max_attempts=3, momentum=None)
+    assert any(i.attempts > 1 for i in infos)
+    assert all(i.solves == i.attempts for i in infos)
+    x, y = sine_data(200, dtype=torch.float64)
+    opt = LevenbergMarquardt(sine_mlp(8).double(), "mse", lam_init=1e-9, line_search=None, max_attempts=3)
+    total = sum(opt.step(x, y).solves for _ in range(4))
+    assert opt._state["solves"] == total and opt._state["step"] == 4
+
+
+def test_a_rejected_step_reports_no_multiplier_and_no_change():
+    _, infos = _run(steps=4, lam_init=1e-9, line_search=None, max_attempts=1, momentum=None)
+    rejected = [i for i in infos if not i.accepted]
+    assert rejected and all(i.multiplier == 0.0 and i.reason == "rejected" for i in rejected)
+    assert all(i.loss_after == i.loss_before for i in rejected)
+
+
+def test_a_failed_factorisation_moves_lambda_by_the_rule_and_says_so(monkeypatch):
+    """The first solve fails: Nielsen's rule multiplies λ by ν (2) and doubles ν, the note names λ, and the next
+    attempt solves at the larger λ."""
+    calls = []
+    original = PrimalSystem.lm_step
+
+    def failing_once(self, lam, keep_factor=False):
+        calls.append(lam)
+        if len(calls) == 1:
+            return torch.zeros_like(self.g), False
+        return original(self, lam, keep_factor=keep_factor)
+
+    monkeypatch.setattr(PrimalSystem, "lm_step", failing_once)
+    x, y = sine_data(200, dtype=torch.float64)
+    opt = LevenbergMarquardt(sine_mlp(8).double(), "mse", lambda_rule="nielsen", lambda_init=0.5, solver="primal",
+                             momentum=None)
+    info = opt.step(x, y)
+    assert calls[:2] == [0.5, 1.0] and info.solves >= 2
+    assert "factorisation failed at lambda=0.5" in info.notes
