@@ -203,3 +203,25 @@ def test_tied_weights_leave_the_fast_path_and_the_first_step_is_exact():
     torch.testing.assert_close(layout.get_flat() - theta0, expected, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="engine='fast' cannot handle this model: .*tied"):
         marquardt.LevenbergMarquardt(TiedPair().double(), "mse", engine="fast")
+
+
+def test_unit_tangents_are_the_identity_shaped_like_the_parameter_and_kept():
+    from marquardt.curvature import jacobian
+
+    q = torch.zeros(3, 7, 2, dtype=torch.float64)  # a shape no other test asks for: built here, not cached
+    jacobian._UNIT_TANGENTS.pop((tuple(q.shape), q.dtype, q.device), None)
+    units = jacobian._unit_tangents(q)
+    assert len(units) == 42 and all(u.shape == q.shape and u.dtype == q.dtype for u in units)
+    torch.testing.assert_close(torch.stack([u.reshape(-1) for u in units]), torch.eye(42, dtype=torch.float64))
+    assert jacobian._unit_tangents(q) is units  # kept for the next step
+
+
+def test_the_unit_tangent_cache_is_bounded(monkeypatch):
+    from marquardt.curvature import jacobian
+
+    monkeypatch.setattr(jacobian, "_UNIT_TANGENTS", {})
+    for size in range(1, 258):
+        jacobian._unit_tangents(torch.zeros(size))
+    assert len(jacobian._UNIT_TANGENTS) == 257
+    jacobian._unit_tangents(torch.zeros(300))  # past 256 kept shapes: dropped, then this one kept
+    assert len(jacobian._UNIT_TANGENTS) == 1
