@@ -28,7 +28,7 @@ def read_equivalents(path: pathlib.Path | None) -> dict[str, str]:
     if path is None or not path.exists():
         return {}
     listed = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         name, _, reason = line.partition("#")
         if name.strip() and not line.startswith("#"):
             listed[name.strip()] = reason.strip()
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     seen: dict[str, str] = {}
     for meta in sorted(args.mutants.rglob("*.meta")):
         module = str(meta.relative_to(args.mutants))[: -len(".py.meta")].replace("/", ".")
-        for name, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
+        for name, code in json.loads(meta.read_text(encoding="utf-8")).get("exit_code_by_key", {}).items():
             status = status_by_exit_code[code]
             seen[name] = status
             if name in equivalents:
