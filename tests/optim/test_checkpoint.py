@@ -134,3 +134,38 @@ def test_a_checkpoint_with_other_curvature_settings_takes_over_or_is_refused():
     with pytest.raises(ValueError, match="geodesic"):
         geodesic.load_state_dict(saved)
     _assert_same(geodesic, snapshot)
+
+
+@pytest.mark.parametrize("keys", [{"state": {}}, {"param_groups": []}, {}])
+def test_a_dict_without_both_keys_is_refused_word_for_word(keys):
+    _, opt, _ = _trained()
+    with pytest.raises(ValueError) as refused:
+        opt.load_state_dict(keys)
+    assert str(refused.value) == ("state_dict: expected the dict of LevenbergMarquardt.state_dict() (keys 'state' "
+                                  "and 'param_groups')")
+
+
+def test_a_damping_vector_of_the_wrong_type_is_named():
+    _, opt, _ = _trained()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0]["d"] = [1.0, 2.0]
+    with pytest.raises(ValueError, match=r"damping vector d has shape list"):
+        opt.load_state_dict(saved)
+    saved["state"][0]["d"] = torch.full((97, 1), float("nan"), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^state_dict: its damping vector d has shape \(97, 1\)"):
+        opt.load_state_dict(saved)
+
+
+def test_the_edges_of_the_state_are_accepted():
+    """d = 0 in places (a parameter no sample moved yet) and a step count of 0 are valid states."""
+    model, opt, (x, y) = _trained()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0]["d"][:5] = 0.0
+    saved["state"][0]["step"] = 0
+    opt.load_state_dict(saved)
+    assert opt.state_dict()["state"][0]["step"] == 0 and float(opt.state_dict()["state"][0]["d"][0]) == 0.0
+    saved["state"][0]["d"][0] = float("nan")
+    with pytest.raises(ValueError) as refused:
+        opt.load_state_dict(saved)
+    assert str(refused.value) == ("state_dict: its damping vector d holds NaN, Inf or negative entries; was it "
+                                  "saved by an optimizer of another model?")
