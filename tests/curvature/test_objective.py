@@ -176,3 +176,40 @@ def test_small_jacobian_of_the_full_engine_equals_reverse_mode(model_factory):
     assert all(isinstance(p, nn.Parameter) for p in model.parameters())  # every parameter put back
     if model_factory is Tied:
         assert model.second.weight is model.first.weight
+
+
+class ReusedOnSomeBatches(nn.Module):
+    """Calls its middle layer twice on batches of 7: the fast engine, chosen on the first batch, cannot form
+    those rows, and the objective must switch to torch.func for good."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.middle, self.last = nn.Linear(1, 4), nn.Linear(4, 4), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.middle(torch.tanh(self.first(x))))
+        if x.shape[0] == 7:
+            h = torch.tanh(self.middle(h))
+        return self.last(h)
+
+
+def test_an_engine_that_fails_mid_run_hands_over_to_torch_func():
+    from marquardt import LevenbergMarquardt
+
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(n, 1, generator=g, dtype=torch.float64), torch.randn(n, 1, generator=g,
+                                                                                 dtype=torch.float64))
+               for n in (10, 7, 7)]
+    thetas = []
+    for engine in ("auto", "functorch"):
+        torch.manual_seed(0)
+        model = ReusedOnSomeBatches().double()
+        opt = LevenbergMarquardt(model, "mse", engine=engine, momentum=None)
+        names = []
+        for x, y in batches:
+            opt.step(x, y)
+            names.append(opt.objective.engine.name)
+        thetas.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        if engine == "auto":
+            assert names == ["fast", "functorch", "functorch"]
+    torch.testing.assert_close(thetas[0], thetas[1], rtol=1e-10, atol=1e-12)
