@@ -66,6 +66,12 @@ def _check_residuals(r: Any, z: torch.Tensor, targets: Any) -> None:
         )
 
 
+def _residual_rows(r: torch.Tensor) -> torch.Tensor:
+    """A residual callable's output as [samples, residuals per sample] (a scalar, refused with names by
+    :func:`_check_residuals` when a batch shape is first seen, as one row here)."""
+    return r.reshape(1, 1) if r.dim() == 0 else r.reshape(r.shape[0], -1)
+
+
 class Objective:
     """The model, its loss or residual callable, the curvature mode and the Jacobian engine."""
 
@@ -111,10 +117,7 @@ class Objective:
     def _as_residuals(self, z: torch.Tensor, y: Any) -> torch.Tensor:
         if self.residual_fn is None:
             return z
-        r = self.residual_fn(z, y)
-        if r.dim() == 0:  # (checked with names in _probe; here only the shape)
-            return r.reshape(1, 1)
-        return r.reshape(r.shape[0], -1)
+        return _residual_rows(self.residual_fn(z, y))
 
     def outputs(self, x: torch.Tensor, y: Any) -> torch.Tensor:
         """The model's outputs on x (the residuals, for a residual callable)."""
@@ -235,7 +238,7 @@ class Objective:
                 z = _checked_output(self.model(inputs))
                 r = self.residual_fn(z, targets)
                 _check_residuals(r, z, targets)
-                r = self._as_residuals(z, targets)
+                r = _residual_rows(r)
                 self._shapes[key] = (r.shape[0], tuple(r.shape[1:]), False)
         n_samples, sample_shape, factorable = self._shapes[key]
         self.whole_batch = self.residual_fn is not None or coupled
