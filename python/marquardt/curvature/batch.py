@@ -17,7 +17,7 @@ Chunks = list[tuple[torch.Tensor, Any]]
 class Batch:
     """One step's batch as the objective sees it: its chunks, sizes (all ranks) and scale α."""
 
-    inputs: torch.Tensor
+    inputs: Any  # a tensor, or the tuple of a residual function's arguments
     targets: torch.Tensor | None
     samples: int  # N over all ranks
     local_samples: int
@@ -31,9 +31,15 @@ class Batch:
     chunks: Chunks | None = None  # set by Objective.build_system: every evaluation of the step uses these
 
 
+def _items(inputs: Any, targets: Any) -> tuple:
+    """The entries a batch is compared by: inputs and targets, or each argument of a residual function's batch."""
+    return (*inputs, targets) if isinstance(inputs, tuple) else (inputs, targets)
+
+
 class SameBatch:
     """Recognises the tensors of the last batch passed again unchanged: the same objects (held weakly), data
-    pointers and version counters (every in-place change through torch bumps the counter)."""
+    pointers and version counters (every in-place change through torch bumps the counter). A batch holding
+    anything but tensors and None is never taken for the same."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None  # the batch checked last
@@ -42,13 +48,14 @@ class SameBatch:
     @staticmethod
     def _key_of(inputs: Any, targets: Any) -> tuple:
         return tuple((weakref.ref(t), t.data_ptr(), t._version) if isinstance(t, torch.Tensor) else (None,)
-                     for t in (inputs, targets))
+                     for t in _items(inputs, targets))
 
     @staticmethod
     def _same(key: tuple | None, inputs: Any, targets: Any) -> bool:
-        if key is None:
+        items = _items(inputs, targets)
+        if key is None or len(key) != len(items):
             return False
-        for (ref, *rest), t in zip(key, (inputs, targets)):
+        for (ref, *rest), t in zip(key, items):
             if ref is None:
                 if t is not None:
                     return False
@@ -71,10 +78,14 @@ class SameBatch:
         self._stepped = self._key
 
 
-def fingerprint(t: torch.Tensor | None) -> tuple:
-    """The shape and 64 evenly spaced entries of t: equal for the same batch passed again, almost surely not for
-    another batch."""
-    if t is None or t.numel() == 0:
+def fingerprint(t: Any) -> tuple:
+    """The shape and 64 evenly spaced entries of t (of each tensor, for a tuple): equal for the same batch passed
+    again, almost surely not for another batch."""
+    if isinstance(t, tuple):
+        return tuple(fingerprint(item) for item in t)
+    if isinstance(t, (bool, int, float, str)):
+        return (t,)
+    if not isinstance(t, torch.Tensor) or t.numel() == 0:
         return ()
     flat = t.detach().reshape(-1)
     index = torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()

@@ -430,8 +430,10 @@ class FullJacobian(Engine):
 
     def __init__(self, output_fn: OutputFn, layout: ParameterLayout, residual_mode: bool = False,
                  module_outputs: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
-                 model: nn.Module | None = None) -> None:
+                 model: nn.Module | None = None, rows_of: Callable[[Any], int] | None = None) -> None:
         self.output_fn = output_fn
+        # the number of output rows of a chunk before it is evaluated (its leading size unless told otherwise)
+        self.rows_of = rows_of or (lambda x: x.shape[0])
         self.layout = layout
         self.residual_mode = residual_mode
         # the outputs at the model's own parameters (no functional_call: they are θ whenever rows are asked for)
@@ -452,15 +454,34 @@ class FullJacobian(Engine):
             J, z = self._small_jacobian(self.module_outputs, x, y)
         else:
             with torch.enable_grad():
-                engine = jacfwd if n <= x.shape[0] else jacrev
+                engine = jacfwd if n <= self.rows_of(x) else jacrev
                 theta = self.layout.get_flat()
                 try:
                     J, z = engine(outputs, has_aux=True)(theta)  # [*z_shape, n]
-                except RuntimeError:  # an operation vmap cannot batch (RReLU): one reverse pass per output
-                    z = outputs(theta)[0].detach()
-                    J = torch.autograd.functional.jacobian(lambda t: outputs(t)[0], theta, vectorize=False)
+                except RuntimeError:
+                    J, z = self._reverse_jacobian(outputs, theta)
         Jz = J.reshape(z.shape[0], -1, self.layout.numel)
         return _rows_from_output_jacobian(curvature, z, None if self.residual_mode else y, Jz)
+
+    @staticmethod
+    def _reverse_jacobian(outputs: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                          theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """J by plain autograd, for functions that torch.func cannot transform: one forward pass, then every
+        output's backward pass batched in one vmap'd pass (``is_grads_batched``), or one by one for operations
+        that vmap cannot batch either (RReLU). This is the path of residual functions that differentiate with
+        ``torch.autograd.grad(..., create_graph=True)`` (transforms refuse a function that makes tensors
+        require grad)."""
+        last: list[torch.Tensor] = []
+
+        def value(t: torch.Tensor) -> torch.Tensor:
+            last[:] = [outputs(t)[0]]
+            return last[0]
+
+        try:
+            J = torch.autograd.functional.jacobian(value, theta, vectorize=True)
+        except RuntimeError:
+            J = torch.autograd.functional.jacobian(value, theta, vectorize=False)
+        return J, last[0].detach()
 
     def _small_jacobian(self, outputs: Callable[[torch.Tensor, Any], torch.Tensor], x: torch.Tensor,
                         y: Any) -> tuple[torch.Tensor, torch.Tensor]:

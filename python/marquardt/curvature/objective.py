@@ -23,6 +23,7 @@ from ..types.rows import FactoredRows
 from .batch import Batch, Chunks, SameBatch, fingerprint
 from .jacobian import Engine, FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
 from .losses import Curvature
+from .residual_function import ModelResidualFn, ResidualFunction
 
 # fn(outputs, targets) -> residuals; targets are what step() was given, None when it was given none
 ResidualFn = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -72,21 +73,37 @@ def _residual_rows(r: torch.Tensor) -> torch.Tensor:
     return r.reshape(1, 1) if r.dim() == 0 else r.reshape(r.shape[0], -1)
 
 
+def _tensors(batch: Any) -> list[torch.Tensor]:
+    """The tensors among a residual function's batch arguments."""
+    return [t for t in batch if isinstance(t, torch.Tensor)]
+
+
 class Objective:
-    """The model, its loss or residual callable, the curvature mode and the Jacobian engine."""
+    """The model, its loss or residual callable, the curvature mode and the Jacobian engine.
+
+    Three kinds of objective: a model loss (``'mse'``, ``'cross_entropy'``: the batch is (inputs, targets)), a
+    residual callable ``fn(outputs, targets)``, and a residual function of the model ``fn(model, *batch)``
+    (held as a :class:`ResidualFunction` module and the batch is the tuple of its arguments, never
+    split into chunks: its residuals need not come one per sample)."""
 
     def __init__(self, model: nn.Module, layout: ParameterLayout, curvature: Curvature,
-                 residual_fn: ResidualFn | None, engine: str, comm: Communicator) -> None:
-        self.model = model
+                 residual_fn: ResidualFn | None, engine: str, comm: Communicator,
+                 residuals: ModelResidualFn | None = None) -> None:
+        self.model = ResidualFunction(model, residuals) if residuals is not None else model
         self.layout = layout
         self.curvature = curvature
         self.residual_fn = residual_fn
+        self.residual_function = self.model if isinstance(self.model, ResidualFunction) else None
+        #: residuals instead of a model loss: targets (if any) only feed the residuals, the curvature is GN
+        self.residual_mode = residual_fn is not None or self.residual_function is not None
         self.comm = comm
         self.engine_choice = engine
         self.engine = self._make_engine(engine)
-        self.whole_batch = residual_fn is not None  # chunks of the whole batch (residual callables, BatchNorm)
+        self.whole_batch = self.residual_mode  # chunks of the whole batch (residuals, train-mode BatchNorm)
+        self._batch_rows = 0  # M of the batch in use, for a residual function (its batch has no leading size)
         self.forward_passes = 0  # counted over the objective's life; the optimizer reads the difference
         self._shapes: dict[tuple, tuple[int, tuple[int, ...], bool]] = {}  # probe cache per batch shape
+        self._group_shapes: dict[tuple, Any] = {}  # a residual function's group shapes per batch shape
         self._last_fingerprint: tuple | None = None
         self._pending_fingerprint: tuple | None = None
         self._last_batch = SameBatch()  # the batch checked last, to skip rescanning it when passed again
@@ -97,9 +114,10 @@ class Objective:
 
     # ------------------------------------------------------------------------------------ engines
     def _make_engine(self, kind: str) -> Engine:
-        if self.residual_fn is not None or kind == "full":
-            return FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_fn is not None,
-                                module_outputs=self.outputs, model=self.model)
+        if self.residual_mode or kind == "full":
+            rows = (lambda x: self._batch_rows) if self.residual_function is not None else None
+            return FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_mode,
+                                module_outputs=self.outputs, model=self.model, rows_of=rows)
         if kind in ("auto", "fast"):
             try:
                 return FastPathJacobian(self.model, self.layout)
@@ -109,7 +127,9 @@ class Objective:
         return FunctorchJacobian(self.model, self.layout)
 
     def _functional_outputs(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: Any) -> torch.Tensor:
-        if self.whole_batch and not self.residual_fn:  # train-mode BatchNorm: it updates its running statistics,
+        if self.residual_function is not None:  # (its parameters are those of the model it holds)
+            return functional_call(self.model, {"model." + name: t for name, t in params.items()}, tuple(x))
+        if self.whole_batch and not self.residual_mode:  # train-mode BatchNorm: it updates its running statistics,
             # which a torch.func transform may not mutate; copies made inside the transform take the update
             params = {**params, **{name: b.clone() for name, b in self.model.named_buffers()}}
         return self._as_residuals(functional_call(self.model, params, (x,)), y)
@@ -120,7 +140,9 @@ class Objective:
         return _residual_rows(self.residual_fn(z, y))
 
     def outputs(self, x: torch.Tensor, y: Any) -> torch.Tensor:
-        """The model's outputs on x (the residuals, for a residual callable)."""
+        """The model's outputs on x (the residuals, for a residual callable or function)."""
+        if self.residual_function is not None:
+            return self.model(*x)
         return self._as_residuals(self.model(x), y)
 
     # --------------------------------------------------------------------------------- validation
@@ -137,6 +159,29 @@ class Objective:
         same = self._last_batch.matches(inputs, targets)
         if same and self._checked_against == (self.layout.device, self.layout.dtype):
             return  # checked already, and neither the batch nor the model's dtype or device changed since
+        if self.residual_function is not None:
+            for i, t in enumerate(inputs):
+                if isinstance(t, torch.Tensor):
+                    self._check_tensor(f"batch[{i}]", t, scan=not same)
+        else:
+            self._check_model_batch(inputs, targets, same)
+        self._last_batch.remember(inputs, targets)
+        self._checked_against = (self.layout.device, self.layout.dtype)
+
+    def _check_tensor(self, name: str, t: torch.Tensor, scan: bool) -> None:
+        """One tensor of a batch: real, on the parameters' device, floating point only in their dtype, and
+        (when ``scan``) finite."""
+        if t.is_complex():
+            raise TypeError(f"{name}: complex tensors are not supported (dtype {t.dtype}); LM here works on "
+                            "real residuals (split real and imaginary parts into two outputs)")
+        if t.device != self.layout.device:
+            raise ValueError(f"{name}: on {t.device} but the model's parameters are on {self.layout.device}")
+        if t.is_floating_point() and t.dtype != self.layout.dtype:
+            raise ValueError(f"{name}: dtype {t.dtype} does not match the model's parameters ({self.layout.dtype})")
+        if scan and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or Inf")
+
+    def _check_model_batch(self, inputs: Any, targets: Any, same: bool) -> None:
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs: expected a torch.Tensor [N, ...], got {type(inputs).__name__}")
         for name, t in (("inputs", inputs), ("targets", targets)):
@@ -144,15 +189,7 @@ class Objective:
                 continue
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-            if t.is_complex():
-                raise TypeError(f"{name}: complex tensors are not supported (dtype {t.dtype}); LM here works on "
-                                "real residuals (split real and imaginary parts into two outputs)")
-            if t.device != self.layout.device:
-                raise ValueError(f"{name}: on {t.device} but the model's parameters are on {self.layout.device}")
-            if t.is_floating_point() and t.dtype != self.layout.dtype:
-                raise ValueError(f"{name}: dtype {t.dtype} does not match the model's parameters ({self.layout.dtype})")
-            if not same and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name}: contains NaN or Inf")
+            self._check_tensor(name, t, scan=not same)
         if inputs.dim() == 0 or inputs.shape[0] == 0:
             raise ValueError(f"inputs: expected a non-empty batch [N, ...], got shape {tuple(inputs.shape)}")
         if self.residual_fn is None:
@@ -162,8 +199,6 @@ class Objective:
                 raise ValueError(
                     f"targets: batch size {targets.shape[0]} does not match inputs' batch size {inputs.shape[0]}"
                 )
-        self._last_batch.remember(inputs, targets)
-        self._checked_against = (self.layout.device, self.layout.dtype)
 
     def batch_changed(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> bool | None:
         """Whether this batch differs from the previous one (None for the first): mini-batch training.
@@ -217,10 +252,12 @@ class Objective:
                 if self.engine_choice != "auto" or self.engine.name != "functorch":
                     raise
                 self.engine = FullJacobian(self._functional_outputs, self.layout, model=self.model)
-    def _probe(self, inputs: torch.Tensor, targets: torch.Tensor | None, noise: Any) -> tuple[int, tuple, bool]:
+    def _probe(self, inputs: Any, targets: torch.Tensor | None, noise: Any) -> tuple[int, tuple, bool]:
         """(samples N, the shape of one sample's outputs, whether the rows can be factored), checking the
         targets. One forward pass on one sample, cached per input shape; in residual mode the samples are the
         rows of the residual callable's output (N = its leading size)."""
+        if self.residual_function is not None:
+            return self._probe_residual_function(inputs, noise)
         key = (tuple(inputs.shape), None if targets is None else tuple(targets.shape))
         coupled = self._samples_coupled()
         if key not in self._shapes:
@@ -247,7 +284,21 @@ class Objective:
             self.curvature.check_targets(torch.empty((n_samples,) + sample_shape, device="meta"), targets)
         return n_samples, sample_shape, factorable
 
-    def prepare(self, inputs: torch.Tensor, targets: torch.Tensor | None, noise: Any,
+    def _probe_residual_function(self, batch: tuple, noise: Any) -> tuple[int, tuple, bool]:
+        """(M residuals, (1,), False): one evaluation of the function per new shape of its arguments, which
+        records its groups' shapes; later batches of those shapes must give the same ones."""
+        assert self.residual_function is not None
+        key = tuple(tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in batch)
+        if key not in self._shapes:
+            noise.replay()
+            count = self.residual_function.probe(*batch)
+            self._shapes[key] = (count, (1,), False)
+            self._group_shapes[key] = self.residual_function.expected_shapes
+        self.residual_function.expected_shapes = self._group_shapes[key]
+        self._batch_rows = self._shapes[key][0]
+        return self._shapes[key]
+
+    def prepare(self, inputs: Any, targets: torch.Tensor | None, noise: Any,
                 curvature_samples: int | float | None, loss_scale: str) -> Batch:
         """Sizes over all ranks, α, and the subsampled curvature's sample count for this batch."""
         n_local, sample_shape, factorable = self._probe(inputs, targets, noise)
@@ -281,7 +332,10 @@ class Objective:
         return Batch(inputs, targets, n_samples, n_local, per_sample, alpha, loss_scale == "mean", m_total, m_local,
                      subsampled, problem)
 
-    def _chunks(self, inputs: torch.Tensor, targets: torch.Tensor | None, size: int) -> Iterator[tuple]:
+    def _chunks(self, inputs: Any, targets: torch.Tensor | None, size: int) -> Iterator[tuple]:
+        if self.whole_batch:  # residuals, or samples coupled by train-mode BatchNorm: one chunk
+            yield inputs, targets
+            return
         for start in range(0, inputs.shape[0], size):
             y = targets[start : start + size] if targets is not None else None
             yield inputs[start : start + size], y
@@ -308,7 +362,7 @@ class Objective:
         then plain backward passes over the other samples. The curvature samples form the first chunks, so that
         replaying the noise gives them the same draw in every evaluation of the step."""
         inputs, targets = batch.inputs, batch.targets
-        chunk = inputs.shape[0] if self.whole_batch else min(plan.chunk, inputs.shape[0])
+        chunk = 0 if self.whole_batch else min(plan.chunk, inputs.shape[0])  # (0: whole, see _chunks)
         if not batch.subsampled:
             batch.chunks = list(self._chunks(inputs, targets, chunk))
             return self._accumulate(plan.build(batch.alpha), batch.chunks, noise, first=True)
@@ -382,7 +436,7 @@ class Objective:
         for x, y in batch.chunks:  # (no graph is built: the optimizer's step runs under torch.no_grad)
             z = self.outputs(x, y)
             # (a residual callable's outputs are residuals: no targets to subtract; gn reads None so)
-            yy = None if self.residual_fn is not None else y
+            yy = None if self.residual_mode else y
             total += float(self.curvature.per_sample_loss(z, yy).double().sum())
         total = self.comm.sum_float(total, self.layout.device)  # every rank compares the same batch loss
         self.forward_passes += 1
@@ -425,7 +479,7 @@ class SecondOrderResidual:
                 z_vv = second_directional_derivative(outputs, theta, self.v)
                 theta_req = theta.detach().requires_grad_(True)
                 z = outputs(theta_req)
-            L = objective.curvature.hessian_factor(z.detach()) if objective.residual_fn is None else None
+            L = objective.curvature.hessian_factor(z.detach()) if not objective.residual_mode else None
             zf = z_vv.reshape(z_vv.shape[0], -1)
             rho_vv = zf if L is None else torch.einsum("scq,sc->sq", L, zf)  # Wᵀ z_vv
             yield rho_vv, L, z, theta_req

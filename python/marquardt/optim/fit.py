@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
+from typing import Any
 
 from .levenberg_marquardt import LevenbergMarquardt
 from .result import StepResult
@@ -23,16 +22,15 @@ class FitResult:
 
 def fit(
     optimizer: LevenbergMarquardt,
-    inputs: torch.Tensor,
-    targets: torch.Tensor | None = None,
-    *,
+    *batch: Any,
     max_iterations: int = 200,
     ftol: float = 1e-10,
     xtol: float = 1e-10,
     gtol: float = 1e-12,
     progress: bool = False,
 ) -> FitResult:
-    """Run ``optimizer.step(inputs, targets)`` until a convergence test holds or the budget ends.
+    """Run ``optimizer.step(*batch)`` (``fit(opt, inputs, targets)``, or the arguments of a residual function)
+    until a convergence test holds or the budget ends.
 
     Tests, after each iteration (as in MINPACK's lmder):
 
@@ -59,7 +57,7 @@ def fit(
     reason = "max_iterations"
     try:
         for _ in range(max_iterations):
-            info = optimizer.step(inputs, targets)
+            info = optimizer.step(*batch)
             history.append(info)
             if bar is not None:
                 bar.update(1)

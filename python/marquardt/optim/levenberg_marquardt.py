@@ -25,6 +25,7 @@ from torch import nn
 from ..curvature.losses import Curvature
 from ..curvature.noise import NoiseReplay
 from ..curvature.objective import Batch, Objective, ResidualFn
+from ..curvature.residual_function import ModelResidualFn
 from ..parallel import Communicator
 from ..policy.acceptance import ACCEPTANCE
 from ..policy.damping import DAMPING
@@ -36,10 +37,10 @@ from ..solve.choose import SolverChooser
 from ..solve.system import System
 from ..types.layout import ParameterLayout
 from .checkpoint import check_state_dict, initial_state, translated_settings
-from .config import Config, comparable_settings, curvature_for, curvature_samples_at, eager_module, resolve
+from .config import Config, choose_loss, comparable_settings, curvature_for, curvature_samples_at, eager_module, resolve
 from .result import StepResult
 
-__all__ = ["LevenbergMarquardt", "StepResult", "ResidualFn"]
+__all__ = ["LevenbergMarquardt", "StepResult", "ResidualFn", "ModelResidualFn"]
 
 
 class LevenbergMarquardt(torch.optim.Optimizer):
@@ -48,9 +49,13 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     Args:
         model: the network or parametric model. Its trainable parameters (``requires_grad=True``) are the
             unknowns; frozen ones are left alone.
-        loss: ``"mse"`` (Gauss-Newton, ℓ = ½‖z − y‖²), ``"cross_entropy"`` (generalized Gauss-Newton by
-            default, or the paper's empirical Fisher with ``curvature="ef"``), or a residual callable
-            ``fn(outputs, targets) -> residuals`` for general nonlinear least squares (ℓ = ½ Σ r²).
+        loss: ``"mse"`` (Gauss-Newton, ℓ = ½‖z − y‖²; the default), ``"cross_entropy"`` (generalized
+            Gauss-Newton by default, or the paper's empirical Fisher with ``curvature="ef"``), or a residual
+            callable ``fn(outputs, targets) -> residuals`` for general nonlinear least squares (ℓ = ½ Σ r²).
+        residuals: instead of ``loss``, a residual function ``fn(model, *batch)`` returning one tensor of residuals
+            or a tuple of groups (a PDE's interior and boundary terms), flattened and concatenated: ``step(*batch)``
+            minimises ½ Σ rₖ² (÷ M residuals with ``loss_scale="mean"``). ``fn`` may differentiate ``model`` in its
+            inputs by ``torch.func`` (fast) or ``torch.autograd.grad(..., create_graph=True)``.
         preset: ``"default"`` (improved settings), ``"paper"`` (the authors' choices), ``"vanilla"``, or a
             :class:`~marquardt.optim.config.Config`.
         **options: any flat option of :data:`marquardt.optim.config.OPTIONS`, e.g. ``damping``,
@@ -64,31 +69,27 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             info = opt.step(x, y)
     """
 
-    def __init__(self, model: nn.Module, loss: str | ResidualFn = "mse", *, preset: str | Config = "default",
-                 **options: Any) -> None:
+    def __init__(self, model: nn.Module, loss: str | ResidualFn | None = None, *,
+                 residuals: ModelResidualFn | None = None, preset: str | Config = "default", **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        residual_fn = loss if callable(loss) and not isinstance(loss, str) else None
-        if residual_fn is not None and preset == "default" and "momentum" not in options:
-            # Curve fitting: LMAM's fixed H-radius κ√I_GG rules out the full Gauss-Newton step and with it the
-            # fast local convergence that least-squares fits rely on (MGH set: 16/16 solved without momentum,
-            # 14/16 and several times more iterations with it; tests/optim/test_mgh.py). Classic LM here.
-            options = {**options, "momentum": None}
+        choice, options = choose_loss(loss, residuals, preset, options)
         config = resolve(preset, options)
-        curvature = curvature_for(loss, residual_fn, config)
+        curvature = curvature_for(choice.loss, choice.residual_mode, config)
         self.model = eager_module(model)
         self.layout = ParameterLayout.of(self.model)
         self.preset = preset
+        self.loss_choice = choice
         self._out_of_step: str | None = None  # set when a step raised under torch.distributed
-        super().__init__(self.layout.params, {**config.flat(), "loss": "residual" if residual_fn else loss})
-        self._build(config, curvature, residual_fn)
+        super().__init__(self.layout.params, {**config.flat(), "loss": choice.name})
+        self._build(config, curvature)
 
-    def _build(self, config: Config, curvature: Curvature, residual_fn: ResidualFn | None) -> None:
+    def _build(self, config: Config, curvature: Curvature) -> None:
         """Every piece, built once from the config (again when a checkpoint brings other settings)."""
         self.config = config
-        self.curvature, self.residual_fn = curvature, residual_fn
-        self.objective = Objective(self.model, self.layout, curvature, residual_fn, config.objective.engine,
-                                   Communicator(config.objective.distributed))
+        self.curvature, self.residual_fn = curvature, self.loss_choice.residual_fn
+        self.objective = Objective(self.model, self.layout, curvature, self.residual_fn, config.objective.engine,
+                                   Communicator(config.objective.distributed), self.loss_choice.residuals)
         self.objective.setup = comparable_settings(config)
         self.chooser = SolverChooser(config.solve, self.layout)
         self.chooser.check_model(self.objective.engine.may_factor)
@@ -114,8 +115,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
 
     @property
     def _state(self) -> dict[str, Any]:
-        # Global LM state lives with the first parameter (as torch.optim.LBFGS does), so state_dict() and
-        # load_state_dict() carry it.
+        # Global LM state lives with the first parameter (as in torch.optim.LBFGS): state_dict() carries it.
         state = self.state[self.layout.params[0]]
         if not state:
             state.update(initial_state(self.config, self.layout))
@@ -126,7 +126,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         """Loads a checkpoint of this model's optimizer, refusing (before anything changes) one whose settings,
         damping vector, λ or previous step do not fit this model. Older option names are read."""
         config = check_state_dict(state_dict, self.layout, self.settings["loss"])
-        curvature_for(self.settings["loss"], self.residual_fn, config)  # the settings' rules for this loss
+        curvature_for(self.settings["loss"], self.loss_choice.residual_mode, config)  # the settings' rules
         saved = state_dict["state"].get(0, {})
         super().load_state_dict(state_dict)  # installs the groups through __setstate__
         # torch.optim casts floating state to the parameter dtype; d stays float64 so that a resumed run is
@@ -143,15 +143,18 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         config = translated_settings(group)
         self.param_groups[0] = {"params": group["params"], **config.flat(), "loss": group.get("loss", "mse")}
         if "objective" in self.__dict__:
-            self._build(config, curvature_for(self.param_groups[0]["loss"], self.residual_fn, config), self.residual_fn)
+            curvature = curvature_for(self.param_groups[0]["loss"], self.loss_choice.residual_mode, config)
+            self._build(config, curvature)
 
     # ---------------------------------------------------------------------------------------- step
     @torch.no_grad()
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> StepResult:  # type: ignore[override]
-        """One LM iteration on this batch. Returns a :class:`StepResult`. A step that raises leaves the
-        parameters, the optimizer state and the random generator as they were."""
+    def step(self, *batch: Any) -> StepResult:  # type: ignore[override]
+        """One LM iteration: ``step(inputs, targets)`` for a loss, ``step(*batch)`` for a residual function. Returns
+        a :class:`StepResult`. A step that raises leaves the parameters, the state and the random generator as
+        they were."""
         if getattr(self, "_out_of_step", None):
             raise RuntimeError(self._out_of_step)
+        inputs, targets = self.loss_choice.split(batch)
         self.objective.check_batch(inputs, targets)
         fresh = not self.state[self.layout.params[0]]
         theta0 = self.layout.get_flat()
@@ -190,7 +193,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             engine=self.objective.engine.name, momentum_used=False, geodesic_used=False,
             grad_norm_inf=float(g.abs().max()), step_norm=0.0,
             theta_norm=float(torch.linalg.vector_norm(theta0, dtype=torch.float64)),
-            curvature_samples=batch.curvature_samples if self.residual_fn is None else None,
+            curvature_samples=batch.curvature_samples if not self.loss_choice.residual_mode else None,
         )
         if not (math.isfinite(c0) and math.isfinite(result.grad_norm_inf)):  # max |g| is NaN or Inf if any g is
             result.reason = "not_finite"
