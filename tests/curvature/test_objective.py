@@ -213,3 +213,29 @@ def test_an_engine_that_fails_mid_run_hands_over_to_torch_func():
         if engine == "auto":
             assert names == ["fast", "functorch", "functorch"]
     torch.testing.assert_close(thetas[0], thetas[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("outputs", ["quadratic", "mlp", "linear"])
+def test_reverse_mode_second_directional_derivative_equals_jvp_of_jvp(outputs):
+    from marquardt.curvature.objective import _second_directional_by_reverse_mode, second_directional_derivative
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    if outputs == "quadratic":  # z = (θ·x)², z_vv = 2 (v·x)² in closed form
+        def fn(t):
+            return (x @ t) ** 2
+        theta, v = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+        expected = 2 * (x @ v) ** 2
+    else:
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double() if outputs == "mlp" else \
+            nn.Linear(3, 2).double()
+        layout = ParameterLayout.of(model)
+
+        def fn(t):
+            return functional_call(model, layout.as_dict(t), (x,))
+        theta, v = layout.get_flat(), torch.randn(layout.numel, dtype=torch.float64)
+        expected = second_directional_derivative(fn, theta, v)
+    got = _second_directional_by_reverse_mode(fn, theta, v)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    if outputs == "linear":
+        assert torch.equal(got, torch.zeros_like(got))

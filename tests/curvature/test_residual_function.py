@@ -243,3 +243,16 @@ def test_batch_tensors_are_checked_by_position():
         opt.step(t, bad)
     with pytest.raises(TypeError, match=r"step: expected \(inputs, targets\), got 3 arguments"):
         LevenbergMarquardt(nn.Linear(1, 1).double(), "mse").step(t, y, y)
+
+
+def test_geodesic_acceleration_takes_the_same_steps_in_both_styles():
+    """The autograd style's second directional derivative comes from reverse mode alone (torch.func refuses it)."""
+    x, xb = points()
+    runs = []
+    for fn in STYLES.values():
+        model = pinn()
+        opt = LevenbergMarquardt(model, residuals=fn, geodesic=True)
+        infos = [opt.step(x, xb) for _ in range(4)]
+        assert all(info.geodesic_used for info in infos)
+        runs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-10, atol=1e-10)

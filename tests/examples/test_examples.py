@@ -85,3 +85,15 @@ def test_custom_policy_rule_follows_its_bands_and_trains():
                          text=True, check=True).stdout
     losses = [float(v) for v in re.findall(r"loss after 40 steps: ([0-9.]+)", out)]
     assert len(losses) == 2 and all(loss < 0.01 for loss in losses)  # ½ MSE; the noise floor is 0.0017
+
+
+def test_pinn_poisson_learns_the_solution_in_both_styles_alike():
+    """Both ways of writing u'' give the same fit; the error is measured against the exact solution sin(πx)."""
+    example = load("pinn_poisson")
+    argv = ["--width", "12", "--points", "30", "--iterations", "40"]
+    by_func = example.main([*argv, "--style", "torch_func"])
+    by_autograd = example.main([*argv, "--style", "autograd"])
+    assert by_func["loss"] == pytest.approx(by_autograd["loss"], rel=1e-6)
+    assert by_func["error"] == pytest.approx(by_autograd["error"], rel=1e-6)
+    untrained = example.relative_l2_error(example.network(12, 0))
+    assert untrained > 0.5 and by_func["error"] < 1e-3

@@ -90,3 +90,17 @@ def test_the_dual_solver_is_refused_under_ranks():
     x, y = sine_data(20, dtype=torch.float64)
     with pytest.raises(ValueError, match="solver='dual' keeps every rank's rows"):
         twin.step(x, y)
+
+
+def test_a_residual_function_on_two_identical_ranks_steps_like_the_doubled_residuals():
+    """Each rank evaluates fn on its share of the points; M, A, g and the losses are summed over the ranks."""
+    t, y = exponential_data(30)
+    twin = LevenbergMarquardt(Exponential(), residuals=lambda m, t, y: (m(t) - y, 0.1 * (m(t[:3]) - y[:3])))
+    twin.objective.comm = TwinRanks(twin.layout.device)
+    single = LevenbergMarquardt(Exponential(), residuals=lambda m, t, y: (m(t) - y, 0.1 * (m(t[:3]) - y[:3]),
+                                                                         m(t) - y, 0.1 * (m(t[:3]) - y[:3])))
+    for _ in range(3):
+        a, b = twin.step(t, y), single.step(t, y)
+        assert a.loss_before == pytest.approx(b.loss_before, rel=1e-12) and a.reason == b.reason
+    for p, q in zip(twin.layout.params, single.layout.params):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)

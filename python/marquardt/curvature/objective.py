@@ -451,12 +451,36 @@ class Objective:
 def second_directional_derivative(
     outputs: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, v: torch.Tensor
 ) -> torch.Tensor:
-    """z_vv = d²/dτ² outputs(θ + τv) at τ = 0, by jvp of jvp."""
+    """z_vv = d²/dτ² outputs(θ + τv) at τ = 0, by jvp of jvp (torch.func), or by reverse mode alone for outputs
+    that torch.func cannot transform (a residual function that differentiates by ``torch.autograd.grad``)."""
 
     def directional(t: torch.Tensor) -> torch.Tensor:
         return jvp(outputs, (t,), (v,))[1]
 
-    return jvp(directional, (theta,), (v,))[1]
+    try:
+        return jvp(directional, (theta,), (v,))[1]
+    except RuntimeError:
+        return _second_directional_by_reverse_mode(outputs, theta, v)
+
+
+def _jvp_by_reverse_mode(z: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """J v of z(t) from two backward passes (the double-backward trick: Jᵀu is linear in u, and its derivative
+    in u along v is J v), keeping the graph so that the result can be differentiated again."""
+    if not z.requires_grad:  # z does not depend on t (the second pass of a model linear in θ)
+        return torch.zeros_like(z)
+    u = torch.zeros_like(z, requires_grad=True)
+    (jtu,) = torch.autograd.grad(z, t, u, create_graph=True, allow_unused=True, materialize_grads=True)
+    (jv,) = torch.autograd.grad(jtu, u, v, create_graph=True, allow_unused=True, materialize_grads=True)
+    return jv
+
+
+def _second_directional_by_reverse_mode(outputs: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,
+                                        v: torch.Tensor) -> torch.Tensor:
+    """z_vv = (∂(J v)/∂θ) v: the directional derivative of J v along v, both by :func:`_jvp_by_reverse_mode`."""
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        jv = _jvp_by_reverse_mode(outputs(t), t, v)
+        return _jvp_by_reverse_mode(jv, t, v).detach()
 
 
 class SecondOrderResidual:

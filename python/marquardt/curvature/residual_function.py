@@ -24,7 +24,7 @@ class ResidualFunction(nn.Module):
 
     The function runs with gradients enabled, so that it may take derivatives with respect to the inputs by
     ``torch.autograd.grad(..., create_graph=True)`` even inside the optimizer's ``torch.no_grad`` step (the
-    ``torch.func`` style, ``jacfwd``/``hessian``/``vmap``, needs no graph and is faster: see the docs)."""
+    ``torch.func`` style, ``jacfwd``/``hessian``/``vmap``, needs no graph)."""
 
     def __init__(self, model: nn.Module, fn: ModelResidualFn) -> None:
         super().__init__()

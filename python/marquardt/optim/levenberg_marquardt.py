@@ -55,7 +55,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         residuals: instead of ``loss``, a residual function ``fn(model, *batch)`` returning one tensor of residuals
             or a tuple of groups (a PDE's interior and boundary terms), flattened and concatenated: ``step(*batch)``
             minimises ½ Σ rₖ² (÷ M residuals with ``loss_scale="mean"``). ``fn`` may differentiate ``model`` in its
-            inputs by ``torch.func`` (fast) or ``torch.autograd.grad(..., create_graph=True)``.
+            inputs by ``torch.func`` or by ``torch.autograd.grad(..., create_graph=True)``.
         preset: ``"default"`` (improved settings), ``"paper"`` (the authors' choices), ``"vanilla"``, or a
             :class:`~marquardt.optim.config.Config`.
         **options: any flat option of :data:`marquardt.optim.config.OPTIONS`, e.g. ``damping``,
