@@ -2,8 +2,8 @@
 
 The model is a module whose parameters are the four unknowns of y(t) = a·exp(−b·t)·cos(c·t + d). A residual
 callable turns the module's output into residuals, and ``marquardt.fit`` iterates LM until one of MINPACK's
-convergence tests (ftol, xtol, gtol) holds. The standard errors come from the Gauss-Newton covariance
-σ²(JᵀJ)⁻¹ at the solution, with the Jacobian from ``torch.func.jacrev``.
+convergence tests (ftol, xtol, gtol) holds. The standard errors come from the result's Gauss-Newton
+covariance s²(JᵀJ)⁻¹ at the solution, s² = ‖r‖²/(points − parameters), as scipy's curve_fit computes it.
 
     python examples/curve_fit.py [--points 200] [--noise 0.05] [--seed 0]
 """
@@ -11,11 +11,9 @@ convergence tests (ftol, xtol, gtol) holds. The standard errors come from the Ga
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev
 
 import marquardt
 
@@ -50,17 +48,6 @@ def residuals(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return prediction - target
 
 
-def standard_errors(model: nn.Module, t: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """sqrt(diag(σ² (JᵀJ)⁻¹)) with σ² = ‖r‖² / (points − parameters), the usual least-squares estimate."""
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    jac = jacrev(lambda p: residuals(functional_call(model, p, (t,)), y))(params)
-    J = torch.stack([jac[k] for k in params], dim=1)  # points × parameters
-    r = residuals(model(t), y).detach()
-    sigma2 = float(r @ r) / (len(t) - len(params))
-    covariance = sigma2 * torch.linalg.inv(J.T @ J)
-    return {k: math.sqrt(float(covariance[i, i])) for i, k in enumerate(params)}
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=200)
@@ -72,10 +59,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = DampedOscillation(**FIRST_GUESS)
     optimizer = marquardt.LevenbergMarquardt(model, residuals)
     result = marquardt.fit(optimizer, t, y, max_iterations=200)
-    errors = standard_errors(model, t, y)
+    errors = {name: float(e) for name, e in result.standard_errors().items()}  # √diag of s²(JᵀJ)⁻¹
 
     print(f"converged: {result.converged} ({result.reason}) after {result.iterations} iterations, "
-          f"loss ½·mean(r²) = {result.loss:.4g}")
+          f"cost ½·Σr² = {result.cost:.4g}")
     print(f"{'parameter':>9} {'true':>8} {'fitted':>10} {'std err':>9}")
     fitted = {}
     for name, p in model.named_parameters():

@@ -6,6 +6,7 @@ from . import ops
 from ._loader import BUILT_WITH_TORCH, WITH_CUDA
 from .optim.fit import FitResult, fit
 from .optim.levenberg_marquardt import LevenbergMarquardt, StepResult
+from .optim.solution import Covariance, CovarianceWarning
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,8 @@ __all__ = [
     "StepResult",
     "fit",
     "FitResult",
+    "Covariance",
+    "CovarianceWarning",
     "ops",
     "WITH_CUDA",
     "BUILT_WITH_TORCH",

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import marquardt
+from marquardt.optim import fit as fit_module
+from marquardt.optim.fit import iterate
 from marquardt.optim.result import StepResult
 
 
@@ -27,12 +28,16 @@ class Scripted:
         self.infos = list(infos)
         self.config = SimpleNamespace(lam=SimpleNamespace(maximum=lam_max))
 
-    def step(self, inputs, targets=None):
+    def step(self):
         return self.infos.pop(0) if len(self.infos) > 1 else self.infos[0]
 
 
+def _iterate(scripted: Scripted, **kwargs):
+    return iterate(scripted.step, scripted.config.lam.maximum, **kwargs)
+
+
 def _fit(*infos, **kwargs):
-    return marquardt.fit(Scripted(*infos, lam_max=kwargs.pop("lam_max", 1e10)), None, None, max_iterations=3,
+    return _iterate(Scripted(*infos, lam_max=kwargs.pop("lam_max", 1e10)), max_iterations=3,
                          **kwargs)
 
 
@@ -101,16 +106,12 @@ def test_a_zero_gradient_step_stops_whatever_the_gradient_norm_says():
 
 
 def test_defaults_run_200_iterations_without_a_bar(monkeypatch):
-    import tqdm.auto
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a bar")))
-    result = marquardt.fit(Scripted(_info()), None, None)
+    monkeypatch.setattr(fit_module, "tqdm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a bar")))
+    result = _iterate(Scripted(_info()))
     assert (result.reason, result.iterations) == ("max_iterations", 200)
 
 
 def test_the_progress_bar_counts_iterations_and_shows_loss_and_lambda(monkeypatch):
-    import tqdm.auto
-
     bars = []
 
     class Bar:
@@ -127,8 +128,8 @@ def test_the_progress_bar_counts_iterations_and_shows_loss_and_lambda(monkeypatc
         def close(self):
             self.closed = True
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
-    marquardt.fit(Scripted(_info(loss_after=0.25, lam=0.5)), None, None, max_iterations=3, progress=True)
+    monkeypatch.setattr(fit_module, "tqdm", Bar)
+    _iterate(Scripted(_info(loss_after=0.25, lam=0.5)), max_iterations=3, progress=True)
     (bar,) = bars
     assert bar.kwargs == {"total": 3, "desc": "LM fit", "leave": False}
     assert bar.updates == [1, 1, 1] and bar.closed
@@ -138,7 +139,7 @@ def test_the_progress_bar_counts_iterations_and_shows_loss_and_lambda(monkeypatc
 def test_zero_tolerances_and_a_single_iteration_are_accepted():
     result = _fit(_info(), ftol=0.0, xtol=0.0, gtol=0.0)
     assert result.reason == "max_iterations"
-    assert marquardt.fit(Scripted(_info()), None, None, max_iterations=1).iterations == 1
+    assert _iterate(Scripted(_info()), max_iterations=1).iterations == 1
 
 
 @pytest.mark.parametrize("name", ["ftol", "xtol", "gtol"])
@@ -151,5 +152,5 @@ def test_a_negative_tolerance_is_refused_by_name(name):
 @pytest.mark.parametrize("value", [0, 1.5, True])
 def test_max_iterations_must_be_a_positive_int(value):
     with pytest.raises(ValueError) as refused:
-        marquardt.fit(Scripted(_info()), None, None, max_iterations=value)
+        _iterate(Scripted(_info()), max_iterations=value)
     assert str(refused.value) == f"max_iterations: expected an int >= 1, got {value!r}"

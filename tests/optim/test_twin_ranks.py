@@ -104,3 +104,17 @@ def test_a_residual_function_on_two_identical_ranks_steps_like_the_doubled_resid
         assert a.loss_before == pytest.approx(b.loss_before, rel=1e-12) and a.reason == b.reason
     for p, q in zip(twin.layout.params, single.layout.params):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+def test_covariance_on_two_identical_ranks_is_that_of_the_doubled_data():
+    import marquardt
+
+    t, y = exponential_data(25)
+    twin = LevenbergMarquardt(Exponential(), residuals)
+    twin.objective.comm = TwinRanks(twin.layout.device)
+    single = LevenbergMarquardt(Exponential(), residuals)
+    a = marquardt.fit(twin, t, y, max_iterations=30)
+    b = marquardt.fit(single, torch.cat([t, t]), torch.cat([y, y]), max_iterations=30)
+    assert a.cost == pytest.approx(b.cost, rel=1e-9)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(a.covariance().matrix, b.covariance().matrix, rtol=1e-7, atol=0.0)

@@ -442,6 +442,12 @@ class FullJacobian(Engine):
         self.forward_mode_failed = False  # set when an operation of the model has no forward-mode derivative
 
     def rows(self, x: torch.Tensor, y: Any, curvature: Curvature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        J, z = self.output_jacobian(x, y)
+        Jz = J.reshape(z.shape[0], -1, self.layout.numel)
+        return _rows_from_output_jacobian(curvature, z, None if self.residual_mode else y, Jz)
+
+    def output_jacobian(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J [*z_shape, n], z) of the chunk's outputs z (its residuals, in residual mode)."""
         def outputs(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             z = self.output_fn(self.layout.as_dict(flat), x, y)
             return z, z
@@ -460,8 +466,7 @@ class FullJacobian(Engine):
                     J, z = engine(outputs, has_aux=True)(theta)  # [*z_shape, n]
                 except RuntimeError:
                     J, z = self._reverse_jacobian(outputs, theta)
-        Jz = J.reshape(z.shape[0], -1, self.layout.numel)
-        return _rows_from_output_jacobian(curvature, z, None if self.residual_mode else y, Jz)
+        return J, z
 
     @staticmethod
     def _reverse_jacobian(outputs: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],

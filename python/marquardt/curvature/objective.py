@@ -415,7 +415,7 @@ class Objective:
         total = 0.0
         for x, y in chunks:
             with torch.enable_grad():
-                losses = self.curvature.per_sample_loss(self.outputs(x, y), y)
+                losses = self.curvature.per_sample_loss(self.outputs(x, y), None if self.residual_mode else y)
                 grads = torch.autograd.grad(losses.sum(), self.layout.params, allow_unused=True)
             for i, grad in enumerate(grads):
                 if grad is not None:
@@ -441,6 +441,21 @@ class Objective:
         total = self.comm.sum_float(total, self.layout.device)  # every rank compares the same batch loss
         self.forward_passes += 1
         return total * batch.alpha if math.isfinite(total) else math.inf
+
+    def least_squares(self, inputs: Any, targets: Any, noise: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r [M], J [M, n]) at the current θ: the residuals of a least-squares objective (loss 'mse', a residual
+        callable or function) in the order of the batch's entries, and their Jacobian, from the whole batch at
+        once with the iteration's noise."""
+        if not self.curvature.identity_weights:
+            raise ValueError(f"residuals and their Jacobian: only a least-squares objective has them (loss 'mse', "
+                             f"a residual callable or function), not this one (curvature {self.curvature.name!r})")
+        engine = FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_mode,
+                              module_outputs=self.outputs, model=self.model,
+                              rows_of=(lambda x: self._batch_rows) if self.residual_function is not None else None)
+        noise.replay()
+        J, z = engine.output_jacobian(inputs, targets)
+        r = self.curvature.residuals(z, None if self.residual_mode else targets)  # [S, c]
+        return r.reshape(-1), J.reshape(r.numel(), self.layout.numel)
 
     def second_order_residual(self, v: torch.Tensor, theta: torch.Tensor, batch: Batch, noise: Any,
                               dtype: torch.dtype) -> SecondOrderResidual:

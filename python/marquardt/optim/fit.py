@@ -2,22 +2,86 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from .levenberg_marquardt import LevenbergMarquardt
 from .result import StepResult
+from .solution import Covariance, LeastSquaresAt, cost_and_gradient, covariance, entry_names, residual_vector
+
+#: scipy.optimize.least_squares's status codes where it has the same stop (1-3, 0), and two of its own
+STATUS = {"gtol": 1, "ftol": 2, "xtol": 3, "max_iterations": 0, "lam_max": 5, "not_finite": -2}
+MESSAGES = {
+    "gtol": "`gtol` termination condition is satisfied.",
+    "ftol": "`ftol` termination condition is satisfied.",
+    "xtol": "`xtol` termination condition is satisfied.",
+    "max_iterations": "The maximum number of iterations is reached.",
+    "lam_max": "lambda reached lambda_max without an accepted step: no step from here lowers the loss.",
+    "not_finite": "The loss or its gradient is not finite at the current parameters.",
+}
 
 
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit`."""
+    """Outcome of :func:`fit`, with the fields of ``scipy.optimize.least_squares``'s result.
+
+    ``loss`` is the optimizer's loss (the mean with ``loss_scale='mean'``); ``cost`` is scipy's: the loss
+    summed over the samples, ½ Σ rₖ² for least squares. ``fun`` holds the residuals r (least squares only, in
+    the order of the batch's entries), ``grad`` ∇cost (Jᵀr for least squares) over θ's entries in the order of
+    ``names``, ``jac`` the Jacobian of r (with ``fit(..., return_jacobian=True)``), ``nfev``/``njev`` the
+    forward and Jacobian passes of the iterations, ``status`` scipy's code (:data:`STATUS`)."""
 
     converged: bool
     reason: str  # 'ftol', 'xtol', 'gtol', 'lam_max', 'max_iterations', 'not_finite' (the loss or gradient at θ)
     iterations: int
     loss: float
     history: list[StepResult] = field(default_factory=list)
+    x: dict[str, torch.Tensor] = field(default_factory=dict)
+    cost: float = math.nan
+    fun: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+    jac: torch.Tensor | None = None
+    nfev: int = 0
+    njev: int = 0
+    names: list[str] = field(default_factory=list)
+    _least_squares: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+    _comm: Any = field(default=None, repr=False)
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.reason]
+
+    @property
+    def message(self) -> str:
+        return MESSAGES[self.reason]
+
+    @property
+    def success(self) -> bool:
+        return self.converged
+
+    def covariance(self, absolute_sigma: bool = False) -> Covariance:
+        """The parameters' covariance s²(JᵀJ)⁻¹ at the solution, s² = 2·cost/(m − n) (``scipy.optimize.
+        curve_fit``'s ``pcov``), or (JᵀJ)⁻¹ with ``absolute_sigma=True``, for residuals already divided by
+        their known standard deviations. Rows and columns are named by ``.names``. All inf, with a
+        :class:`~marquardt.optim.solution.CovarianceWarning`, when J is rank-deficient or (estimating s²) m ≤ n."""
+        if self._least_squares is None:
+            raise ValueError("covariance: only a least-squares fit has one (loss 'mse', a residual callable or "
+                             "residual function), not a cross-entropy fit")
+        return covariance(self._least_squares, self.names, self._comm, absolute_sigma=absolute_sigma)
+
+    def standard_errors(self, absolute_sigma: bool = False) -> dict[str, torch.Tensor]:
+        """√diag of :meth:`covariance`, by parameter name, each shaped like its parameter."""
+        variances = self.covariance(absolute_sigma).matrix.diagonal()
+        errors, offset = {}, 0
+        for name, value in self.x.items():
+            errors[name] = variances[offset : offset + value.numel()].sqrt().reshape(value.shape)
+            offset += value.numel()
+        return errors
 
 
 def fit(
@@ -28,6 +92,7 @@ def fit(
     xtol: float = 1e-10,
     gtol: float = 1e-12,
     progress: bool = False,
+    return_jacobian: bool = False,
 ) -> FitResult:
     """Run ``optimizer.step(*batch)`` (``fit(opt, inputs, targets)``, or the arguments of a residual function)
     until a convergence test holds or the budget ends.
@@ -42,22 +107,35 @@ def fit(
 
     It stops at once with reason ``not_finite`` (not converged) when the loss or the gradient at the current
     parameters is NaN or Inf: no step can be taken from there.
+
+    The result also describes the point it stopped at as ``scipy.optimize.least_squares`` does (``x``,
+    ``cost``, ``fun``, ``grad``, ``jac`` with ``return_jacobian=True``, ``status``, ``message``, ``success``)
+    and gives the covariance of the parameters (:meth:`FitResult.covariance`).
     """
+    if return_jacobian and not optimizer.curvature.identity_weights:
+        raise ValueError("return_jacobian: only a least-squares fit (loss 'mse', a residual callable or residual "
+                         "function) has a Jacobian of residuals")
+    result = iterate(lambda: optimizer.step(*batch), optimizer.config.lam.maximum, max_iterations=max_iterations,
+                     ftol=ftol, xtol=xtol, gtol=gtol, progress=progress)
+    _describe_solution(result, optimizer, batch, return_jacobian)
+    return result
+
+
+def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations: int = 200, ftol: float = 1e-10,
+            xtol: float = 1e-10, gtol: float = 1e-12, progress: bool = False) -> FitResult:
+    """The loop of :func:`fit`: ``step()`` until a convergence test holds (λ's upper bound ``lambda_max``
+    for the ``lam_max`` test) or the budget ends; the result without the solution's description."""
     for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
     if not (isinstance(max_iterations, int) and not isinstance(max_iterations, bool) and max_iterations >= 1):
         raise ValueError(f"max_iterations: expected an int >= 1, got {max_iterations!r}")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_iterations, desc="LM fit", leave=False)
+    bar = tqdm(total=max_iterations, desc="LM fit", leave=False) if progress else None
     history: list[StepResult] = []
     reason = "max_iterations"
     try:
         for _ in range(max_iterations):
-            info = optimizer.step(*batch)
+            info = step()
             history.append(info)
             if bar is not None:
                 bar.update(1)
@@ -75,7 +153,7 @@ def fit(
                 reason = "ftol"
             elif info.accepted and info.step_norm <= xtol * (xtol + info.theta_norm):
                 reason = "xtol"
-            elif not info.accepted and info.lam >= optimizer.config.lam.maximum:
+            elif not info.accepted and info.lam >= lambda_max:
                 reason = "lam_max"
             else:
                 continue
@@ -86,3 +164,20 @@ def fit(
             bar.close()
     last = history[-1]
     return FitResult(reason not in ("max_iterations", "not_finite"), reason, len(history), last.loss_after, history)
+
+
+def _describe_solution(result: FitResult, optimizer: LevenbergMarquardt, batch: tuple, return_jacobian: bool) -> None:
+    """The scipy-style fields of the point the fit stopped at (the generator is left as it was)."""
+    layout = optimizer.layout
+    result.x = {name: p.detach().clone() for name, p in zip(layout.names, layout.params)}
+    result.names = entry_names(layout)
+    result.nfev = sum(info.forward_passes for info in result.history)
+    result.njev = sum(info.jacobian_passes for info in result.history)
+    result.cost, result.grad = cost_and_gradient(optimizer, batch)
+    if optimizer.curvature.identity_weights:  # least squares: residuals, Jacobian, covariance
+        result._least_squares = LeastSquaresAt(optimizer, batch, layout.get_flat())
+        result._comm = optimizer.objective.comm
+        if return_jacobian:
+            result.fun, result.jac = result._least_squares()
+        else:
+            result.fun = residual_vector(optimizer, batch)
