@@ -12,6 +12,7 @@ from marquardt.curvature.jacobian import (
     FullJacobian,
     FunctorchJacobian,
     NotApplicable,
+    _jacobian_by_double_vjp,
     _per_sample_weight_grad_by_grouped_conv,
 )
 from marquardt.curvature.losses import make_curvature
@@ -225,3 +226,86 @@ def test_the_unit_tangent_cache_is_bounded(monkeypatch):
     assert len(jacobian._UNIT_TANGENTS) == 257
     jacobian._unit_tangents(torch.zeros(300))  # past 256 kept shapes: dropped, then this one kept
     assert len(jacobian._UNIT_TANGENTS) == 1
+
+
+class SideBranch(nn.Module):
+    """A layer that runs but does not reach the output: its columns of the rows are zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Linear(3, 4).double()
+        self.side = nn.Linear(3, 2).double()
+        self.last = nn.Linear(4, 2).double()
+
+    def forward(self, x):
+        self.side(x)  # computed and thrown away
+        return self.last(torch.tanh(self.main(x)))
+
+
+def test_a_layer_off_the_output_path_gets_zero_columns():
+    torch.manual_seed(0)
+    model = SideBranch()
+    layout = ParameterLayout.of(model)
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    curvature = make_curvature("mse", "gn")
+    ref_rows, ref_rho = reference_rows(model, layout, curvature, x, y)
+    torch.empty(ref_rows.numel(), dtype=torch.float64).fill_(float("nan"))  # (leaves NaN in freed memory)
+    rows, rho, _ = FastPathJacobian(model, layout).rows(x, y, curvature)
+    torch.testing.assert_close(rows, ref_rows, rtol=1e-10, atol=1e-12)
+    side = [layout.slice_of(i) for i, name in enumerate(layout.names) if name.startswith("side.")]
+    assert all(torch.equal(rows[:, s], torch.zeros_like(rows[:, s])) for s in side) and len(side) == 2
+    factored, rho_f, _ = FastPathJacobian(model, layout).factors(x, y, curvature)
+    v = torch.randn(layout.numel, dtype=torch.float64)
+    torch.testing.assert_close(factored.matvec(v), ref_rows @ v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(factored.column_sq_norms(), (ref_rows**2).sum(0), rtol=1e-10, atol=1e-12)
+
+
+class Bare(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * self.lin(x)
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+@pytest.mark.parametrize("model,message", [
+    (lambda: nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), "LayerNorm has trainable parameters"),
+    (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten()), "grouped, non-zero-padded or "
+                                                                         "'same'-padded convolution"),
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), nn.Flatten()),
+     "grouped, non-zero-padded or 'same'-padded convolution"),
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Flatten()), "grouped, non-zero-padded or "
+                                                                              "'same'-padded convolution"),
+    (Bare, "Bare has trainable parameters"),
+    (Tied, r"a parameter is held by several layers \(tied weights\)"),
+])
+def test_the_fast_engine_names_what_it_cannot_follow(model, message):
+    from marquardt import LevenbergMarquardt
+
+    with pytest.raises(ValueError, match=f"^engine='fast' cannot handle this model: {message}$"):
+        LevenbergMarquardt(model(), "mse", engine="fast")
+
+
+def test_double_vjp_gives_zero_columns_for_unused_parameters_and_constant_outputs():
+    x = torch.linspace(0, 1, 5, dtype=torch.float64)
+    a = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    unused = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    J, z = _jacobian_by_double_vjp(lambda: a * x**2, [a, unused])
+    torch.testing.assert_close(J, torch.stack([x**2, torch.zeros_like(x)], dim=-1))
+    assert torch.equal(z, 2.0 * x**2) and not z.requires_grad
+    J, z = _jacobian_by_double_vjp(lambda: x * 1.0, [a, unused])  # no parameter at all
+    assert torch.equal(J, torch.zeros(5, 2, dtype=torch.float64)) and torch.equal(z, x)
+    J, z = _jacobian_by_double_vjp(lambda: torch.round(a) * x, [a, unused])  # a path without a derivative
+    assert torch.equal(J, torch.zeros(5, 2, dtype=torch.float64)) and torch.equal(z, 2.0 * x)

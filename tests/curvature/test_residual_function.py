@@ -256,3 +256,16 @@ def test_geodesic_acceleration_takes_the_same_steps_in_both_styles():
         assert all(info.geodesic_used for info in infos)
         runs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-10, atol=1e-10)
+
+
+def test_a_residual_callables_rows_are_its_leading_dimension():
+    """r [N, 2] from a residual callable: N samples of two residuals each, f = (1/N) Σ ½‖rᵢ‖²."""
+    torch.manual_seed(0)
+    model = nn.Linear(1, 2).double()
+    t, y = torch.randn(12, 1, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
+    scale = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    opt = LevenbergMarquardt(model, lambda z, y: (z - y) * scale)
+    with torch.no_grad():
+        r = (model(t) - y) * scale
+    info = opt.step(t, y)
+    assert info.loss_before == pytest.approx(float(0.5 * r.pow(2).sum() / 12), rel=1e-14)

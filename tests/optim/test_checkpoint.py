@@ -169,3 +169,38 @@ def test_the_edges_of_the_state_are_accepted():
         opt.load_state_dict(saved)
     assert str(refused.value) == ("state_dict: its damping vector d holds NaN, Inf or negative entries; was it "
                                   "saved by an optimizer of another model?")
+
+
+def test_a_float32_run_resumes_bit_identically_with_its_float64_damping():
+    x, y = sine_data(100)
+    straight = sine_mlp(6)
+    opt = LevenbergMarquardt(straight, "mse")
+    for _ in range(6):
+        opt.step(x, y)
+    first = sine_mlp(6)
+    opt_first = LevenbergMarquardt(first, "mse")
+    for _ in range(3):
+        opt_first.step(x, y)
+    saved = copy.deepcopy(opt_first.state_dict())
+    assert saved["state"][0]["d"].dtype == torch.float64
+    resumed = sine_mlp(6, seed=3)
+    resumed.load_state_dict(first.state_dict())
+    opt_resumed = LevenbergMarquardt(resumed, "mse")
+    opt_resumed.load_state_dict(saved)
+    assert opt_resumed.state_dict()["state"][0]["d"].dtype == torch.float64
+    for _ in range(3):
+        opt_resumed.step(x, y)
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_a_checkpoint_without_a_loss_name_keeps_the_optimizers():
+    from tests.models import Exponential, exponential_data, residuals
+
+    opt = LevenbergMarquardt(Exponential(), residuals)
+    opt.step(*exponential_data(20))
+    saved = copy.deepcopy(opt.state_dict())
+    del saved["param_groups"][0]["loss"]  # as written before checkpoints named their loss
+    other = LevenbergMarquardt(Exponential(), residuals)
+    other.load_state_dict(saved)
+    assert other.settings["loss"] == "residual" and other.state_dict()["param_groups"][0]["loss"] == "residual"
+    assert other.step(*exponential_data(20)).accepted

@@ -115,3 +115,15 @@ def test_every_system_feeds_the_running_maximum(form, dtype):
     expected = torch.maximum(torch.full((7,), 0.01, dtype=torch.float64), 0.5 * (J.double() ** 2).sum(dim=0))
     expected[2] = 50.0
     torch.testing.assert_close(d, expected, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=0)
+
+
+@pytest.mark.parametrize("skip_outside", [True, False])
+def test_lambda_outside_its_bounds_is_left_alone_only_when_asked(skip_outside):
+    """The authors' rule makes no update at all to a λ outside [lambda_min, lambda_max] (lambda_skip_outside)."""
+    from tests.models import Exponential, exponential_data, residuals
+
+    opt = LevenbergMarquardt(Exponential(), residuals, lambda_rule="delayed", lambda_init=1e-9, lambda_min=1e-6,
+                             lambda_skip_outside=skip_outside)
+    info = opt.step(*exponential_data(20))
+    assert info.accepted
+    assert info.lam == (1e-9 if skip_outside else 1e-6)

@@ -134,9 +134,7 @@ class FastPathJacobian(Engine):
                     raise NotApplicable("a parameter is held by several layers (tied weights)")
                 owner[id(p)] = (module, pname)
         self.columns: dict[tuple[int, str], slice] = {}
-        for i, p in enumerate(layout.params):
-            if id(p) not in owner:
-                raise NotApplicable("a trainable parameter is not owned by a supported layer")
+        for i, p in enumerate(layout.params):  # (each is some module's direct parameter: owned, or refused above)
             module, pname = owner[id(p)]
             self.columns[(id(module), pname)] = layout.slice_of(i)
 
@@ -327,16 +325,18 @@ def _jacobian_by_double_vjp(outputs: Callable[[], torch.Tensor],
     reverse mode twice: g(u) = Jᵀu is linear in u, so ∂g_k/∂u = J[..., k], one backward pass through the first
     backward pass's graph per parameter (forward mode without vmap)."""
     z = outputs()
+    n = sum(p.numel() for p in params)
+    if not z.requires_grad:  # z does not depend on θ at all
+        return torch.zeros(*z.shape, n, dtype=z.dtype, device=z.device), z.detach()
     u = torch.zeros_like(z, requires_grad=True)
     grads = torch.autograd.grad(z, params, grad_outputs=u, create_graph=True, allow_unused=True,
                                 materialize_grads=True)
     g = torch.cat([grad.reshape(-1) for grad in grads])
-    n = g.shape[0]
     columns = []
     for k in range(n):
         if g.requires_grad:
             (column,) = torch.autograd.grad(g[k], u, retain_graph=k < n - 1, allow_unused=True, materialize_grads=True)
-        else:  # z does not depend on θ at all
+        else:  # no path from θ to z has a derivative (e.g. through round()): J = 0
             column = torch.zeros_like(z)
         columns.append(column)
     return torch.stack(columns, dim=-1), z.detach()

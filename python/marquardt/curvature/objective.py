@@ -68,9 +68,9 @@ def _check_residuals(r: Any, z: torch.Tensor, targets: Any) -> None:
 
 
 def _residual_rows(r: torch.Tensor) -> torch.Tensor:
-    """A residual callable's output as [samples, residuals per sample] (a scalar, refused with names by
-    :func:`_check_residuals` when a batch shape is first seen, as one row here)."""
-    return r.reshape(1, 1) if r.dim() == 0 else r.reshape(r.shape[0], -1)
+    """A residual callable's output as [samples, residuals per sample] (a scalar is refused with names by
+    :func:`_check_residuals` when a batch shape is first seen)."""
+    return r.reshape(r.shape[0], -1)
 
 
 def _tensors(batch: Any) -> list[torch.Tensor]:

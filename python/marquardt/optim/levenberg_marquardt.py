@@ -133,7 +133,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         # bit-identical to an uninterrupted one.
         state = self.state[self.layout.params[0]]
         if "d" in saved:
-            state["d"] = saved["d"].to(device=self.layout.device, dtype=saved["d"].dtype).clone()
+            state["d"] = saved["d"].to(device=self.layout.device).clone()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Installs settings (from load_state_dict or unpickling), older option names translated; the pieces are
@@ -141,10 +141,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         super().__setstate__(state)
         group = self.param_groups[0]
         config = translated_settings(group)
-        self.param_groups[0] = {"params": group["params"], **config.flat(), "loss": group.get("loss", "mse")}
+        loss = group.get("loss", getattr(getattr(self, "loss_choice", None), "name", "mse"))  # (older: none saved)
+        self.param_groups[0] = {"params": group["params"], **config.flat(), "loss": loss}
         if "objective" in self.__dict__:
-            curvature = curvature_for(self.param_groups[0]["loss"], self.loss_choice.residual_mode, config)
-            self._build(config, curvature)
+            self._build(config, curvature_for(loss, self.loss_choice.residual_mode, config))
 
     # ---------------------------------------------------------------------------------------- step
     @torch.no_grad()

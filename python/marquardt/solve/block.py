@@ -19,6 +19,8 @@ from ..types.rows import FactoredRows
 from .system import Footprint, Precision, Problem, System
 
 BLOCK_KINDS = ("layer", "unit")
+#: partitions are index lists made on the host (whatever the default device); the system moves them once
+HOST = torch.device("cpu")
 
 
 def layer_blocks(layout: ParameterLayout) -> list[torch.Tensor]:
@@ -27,7 +29,7 @@ def layer_blocks(layout: ParameterLayout) -> list[torch.Tensor]:
     for i, name in enumerate(layout.names):
         owner = name.rsplit(".", 1)[0] if "." in name else name
         groups.setdefault(owner, []).extend(range(layout.offsets[i], layout.offsets[i] + layout.params[i].numel()))
-    return [torch.tensor(ix, dtype=torch.long) for ix in groups.values()]
+    return [torch.tensor(ix, dtype=torch.long, device=HOST) for ix in groups.values()]
 
 
 def unit_blocks(layout: ParameterLayout) -> list[torch.Tensor]:
@@ -43,7 +45,7 @@ def unit_blocks(layout: ParameterLayout) -> list[torch.Tensor]:
             continue
         start = layout.offsets[i]
         if p.dim() < 2:
-            blocks.append(torch.arange(start, start + p.numel()))
+            blocks.append(torch.arange(start, start + p.numel(), device=HOST))
             continue
         out, per_unit = p.shape[0], p[0].numel()
         b = bias_of.get(name[: -len("weight")]) if name.endswith("weight") else None
@@ -52,13 +54,13 @@ def unit_blocks(layout: ParameterLayout) -> list[torch.Tensor]:
         if b is not None:
             used_bias.add(b)
         for j in range(out):
-            ix = torch.arange(start + j * per_unit, start + (j + 1) * per_unit)
+            ix = torch.arange(start + j * per_unit, start + (j + 1) * per_unit, device=HOST)
             if b is not None:
-                ix = torch.cat([ix, torch.tensor([layout.offsets[b] + j])])
+                ix = torch.cat([ix, torch.tensor([layout.offsets[b] + j], device=HOST)])
             blocks.append(ix)
     for i in bias_of.values():
         if i not in used_bias:
-            blocks.append(torch.arange(layout.offsets[i], layout.offsets[i] + layout.params[i].numel()))
+            blocks.append(torch.arange(layout.offsets[i], layout.offsets[i] + layout.params[i].numel(), device=HOST))
     return blocks
 
 
@@ -66,7 +68,7 @@ def group_blocks(n: int, size: int) -> list[torch.Tensor]:
     """Consecutive groups of ``size`` parameters."""
     if size < 1:
         raise ValueError(f"blocks: a group size must be >= 1, got {size}")
-    return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
+    return [torch.arange(s, min(s + size, n), device=HOST) for s in range(0, n, size)]
 
 
 def make_blocks(kind: str | int, layout: ParameterLayout) -> list[torch.Tensor]:
