@@ -51,6 +51,7 @@ def test_ef_rows_are_loss_gradients():
     y = torch.tensor([0, 2, 1, 1])
     W, rho = EmpiricalFisherCE().weights(z, y)
     assert W.shape == (4, 3, 1) and torch.equal(rho, torch.ones(4, 1, dtype=torch.float64))
+    assert EmpiricalFisherCE().rows_per_sample(3) == W.shape[2] == 1
     expected = torch.softmax(z, 1) - torch.nn.functional.one_hot(y, 3)
     torch.testing.assert_close(W[:, :, 0], expected.double())
 
@@ -62,6 +63,9 @@ def test_mse_is_half_squared_error():
     W, rho = gn.weights(z, y)
     torch.testing.assert_close(rho, z - y)
     torch.testing.assert_close(W[0], torch.eye(2, dtype=torch.float64))
+    assert gn.rows_per_sample(2) == W.shape[2] == 2
+    L = gn.hessian_factor(z)  # the identity per sample, in the outputs' dtype
+    assert L.shape == (6, 2, 2) and L.dtype == z.dtype and torch.equal(L[3], torch.eye(2, dtype=torch.float64))
 
 
 def test_target_checks_name_the_problem():

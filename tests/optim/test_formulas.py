@@ -127,3 +127,13 @@ def test_lambda_outside_its_bounds_is_left_alone_only_when_asked(skip_outside):
     info = opt.step(*exponential_data(20))
     assert info.accepted
     assert info.lam == (1e-9 if skip_outside else 1e-6)
+
+
+def test_a_geodesic_correction_over_its_bound_rejects_the_attempt_and_says_so():
+    x, y = sine_data(40, dtype=torch.float64)
+    opt = LevenbergMarquardt(sine_mlp(5).double(), "mse", geodesic=True, geodesic_alpha=1e-12, max_attempts=3,
+                             lambda_init=1e-3)
+    info = opt.step(x, y)
+    assert not info.accepted and info.attempts == 3 and not info.geodesic_used
+    assert info.notes == ["geodesic correction too large: attempt rejected"] * 3
+    assert info.lam > 1e-3

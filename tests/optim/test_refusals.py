@@ -286,3 +286,41 @@ def test_a_model_changed_after_construction_is_refused(change):
     with pytest.raises(ValueError, match="trainable parameters changed since the optimizer was built"):
         opt.step(x, y)
     _assert_unchanged(model, opt, snapshot)
+
+
+class TwiceWithNoise(nn.Module):
+    """A layer run twice (the fast path cannot follow it) and train-mode RReLU (vmap cannot batch it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.out, self.act = nn.Linear(2, 2), nn.Linear(2, 1), nn.RReLU()
+
+    def forward(self, x):
+        return self.out(self.act(self.inner(self.act(self.inner(x)))))
+
+
+def test_the_engine_gives_way_step_by_step_to_the_full_one():
+    torch.manual_seed(0)
+    model = TwiceWithNoise().double()
+    x, y = torch.randn(10, 2, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
+    reference = copy.deepcopy(model)
+    torch.manual_seed(1)
+    auto = [LevenbergMarquardt(model, "mse").step(x, y)]
+    torch.manual_seed(1)
+    full = [LevenbergMarquardt(reference, "mse", engine="full").step(x, y)]
+    assert auto[0].engine == "full" and (auto[0].loss_after, auto[0].reason) == (full[0].loss_after, full[0].reason)
+    with pytest.raises(RuntimeError):  # asked for torch.func by name: no silent change of engine
+        LevenbergMarquardt(TwiceWithNoise().double(), "mse", engine="functorch").step(x, y)
+
+
+def test_a_layer_run_twice_leaves_the_fast_path_for_torch_func():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Tanh())
+    model = nn.Sequential(model, model, nn.Linear(2, 1)).double()  # the same block twice
+    x, y = torch.randn(10, 2, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
+    reference = copy.deepcopy(model)
+    auto = LevenbergMarquardt(model, "mse")
+    assert auto.objective.engine.name == "fast"
+    info = auto.step(x, y)
+    expected = LevenbergMarquardt(reference, "mse", engine="functorch").step(x, y)
+    assert info.engine == "functorch" and (info.loss_after, info.reason) == (expected.loss_after, expected.reason)

@@ -86,3 +86,16 @@ def test_new_targets_on_the_same_inputs_are_a_new_batch():
     assert first.lam < 0.5 and not opt.state_dict()["state"][0]["minibatch"]
     second = opt.step(x, torch.randn(40, 1, dtype=torch.float64))
     assert second.lam >= 0.5 and opt.state_dict()["state"][0]["minibatch"]
+
+
+def test_the_step_norm_is_that_of_the_stored_step_in_float64():
+    from tests.models import sine_data, sine_mlp
+
+    x, y = sine_data(60)  # float32: a norm accumulated in float32 would differ in its last bits
+    opt = LevenbergMarquardt(sine_mlp(12), "mse")
+    for _ in range(3):
+        info = opt.step(x, y)
+        step = opt.state_dict()["state"][0]["s_prev"]
+        assert info.accepted and step.dtype == torch.float32
+        assert info.step_norm == float(torch.linalg.vector_norm(step, dtype=torch.float64))
+        assert info.step_norm != float(torch.linalg.vector_norm(step)) or info.step_norm == 0.0
