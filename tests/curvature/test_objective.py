@@ -117,7 +117,7 @@ def test_second_order_residual_rows_and_gradient_agree():
     objective = _objective(model)
     noise = NoiseReplay(torch.device("cpu"))
     batch = objective.prepare(x, y, noise, None, "mean")
-    batch.chunks = [(x[:10], y[:10]), (x[10:], y[10:])]
+    batch.chunks = [(x[:10], y[:10], None), (x[10:], y[10:], None)]
     theta = objective.layout.get_flat()
     v = torch.randn_like(theta)
     residual = objective.second_order_residual(v, theta, batch, noise, torch.float64)

@@ -10,7 +10,7 @@ import torch
 
 from ..solve.system import Problem
 
-Chunks = list[tuple[torch.Tensor, Any]]
+Chunks = list[tuple[Any, Any, torch.Tensor | None]]  # (inputs, targets, weights or None) of each chunk
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Batch:
     local_curvature_samples: int
     subsampled: bool
     problem: Problem
+    weights: torch.Tensor | None = None  # per-sample weights wᵢ ≥ 0 (f = α Σ wᵢ ℓᵢ), None: all 1
     chunks: Chunks | None = None  # set by Objective.build_system: every evaluation of the step uses these
 
 

@@ -299,9 +299,10 @@ class Objective:
         return self._shapes[key]
 
     def prepare(self, inputs: Any, targets: torch.Tensor | None, noise: Any,
-                curvature_samples: int | float | None, loss_scale: str) -> Batch:
+                curvature_samples: int | float | None, loss_scale: str, weights: Any = None) -> Batch:
         """Sizes over all ranks, α, and the subsampled curvature's sample count for this batch."""
         n_local, sample_shape, factorable = self._probe(inputs, targets, noise)
+        weights = self._checked_weights(weights, n_local)
         per_sample = int(torch.Size(sample_shape).numel())
         if self.comm.active and not self._checked_ranks:
             self.comm.check_same_setup({"parameters": [tuple(p.shape) for p in self.layout.params],
@@ -330,15 +331,38 @@ class Objective:
             distributed=self.comm.active, whole_batch_chunks=self.whole_batch, **factors,
         )
         return Batch(inputs, targets, n_samples, n_local, per_sample, alpha, loss_scale == "mean", m_total, m_local,
-                     subsampled, problem)
+                     subsampled, problem, weights)
 
-    def _chunks(self, inputs: Any, targets: torch.Tensor | None, size: int) -> Iterator[tuple]:
+    def _checked_weights(self, weights: Any, samples: int) -> torch.Tensor | None:
+        """Per-sample weights as a tensor of the parameters' dtype, refused by name unless they are [samples]
+        finite numbers ≥ 0 on the parameters' device (the samples of a residual callable are the rows of its
+        output; of a residual function, its residuals)."""
+        if weights is None:
+            return None
+        if not isinstance(weights, torch.Tensor):
+            raise TypeError(f"weight: expected a torch.Tensor of per-sample weights, got {type(weights).__name__}")
+        if weights.shape != (samples,):
+            what = "residuals" if self.residual_function is not None else "samples"
+            raise ValueError(f"weight: expected shape ({samples},), one weight per {what[:-1]} of the batch, got "
+                             f"{tuple(weights.shape)}")
+        if weights.is_complex() or weights.dtype == torch.bool:
+            raise TypeError(f"weight: expected real numbers, got dtype {weights.dtype}")
+        if weights.device != self.layout.device:
+            raise ValueError(f"weight: on {weights.device} but the model's parameters are on {self.layout.device}")
+        weights = weights.to(self.layout.dtype)
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise ValueError("weight: expected finite weights >= 0")
+        return weights
+
+    def _chunks(self, inputs: Any, targets: torch.Tensor | None, size: int,
+                weights: torch.Tensor | None = None) -> Iterator[tuple]:
         if self.whole_batch:  # residuals, or samples coupled by train-mode BatchNorm: one chunk
-            yield inputs, targets
+            yield inputs, targets, weights
             return
         for start in range(0, inputs.shape[0], size):
-            y = targets[start : start + size] if targets is not None else None
-            yield inputs[start : start + size], y
+            part = slice(start, start + size)
+            yield (inputs[part], targets[part] if targets is not None else None,
+                   weights[part] if weights is not None else None)
 
     def curvature_subset(self, n: int, m: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the m curvature samples, the others): every (n // m)-th sample, the offset rotating with the step.
@@ -361,15 +385,17 @@ class Objective:
         from all of it: the curvature samples' rows, whose α𝒥ᵀρ is their share of the gradient (Wρ = ∂ℓ/∂z),
         then plain backward passes over the other samples. The curvature samples form the first chunks, so that
         replaying the noise gives them the same draw in every evaluation of the step."""
-        inputs, targets = batch.inputs, batch.targets
+        inputs, targets, weights = batch.inputs, batch.targets, batch.weights
         chunk = 0 if self.whole_batch else min(plan.chunk, inputs.shape[0])  # (0: whole, see _chunks)
         if not batch.subsampled:
-            batch.chunks = list(self._chunks(inputs, targets, chunk))
+            batch.chunks = list(self._chunks(inputs, targets, chunk, weights))
             return self._accumulate(plan.build(batch.alpha), batch.chunks, noise, first=True)
         assert targets is not None  # subsampling needs a model loss (checked at construction)
         picked, rest = self.curvature_subset(batch.local_samples, batch.local_curvature_samples, step)
-        curvature_chunks = list(self._chunks(inputs[picked], targets[picked], chunk))
-        rest_chunks = list(self._chunks(inputs[rest], targets[rest], chunk))
+        curvature_chunks = list(self._chunks(inputs[picked], targets[picked], chunk,
+                                             weights[picked] if weights is not None else None))
+        rest_chunks = list(self._chunks(inputs[rest], targets[rest], chunk,
+                                        weights[rest] if weights is not None else None))
         batch.chunks = curvature_chunks + rest_chunks
         alpha_curvature = (1.0 if batch.mean_loss else batch.samples) / batch.curvature_samples
         system, c_curvature = self._accumulate(plan.build(alpha_curvature), curvature_chunks, noise, first=False)
@@ -384,11 +410,15 @@ class Objective:
         noise.replay()
         total = 0.0
         rows: torch.Tensor | FactoredRows
-        for x, y in chunks:
+        for x, y, w in chunks:
             if system.takes_factors:
                 rows, rho, losses = self.engine.factors(x, y, self.curvature)
             else:
                 rows, rho, losses = self._rows(x, y)
+            if w is not None:  # sample i's rows and residuals times √wᵢ: A = α Σ wᵢ 𝒥ᵢᵀ𝒥ᵢ, g = α Σ wᵢ 𝒥ᵢᵀρᵢ
+                per_row = w.sqrt().repeat(rho.numel() // w.numel())  # (rows are k-major: row k·S + s)
+                rows, rho, losses = rows.scaled(per_row) if isinstance(rows, FactoredRows) else \
+                    rows * per_row.to(rows.dtype).unsqueeze(1), rho * per_row.to(rho.dtype), losses * w
             system.add(rows, rho)
             total += float(losses.double().sum())
         system.reduce(self.comm)  # data-parallel: A, g and the loss summed over the ranks (marquardt.parallel)
@@ -413,9 +443,10 @@ class Objective:
         where that pass left it, not replayed."""
         g = torch.zeros(self.layout.numel, dtype=self.layout.dtype, device=self.layout.device)
         total = 0.0
-        for x, y in chunks:
+        for x, y, w in chunks:
             with torch.enable_grad():
                 losses = self.curvature.per_sample_loss(self.outputs(x, y), None if self.residual_mode else y)
+                losses = losses * w if w is not None else losses
                 grads = torch.autograd.grad(losses.sum(), self.layout.params, allow_unused=True)
             for i, grad in enumerate(grads):
                 if grad is not None:
@@ -433,19 +464,20 @@ class Objective:
         self.layout.set_flat(theta)
         noise.replay()
         total = 0.0
-        for x, y in batch.chunks:  # (no graph is built: the optimizer's step runs under torch.no_grad)
+        for x, y, w in batch.chunks:  # (no graph is built: the optimizer's step runs under torch.no_grad)
             z = self.outputs(x, y)
             # (a residual callable's outputs are residuals: no targets to subtract; gn reads None so)
-            yy = None if self.residual_mode else y
-            total += float(self.curvature.per_sample_loss(z, yy).double().sum())
+            losses = self.curvature.per_sample_loss(z, None if self.residual_mode else y)
+            total += float((losses * w if w is not None else losses).double().sum())
         total = self.comm.sum_float(total, self.layout.device)  # every rank compares the same batch loss
         self.forward_passes += 1
         return total * batch.alpha if math.isfinite(total) else math.inf
 
-    def least_squares(self, inputs: Any, targets: Any, noise: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def least_squares(self, inputs: Any, targets: Any, noise: Any,
+                      weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(r [M], J [M, n]) at the current θ: the residuals of a least-squares objective (loss 'mse', a residual
         callable or function) in the order of the batch's entries, and their Jacobian, from the whole batch at
-        once with the iteration's noise."""
+        once with the iteration's noise; with sample weights, √wᵢ rᵢ and √wᵢ Jᵢ."""
         if not self.curvature.identity_weights:
             raise ValueError(f"residuals and their Jacobian: only a least-squares objective has them (loss 'mse', "
                              f"a residual callable or function), not this one (curvature {self.curvature.name!r})")
@@ -455,6 +487,10 @@ class Objective:
         noise.replay()
         J, z = engine.output_jacobian(inputs, targets)
         r = self.curvature.residuals(z, None if self.residual_mode else targets)  # [S, c]
+        J = J.reshape(*r.shape, self.layout.numel)
+        if weights is not None:
+            root_w = weights.sqrt().to(r.dtype).unsqueeze(1)
+            r, J = r * root_w, J * root_w.unsqueeze(2)
         return r.reshape(-1), J.reshape(r.numel(), self.layout.numel)
 
     def second_order_residual(self, v: torch.Tensor, theta: torch.Tensor, batch: Batch, noise: Any,
@@ -499,20 +535,22 @@ def _second_directional_by_reverse_mode(outputs: Callable[[torch.Tensor], torch.
 
 
 class SecondOrderResidual:
-    """ρ_vv,ᵢ = Wᵢᵀ z_vv,ᵢ with z_vv = d²/dτ² z(θ + τv), in row space (:meth:`rows`, k-major as the rows) or as
-    α𝒥ᵀρ_vv = α J_zᵀ W Wᵀ z_vv (:meth:`gradient`, one vector-Jacobian product per chunk)."""
+    """ρ_vv,ᵢ = √wᵢ Wᵢᵀ z_vv,ᵢ with z_vv = d²/dτ² z(θ + τv) (wᵢ the sample weights, 1 without), in row space
+    (:meth:`rows`, k-major as the rows) or as α𝒥ᵀρ_vv = α Σ wᵢ J_zᵢᵀ Wᵢ Wᵢᵀ z_vv,ᵢ (:meth:`gradient`, one
+    vector-Jacobian product per chunk)."""
 
     def __init__(self, objective: Objective, v: torch.Tensor, theta: torch.Tensor, batch: Batch, noise: Any,
                  dtype: torch.dtype) -> None:
         self.objective, self.v, self.theta = objective, v, theta
         self.batch, self.noise, self.dtype = batch, noise, dtype
 
-    def _per_chunk(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]]:
-        """(ρ_vv [S, q], W or None for the identity, z, θ requiring grad) per chunk, with the step's noise."""
+    def _per_chunk(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, Any]]:
+        """(ρ_vv [S, q], W or None for the identity, z, θ requiring grad, √w [S, 1] or None) per chunk, with the
+        step's noise."""
         objective, theta = self.objective, self.theta
         assert self.batch.chunks is not None
         self.noise.replay()
-        for x, y in self.batch.chunks:
+        for x, y, w in self.batch.chunks:
             outputs = lambda t, xx=x, yy=y: objective._functional_outputs(objective.layout.as_dict(t), xx, yy)  # noqa: E731
             with torch.enable_grad():
                 z_vv = second_directional_derivative(outputs, theta, self.v)
@@ -521,15 +559,17 @@ class SecondOrderResidual:
             L = objective.curvature.hessian_factor(z.detach()) if not objective.residual_mode else None
             zf = z_vv.reshape(z_vv.shape[0], -1)
             rho_vv = zf if L is None else torch.einsum("scq,sc->sq", L, zf)  # Wᵀ z_vv
-            yield rho_vv, L, z, theta_req
+            root_w = w.sqrt().to(rho_vv.dtype).unsqueeze(1) if w is not None else None
+            yield (rho_vv * root_w if root_w is not None else rho_vv), L, z, theta_req, root_w
 
     def rows(self) -> torch.Tensor:
-        return torch.cat([rho_vv.T.reshape(-1) for rho_vv, _, _, _ in self._per_chunk()])
+        return torch.cat([rho_vv.T.reshape(-1) for rho_vv, *_ in self._per_chunk()])
 
     def gradient(self) -> torch.Tensor:
         rhs = torch.zeros(self.objective.layout.numel, dtype=self.dtype, device=self.theta.device)
-        for rho_vv, L, z, theta_req in self._per_chunk():
-            cot = rho_vv if L is None else torch.einsum("scq,sq->sc", L, rho_vv)  # W Wᵀ z_vv
+        for rho_vv, L, z, theta_req, root_w in self._per_chunk():
+            rho_vv = rho_vv * root_w if root_w is not None else rho_vv  # w Wᵀ z_vv
+            cot = rho_vv if L is None else torch.einsum("scq,sq->sc", L, rho_vv)  # w W Wᵀ z_vv
             (grad,) = torch.autograd.grad(z, theta_req, grad_outputs=cot.reshape(z.shape).to(z.dtype))
             rhs += self.batch.alpha * grad.to(rhs.dtype)
         self.objective.comm.sum_(rhs)  # data-parallel: every rank's share, so that every rank takes the same step

@@ -93,9 +93,12 @@ def fit(
     gtol: float = 1e-12,
     progress: bool = False,
     return_jacobian: bool = False,
+    weight: torch.Tensor | None = None,
 ) -> FitResult:
     """Run ``optimizer.step(*batch)`` (``fit(opt, inputs, targets)``, or the arguments of a residual function)
     until a convergence test holds or the budget ends.
+
+    ``weight``: per-sample weights wᵢ ≥ 0 (shape [N]), each sample's loss counted wᵢ times.
 
     Tests, after each iteration (as in MINPACK's lmder):
 
@@ -115,9 +118,9 @@ def fit(
     if return_jacobian and not optimizer.curvature.identity_weights:
         raise ValueError("return_jacobian: only a least-squares fit (loss 'mse', a residual callable or residual "
                          "function) has a Jacobian of residuals")
-    result = iterate(lambda: optimizer.step(*batch), optimizer.config.lam.maximum, max_iterations=max_iterations,
-                     ftol=ftol, xtol=xtol, gtol=gtol, progress=progress)
-    _describe_solution(result, optimizer, batch, return_jacobian)
+    result = iterate(lambda: optimizer.step(*batch, weight=weight), optimizer.config.lam.maximum,
+                     max_iterations=max_iterations, ftol=ftol, xtol=xtol, gtol=gtol, progress=progress)
+    _describe_solution(result, optimizer, batch, return_jacobian, weight)
     return result
 
 
@@ -166,18 +169,19 @@ def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations
     return FitResult(reason not in ("max_iterations", "not_finite"), reason, len(history), last.loss_after, history)
 
 
-def _describe_solution(result: FitResult, optimizer: LevenbergMarquardt, batch: tuple, return_jacobian: bool) -> None:
+def _describe_solution(result: FitResult, optimizer: LevenbergMarquardt, batch: tuple, return_jacobian: bool,
+                       weight: Any) -> None:
     """The scipy-style fields of the point the fit stopped at (the generator is left as it was)."""
     layout = optimizer.layout
     result.x = {name: p.detach().clone() for name, p in zip(layout.names, layout.params)}
     result.names = entry_names(layout)
     result.nfev = sum(info.forward_passes for info in result.history)
     result.njev = sum(info.jacobian_passes for info in result.history)
-    result.cost, result.grad = cost_and_gradient(optimizer, batch)
+    result.cost, result.grad = cost_and_gradient(optimizer, batch, weight)
     if optimizer.curvature.identity_weights:  # least squares: residuals, Jacobian, covariance
-        result._least_squares = LeastSquaresAt(optimizer, batch, layout.get_flat())
+        result._least_squares = LeastSquaresAt(optimizer, batch, layout.get_flat(), weight)
         result._comm = optimizer.objective.comm
         if return_jacobian:
             result.fun, result.jac = result._least_squares()
         else:
-            result.fun = residual_vector(optimizer, batch)
+            result.fun = residual_vector(optimizer, batch, weight)

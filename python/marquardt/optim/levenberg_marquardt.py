@@ -148,10 +148,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------------------------------- step
     @torch.no_grad()
-    def step(self, *batch: Any) -> StepResult:  # type: ignore[override]
-        """One LM iteration: ``step(inputs, targets)`` for a loss, ``step(*batch)`` for a residual function. Returns
-        a :class:`StepResult`. A step that raises leaves the parameters, the state and the random generator as
-        they were."""
+    def step(self, *batch: Any, weight: torch.Tensor | None = None) -> StepResult:  # type: ignore[override]
+        """One LM iteration: ``step(inputs, targets)`` for a loss, ``step(*batch)`` for a residual function, each
+        sample's loss times ``weight[i]`` if given. Returns a :class:`StepResult`. A step that raises leaves the
+        parameters, the state and the random generator as they were."""
         if getattr(self, "_out_of_step", None):
             raise RuntimeError(self._out_of_step)
         inputs, targets = self.loss_choice.split(batch)
@@ -161,7 +161,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         noise = NoiseReplay(self.layout.device)
         passes_before = self.objective.forward_passes
         try:
-            result = self._iterate(inputs, targets, theta0, noise)
+            result = self._iterate(inputs, targets, theta0, noise, weight)
         except BaseException:
             self.layout.set_flat(theta0)  # never leave parameters half-updated (the state is written last)
             noise.replay()  # the generator as before the step
@@ -177,11 +177,10 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         self._state["forward_passes"] += result.forward_passes
         return result
 
-    def _iterate(self, inputs: torch.Tensor, targets: torch.Tensor | None, theta0: torch.Tensor,
-                 noise: NoiseReplay) -> StepResult:
+    def _iterate(self, inputs: Any, targets: Any, theta0: torch.Tensor, noise: NoiseReplay, weight: Any) -> StepResult:
         state = self._state
         samples = curvature_samples_at(self.config.objective.curvature_samples, state["step"])
-        batch = self.objective.prepare(inputs, targets, noise, samples, self.config.objective.loss_scale)
+        batch = self.objective.prepare(inputs, targets, noise, samples, self.config.objective.loss_scale, weight)
         changed = self.objective.batch_changed(inputs, targets)  # (recorded only when the step succeeds)
         # the flag lives in the state: a resumed run keeps it until it has seen two batches
         self._minibatch = state.get("minibatch", False) if changed is None else changed

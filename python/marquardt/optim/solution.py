@@ -60,11 +60,13 @@ class LeastSquaresAt:
     optimizer: LevenbergMarquardt
     batch: tuple
     theta: torch.Tensor
+    weight: torch.Tensor | None = None
     _value: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._value is None:
-            self._value = _at(self.optimizer, self.theta, lambda: _residuals_and_jacobian(self.optimizer, self.batch))
+            self._value = _at(self.optimizer, self.theta, lambda: _residuals_and_jacobian(self.optimizer, self.batch,
+                                                                                              self.weight))
         return self._value
 
 
@@ -81,38 +83,42 @@ def _at(optimizer: LevenbergMarquardt, theta: torch.Tensor, evaluate: Callable[[
         noise.replay()
 
 
-def _prepared(optimizer: LevenbergMarquardt, batch: tuple) -> tuple[Any, Any, Any]:
+def _prepared(optimizer: LevenbergMarquardt, batch: tuple, weight: Any) -> tuple[Any, Any, Any]:
     inputs, targets = optimizer.loss_choice.split(batch)
     optimizer.objective.check_batch(inputs, targets)
     noise = NoiseReplay(optimizer.layout.device)
-    prepared = optimizer.objective.prepare(inputs, targets, noise, None, optimizer.config.objective.loss_scale)
+    prepared = optimizer.objective.prepare(inputs, targets, noise, None, optimizer.config.objective.loss_scale, weight)
     return prepared, noise, optimizer.chooser.plan(prepared.problem).chunk
 
 
-def _residuals_and_jacobian(optimizer: LevenbergMarquardt, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    prepared, noise, _ = _prepared(optimizer, batch)
+def _residuals_and_jacobian(optimizer: LevenbergMarquardt, batch: tuple,
+                            weight: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    prepared, noise, _ = _prepared(optimizer, batch, weight)
     with torch.no_grad():
-        r, J = optimizer.objective.least_squares(prepared.inputs, prepared.targets, noise)
+        r, J = optimizer.objective.least_squares(prepared.inputs, prepared.targets, noise, prepared.weights)
     return r.detach(), J.detach()
 
 
-def residual_vector(optimizer: LevenbergMarquardt, batch: tuple) -> torch.Tensor:
-    """r [M] at the current θ, in the order of the batch's entries, from one forward pass (least squares)."""
-    prepared, noise, _ = _prepared(optimizer, batch)
+def residual_vector(optimizer: LevenbergMarquardt, batch: tuple, weight: Any = None) -> torch.Tensor:
+    """r [M] at the current θ (√wᵢ rᵢ with weights), in the order of the batch's entries, from one forward pass
+    (least squares)."""
+    prepared, noise, _ = _prepared(optimizer, batch, weight)
     objective = optimizer.objective
     noise.replay()
     with torch.no_grad():
         z = objective.outputs(prepared.inputs, prepared.targets)
         r = objective.curvature.residuals(z, None if objective.residual_mode else prepared.targets)
+        if prepared.weights is not None:
+            r = r * prepared.weights.sqrt().to(r.dtype).unsqueeze(1)
     noise.replay()
     return r.reshape(-1).detach()
 
 
-def cost_and_gradient(optimizer: LevenbergMarquardt, batch: tuple) -> tuple[float, torch.Tensor]:
-    """(cost, ∇cost) at the current θ: cost = Σᵢ ℓᵢ, the loss summed rather than averaged (½ Σ rₖ² for least
+def cost_and_gradient(optimizer: LevenbergMarquardt, batch: tuple, weight: Any = None) -> tuple[float, torch.Tensor]:
+    """(cost, ∇cost) at the current θ: cost = Σᵢ wᵢ ℓᵢ, the loss summed rather than averaged (½ Σ rₖ² for least
     squares, scipy's ``cost``), and its gradient (Jᵀr for least squares), over all ranks."""
-    prepared, noise, chunk = _prepared(optimizer, batch)
-    chunks = list(optimizer.objective._chunks(prepared.inputs, prepared.targets, chunk))
+    prepared, noise, chunk = _prepared(optimizer, batch, weight)
+    chunks = list(optimizer.objective._chunks(prepared.inputs, prepared.targets, chunk, prepared.weights))
     g, cost = optimizer.objective.gradient(chunks, noise, 1.0)
     noise.replay()
     return cost, g.detach()

@@ -114,6 +114,12 @@ class FactoredRows:
             sample_of_row = torch.cat(parts)
         return FactoredRows(chunks[0].n, sum(c.m for c in chunks), layers, chunks[0].dtype, sample_of_row)
 
+    def scaled(self, s: torch.Tensor) -> FactoredRows:
+        """The rows each multiplied by s [m] (row r = vec(δ_r ⊗ a): its signals carry the factor)."""
+        layers = [LinearFactors(f.inputs, f.signals * s.to(f.signals.dtype).unsqueeze(1), f.weight, f.bias)
+                  for f in self.layers]
+        return FactoredRows(self.n, self.m, layers, self.dtype, self.sample_of_row)
+
     def to(self, dtype: torch.dtype) -> FactoredRows:
         layers = [LinearFactors(f.inputs.to(dtype), f.signals.to(dtype), f.weight, f.bias) for f in self.layers]
         return FactoredRows(self.n, self.m, layers, dtype, self.sample_of_row)
