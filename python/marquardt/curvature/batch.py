@@ -32,9 +32,16 @@ class Batch:
     chunks: Chunks | None = None  # set by Objective.build_system: every evaluation of the step uses these
 
 
+def _entries(x: Any) -> tuple:
+    if isinstance(x, (tuple, list)):
+        return tuple(x)
+    return tuple(x.values()) if isinstance(x, dict) else (x,)
+
+
 def _items(inputs: Any, targets: Any) -> tuple:
-    """The entries a batch is compared by: inputs and targets, or each argument of a residual function's batch."""
-    return (*inputs, targets) if isinstance(inputs, tuple) else (inputs, targets)
+    """The entries a batch is compared by: each of its inputs (the arguments of a structured batch or of a
+    residual function) and targets."""
+    return (*_entries(inputs), *_entries(targets))
 
 
 class SameBatch:
@@ -82,8 +89,8 @@ class SameBatch:
 def fingerprint(t: Any) -> tuple:
     """The shape and 64 evenly spaced entries of t (of each tensor, for a tuple): equal for the same batch passed
     again, almost surely not for another batch."""
-    if isinstance(t, tuple):
-        return tuple(fingerprint(item) for item in t)
+    if isinstance(t, (tuple, list, dict)):
+        return tuple(fingerprint(item) for item in _entries(t))
     if isinstance(t, (bool, int, float, str)):
         return (t,)
     if not isinstance(t, torch.Tensor) or t.numel() == 0:

@@ -25,10 +25,11 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, jacfwd, jacrev, vmap
+from torch.func import jacfwd, jacrev, vmap
 
 from ..types.layout import ParameterLayout
 from ..types.rows import FactoredRows, LinearFactors
+from . import structure
 from .losses import Curvature
 
 OutputFn = Callable[[dict[str, torch.Tensor], torch.Tensor, Any], torch.Tensor]
@@ -157,7 +158,7 @@ class FastPathJacobian(Engine):
                    for m in self.modules]
         try:
             with torch.no_grad():
-                self.model(x)
+                structure.call(self.model, x)
         finally:
             for h in handles:
                 h.remove()
@@ -180,7 +181,7 @@ class FastPathJacobian(Engine):
         handles = [m.register_forward_hook(hook) for m in self.modules]
         try:
             with torch.enable_grad():
-                z = self.model(x)
+                z = structure.call(self.model, x)
         finally:
             for h in handles:
                 h.remove()
@@ -311,7 +312,7 @@ class FunctorchJacobian(Engine):
         theta = self.layout.get_flat()
 
         def output_single(flat: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            z = functional_call(self.model, self.layout.as_dict(flat), (xi.unsqueeze(0),)).squeeze(0)
+            z = structure.functional(self.model, self.layout.as_dict(flat), structure.take(xi, None)).squeeze(0)
             return z.reshape(-1), z
 
         with torch.enable_grad():
@@ -433,7 +434,7 @@ class FullJacobian(Engine):
                  model: nn.Module | None = None, rows_of: Callable[[Any], int] | None = None) -> None:
         self.output_fn = output_fn
         # the number of output rows of a chunk before it is evaluated (its leading size unless told otherwise)
-        self.rows_of = rows_of or (lambda x: x.shape[0])
+        self.rows_of = rows_of or structure.samples
         self.layout = layout
         self.residual_mode = residual_mode
         # the outputs at the model's own parameters (no functional_call: they are θ whenever rows are asked for)

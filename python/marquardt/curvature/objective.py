@@ -20,6 +20,7 @@ from ..parallel import Communicator
 from ..solve.system import Problem, System
 from ..types.layout import ParameterLayout
 from ..types.rows import FactoredRows
+from . import structure
 from .batch import Batch, Chunks, SameBatch, fingerprint
 from .jacobian import Engine, FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
 from .losses import Curvature
@@ -132,7 +133,7 @@ class Objective:
         if self.whole_batch and not self.residual_mode:  # train-mode BatchNorm: it updates its running statistics,
             # which a torch.func transform may not mutate; copies made inside the transform take the update
             params = {**params, **{name: b.clone() for name, b in self.model.named_buffers()}}
-        return self._as_residuals(functional_call(self.model, params, (x,)), y)
+        return self._as_residuals(structure.functional(self.model, params, x), y)
 
     def _as_residuals(self, z: torch.Tensor, y: Any) -> torch.Tensor:
         if self.residual_fn is None:
@@ -143,7 +144,7 @@ class Objective:
         """The model's outputs on x (the residuals, for a residual callable or function)."""
         if self.residual_function is not None:
             return self.model(*x)
-        return self._as_residuals(self.model(x), y)
+        return self._as_residuals(structure.call(self.model, x), y)
 
     # --------------------------------------------------------------------------------- validation
     def check_batch(self, inputs: Any, targets: Any) -> None:
@@ -182,23 +183,42 @@ class Objective:
             raise ValueError(f"{name}: contains NaN or Inf")
 
     def _check_model_batch(self, inputs: Any, targets: Any, same: bool) -> None:
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs: expected a torch.Tensor [N, ...], got {type(inputs).__name__}")
-        for name, t in (("inputs", inputs), ("targets", targets)):
-            if t is None:
-                continue
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        """The model's inputs (a tensor, or a tuple, list or dict of tensors: positional or keyword arguments)
+        and the targets (a tensor; a residual callable's may be structured too), every tensor holding the same
+        number N ≥ 1 of samples along its first dimension."""
+        if not isinstance(inputs, torch.Tensor) and not structure.is_structured(inputs):
+            raise TypeError(f"inputs: expected a torch.Tensor [N, ...] (or a tuple, list or dict of them), got "
+                            f"{type(inputs).__name__}")
+        structured_targets = self.residual_fn is not None and structure.is_structured(targets)
+        if targets is not None and not isinstance(targets, torch.Tensor) and not structured_targets:
+            raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+        named = [("inputs" + name, t) for name, t in self._tensors_of(inputs, "inputs")]
+        named += [("targets" + name, t) for name, t in self._tensors_of(targets, "targets")]
+        for name, t in named:
             self._check_tensor(name, t, scan=not same)
-        if inputs.dim() == 0 or inputs.shape[0] == 0:
-            raise ValueError(f"inputs: expected a non-empty batch [N, ...], got shape {tuple(inputs.shape)}")
-        if self.residual_fn is None:
-            if targets is None:
-                raise ValueError("targets: required for loss='mse' or 'cross_entropy'")
-            if targets.shape[0] != inputs.shape[0]:
-                raise ValueError(
-                    f"targets: batch size {targets.shape[0]} does not match inputs' batch size {inputs.shape[0]}"
-                )
+        first_name, first = named[0]
+        if first.dim() == 0 or first.shape[0] == 0:
+            raise ValueError(f"{first_name}: expected a non-empty batch [N, ...], got shape {tuple(first.shape)}")
+        if self.residual_fn is None and targets is None:
+            raise ValueError("targets: required for loss='mse' or 'cross_entropy'")
+        for name, t in named[1:]:
+            if t.dim() == 0 or t.shape[0] != first.shape[0]:
+                what = "targets" if name.startswith("targets") else name
+                raise ValueError(f"{what}: batch size {t.shape[0] if t.dim() else 0} does not match inputs' batch "
+                                 f"size {first.shape[0]}")
+
+    @staticmethod
+    def _tensors_of(x: Any, name: str) -> list[tuple[str, torch.Tensor]]:
+        """The tensors of a structured batch entry (named by position or key), refusing anything else in it."""
+        if x is None or isinstance(x, torch.Tensor):
+            return [] if x is None else [("", x)]
+        entries = list(enumerate(x)) if isinstance(x, (tuple, list)) else list(x.items())
+        if not entries:
+            raise ValueError(f"{name}: expected at least one tensor, got an empty {type(x).__name__}")
+        for key, value in entries:
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}[{key!r}]: expected a torch.Tensor, got {type(value).__name__}")
+        return [(f"[{key!r}]", value) for key, value in entries]
 
     def batch_changed(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> bool | None:
         """Whether this batch differs from the previous one (None for the first): mini-batch training.
@@ -258,21 +278,23 @@ class Objective:
         rows of the residual callable's output (N = its leading size)."""
         if self.residual_function is not None:
             return self._probe_residual_function(inputs, noise)
-        key = (tuple(inputs.shape), None if targets is None else tuple(targets.shape))
+        key = (structure.shapes(inputs), structure.shapes(targets))
         coupled = self._samples_coupled()
         if key not in self._shapes:
             noise.replay()
+            n = structure.samples(inputs)
             if self.residual_fn is None and not coupled:
-                z1 = _checked_output(self.model(inputs[:1]))
+                first = structure.take(inputs, slice(0, 1))
+                z1 = _checked_output(structure.call(self.model, first))
                 assert targets is not None  # check_batch refused a missing target for a model loss
-                self.curvature.check_targets(torch.empty((inputs.shape[0],) + z1.shape[1:], device="meta"), targets)
-                self._settle_engine(inputs[:1], targets[:1], noise)
-                self._shapes[key] = (inputs.shape[0], tuple(z1.shape[1:]), self.engine.factorable(inputs[:1]))
+                self.curvature.check_targets(torch.empty((n,) + z1.shape[1:], device="meta"), targets)
+                self._settle_engine(first, targets[:1], noise)
+                self._shapes[key] = (n, tuple(z1.shape[1:]), self.engine.factorable(first))
             elif self.residual_fn is None:  # the samples are coupled (train-mode BatchNorm): one pass on all
-                z = _checked_output(self.model(inputs))
-                self._shapes[key] = (inputs.shape[0], tuple(z.shape[1:]), False)
+                z = _checked_output(structure.call(self.model, inputs))
+                self._shapes[key] = (n, tuple(z.shape[1:]), False)
             else:
-                z = _checked_output(self.model(inputs))
+                z = _checked_output(structure.call(self.model, inputs))
                 r = self.residual_fn(z, targets)
                 _check_residuals(r, z, targets)
                 r = _residual_rows(r)
@@ -359,9 +381,9 @@ class Objective:
         if self.whole_batch:  # residuals, or samples coupled by train-mode BatchNorm: one chunk
             yield inputs, targets, weights
             return
-        for start in range(0, inputs.shape[0], size):
+        for start in range(0, structure.samples(inputs), size):
             part = slice(start, start + size)
-            yield (inputs[part], targets[part] if targets is not None else None,
+            yield (structure.take(inputs, part), structure.take(targets, part),
                    weights[part] if weights is not None else None)
 
     def curvature_subset(self, n: int, m: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,15 +408,15 @@ class Objective:
         then plain backward passes over the other samples. The curvature samples form the first chunks, so that
         replaying the noise gives them the same draw in every evaluation of the step."""
         inputs, targets, weights = batch.inputs, batch.targets, batch.weights
-        chunk = 0 if self.whole_batch else min(plan.chunk, inputs.shape[0])  # (0: whole, see _chunks)
+        chunk = 0 if self.whole_batch else min(plan.chunk, structure.samples(inputs))  # (0: whole, see _chunks)
         if not batch.subsampled:
             batch.chunks = list(self._chunks(inputs, targets, chunk, weights))
             return self._accumulate(plan.build(batch.alpha), batch.chunks, noise, first=True)
         assert targets is not None  # subsampling needs a model loss (checked at construction)
         picked, rest = self.curvature_subset(batch.local_samples, batch.local_curvature_samples, step)
-        curvature_chunks = list(self._chunks(inputs[picked], targets[picked], chunk,
+        curvature_chunks = list(self._chunks(structure.take(inputs, picked), targets[picked], chunk,
                                              weights[picked] if weights is not None else None))
-        rest_chunks = list(self._chunks(inputs[rest], targets[rest], chunk,
+        rest_chunks = list(self._chunks(structure.take(inputs, rest), targets[rest], chunk,
                                         weights[rest] if weights is not None else None))
         batch.chunks = curvature_chunks + rest_chunks
         alpha_curvature = (1.0 if batch.mean_loss else batch.samples) / batch.curvature_samples
