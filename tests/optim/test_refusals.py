@@ -109,15 +109,6 @@ def test_a_step_that_fails_inside_leaves_no_trace(monkeypatch):
     _assert_unchanged(model, opt, snapshot)
 
 
-def test_loss_modules_are_refused_with_the_string_to_use():
-    with pytest.raises(ValueError, match="MSELoss object returns the loss, not residuals.*loss='mse'"):
-        LevenbergMarquardt(nn.Linear(2, 1), nn.MSELoss())
-    with pytest.raises(ValueError, match="loss='cross_entropy'"):
-        LevenbergMarquardt(nn.Linear(2, 3), nn.CrossEntropyLoss())
-    with pytest.raises(ValueError, match="L1Loss.*a residual callable"):
-        LevenbergMarquardt(nn.Linear(2, 1), nn.L1Loss())
-
-
 def test_a_residual_callable_returning_a_scalar_is_refused():
     t, y = exponential_data(50)
     opt = LevenbergMarquardt(Exponential(), lambda z, target: ((z - target) ** 2).mean())

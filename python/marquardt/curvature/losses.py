@@ -69,9 +69,14 @@ class Curvature:
         """Output-space weights W [N, c, q] and generalized residual ρ [N, q] (see the module docstring)."""
         raise NotImplementedError
 
-    def hessian_factor(self, outputs: torch.Tensor) -> torch.Tensor:
+    def hessian_factor(self, outputs: torch.Tensor, targets: Any = None) -> torch.Tensor:
         """The factor W [N, c, q] of :meth:`weights`, with W Wᵀ = ∂²ℓ/∂z² (used by the geodesic correction)."""
         raise NotImplementedError
+
+    def scale(self, outputs_per_sample: int) -> float:
+        """A constant factor of the objective, f = scale · α Σ ℓᵢ: 1, or what makes the reported loss a loss
+        module's own value (nn.MSELoss averages (z − y)² over every entry: 2/c times ½‖zᵢ − yᵢ‖²)."""
+        return 1.0
 
     def residuals(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """ρ [N, q] alone (modes with :attr:`identity_weights`, whose W need not be formed)."""
@@ -114,7 +119,7 @@ class GaussNewtonMSE(Curvature):
         eye = torch.eye(c, dtype=z.dtype, device=z.device).expand(n, c, c)
         return eye, z - _flat_outputs(targets)
 
-    def hessian_factor(self, outputs: torch.Tensor) -> torch.Tensor:
+    def hessian_factor(self, outputs: torch.Tensor, targets: Any = None) -> torch.Tensor:
         z = _flat_outputs(outputs)
         return torch.eye(z.shape[1], dtype=z.dtype, device=z.device).expand(z.shape[0], -1, -1)
 
@@ -207,7 +212,7 @@ class GeneralizedGaussNewtonCE(_CrossEntropy):
         assert rho is not None  # given targets, the factor comes with its residual
         return factor, rho
 
-    def hessian_factor(self, outputs: torch.Tensor) -> torch.Tensor:
+    def hessian_factor(self, outputs: torch.Tensor, targets: Any = None) -> torch.Tensor:
         return _softmax_factor(torch.softmax(outputs, dim=1))[0]
 
     def rows_per_sample(self, outputs_per_sample: int) -> int:
@@ -229,12 +234,89 @@ class EmpiricalFisherCE(_CrossEntropy):
         return grad_z.unsqueeze(2), torch.ones(outputs.shape[0], 1, dtype=outputs.dtype, device=outputs.device)
 
 
-def make_curvature(loss: str, curvature: str | None) -> Curvature:
-    """The curvature object for a loss name and an optional curvature override."""
+class ScaledMSE(GaussNewtonMSE):
+    """nn.MSELoss: the mean (or sum) of (z − y)² over every entry, 2/c (or 2) times the ``mse`` objective."""
+
+    def __init__(self, per_entry_mean: bool) -> None:
+        self.per_entry_mean = per_entry_mean
+
+    def scale(self, outputs_per_sample: int) -> float:
+        return 2.0 / outputs_per_sample if self.per_entry_mean else 2.0
+
+
+class BinaryCrossEntropy(Curvature):
+    """``bce_with_logits``: ℓᵢ = Σ_k BCE(zᵢₖ, yᵢₖ) over the logits of sample i (one logit: binary; several:
+    multi-label), with the exact generalized Gauss-Newton factor.
+
+    With a = w⁺y + 1 − y (w⁺ the positive-class weight, 1 without) and p = σ(z), each logit's loss
+    −[w⁺y log p + (1 − y) log(1 − p)] has gradient a·p − w⁺y and second derivative a·p(1 − p). So W is diagonal
+    with Wₖₖ = √(a p (1 − p)) and ρₖ = (a p − w⁺y)/Wₖₖ, making W Wᵀ the Hessian and W ρ the gradient (p(1 − p)
+    floored at 1e-12 keeps ρ finite). ``per_entry_mean`` divides ℓᵢ by the number of logits, as
+    nn.BCEWithLogitsLoss's mean does."""
+
+    name = "ggn"
+
+    def __init__(self, pos_weight: torch.Tensor | None = None, per_entry_mean: bool = False) -> None:
+        self.pos_weight = pos_weight
+        self.per_entry_mean = per_entry_mean
+
+    def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if targets.shape != outputs.shape or not targets.is_floating_point():
+            raise ValueError(f"targets: expected probabilities in [0, 1] shaped like the model output "
+                             f"{tuple(outputs.shape)} for binary cross-entropy, got {tuple(targets.shape)} of dtype "
+                             f"{targets.dtype}")
+        if targets.device.type != "meta" and targets.numel() and bool(((targets < 0) | (targets > 1)).any()):
+            raise ValueError(f"targets: expected probabilities in [0, 1] for binary cross-entropy, got range "
+                             f"[{float(targets.min()):.6g}, {float(targets.max()):.6g}]")
+
+    def _pos_weight(self, z: torch.Tensor) -> torch.Tensor | None:
+        return None if self.pos_weight is None else self.pos_weight.to(device=z.device, dtype=z.dtype)
+
+    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        entries = F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype), reduction="none",
+                                                     pos_weight=self._pos_weight(outputs))
+        entries = _flat_outputs(entries)
+        return entries.mean(dim=1) if self.per_entry_mean else entries.sum(dim=1)
+
+    def _factor(self, outputs: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(diag W [N, c], a, w⁺y) per logit; a = 1 without targets (needs no w⁺)."""
+        z = _flat_outputs(outputs)
+        p = torch.sigmoid(z)
+        pos_weight = self._pos_weight(outputs)
+        if targets is None:
+            if pos_weight is not None:
+                raise ValueError("binary cross-entropy with pos_weight: its curvature depends on the targets")
+            a, positive = torch.ones_like(z), None
+        else:
+            y = _flat_outputs(targets.to(z.dtype))
+            positive = y * pos_weight.reshape(-1).expand_as(y) if pos_weight is not None else y
+            a = positive + 1.0 - y
+        scale = 1.0 / z.shape[1] if self.per_entry_mean else 1.0
+        w = (scale * a * (p * (1.0 - p)).clamp_min(_P_FLOOR)).sqrt()
+        return w, a * p, positive
+
+    def weights(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w, ap, positive = self._factor(outputs, targets)
+        assert positive is not None
+        scale = 1.0 / w.shape[1] if self.per_entry_mean else 1.0
+        return torch.diag_embed(w), scale * (ap - positive) / w
+
+    def hessian_factor(self, outputs: torch.Tensor, targets: Any = None) -> torch.Tensor:
+        return torch.diag_embed(self._factor(outputs, targets)[0])
+
+
+def make_curvature(loss: Any, curvature: str | None) -> Curvature:
+    """The curvature object for a loss name or module and an optional curvature override."""
+    if isinstance(loss, torch.nn.Module):
+        return _module_curvature(loss, curvature)
     if loss == "mse":
         if curvature not in (None, "gn"):
             raise ValueError(f"curvature: loss='mse' supports only 'gn', got {curvature!r}")
         return GaussNewtonMSE()
+    if loss == "bce_with_logits":
+        if curvature not in (None, "ggn"):
+            raise ValueError(f"curvature: loss='bce_with_logits' supports only 'ggn', got {curvature!r}")
+        return BinaryCrossEntropy()
     if loss == "cross_entropy":
         choice = curvature or "ggn"
         if choice == "ggn":
@@ -242,4 +324,33 @@ def make_curvature(loss: str, curvature: str | None) -> Curvature:
         if choice == "ef":
             return EmpiricalFisherCE()
         raise ValueError(f"curvature: loss='cross_entropy' supports 'ggn' (default) or 'ef', got {curvature!r}")
-    raise ValueError(f"loss: expected 'mse', 'cross_entropy' or a residual callable, got {loss!r}")
+    raise ValueError(f"loss: expected 'mse', 'cross_entropy', 'bce_with_logits', a loss module or a residual "
+                     f"callable, got {loss!r}")
+
+
+#: the loss modules LM takes, each with its exact curvature (other modules are refused by name)
+SUPPORTED_MODULES = ("MSELoss", "BCEWithLogitsLoss")
+
+
+def _module_curvature(module: torch.nn.Module, curvature: str | None) -> Curvature:
+    name = type(module).__name__
+    if name not in SUPPORTED_MODULES or type(module).__module__ != "torch.nn.modules.loss":
+        raise ValueError(
+            f"loss: a {name} object has no Gauss-Newton form here; the supported loss modules are "
+            f"{', '.join('nn.' + m for m in SUPPORTED_MODULES)} (or the strings 'mse', 'cross_entropy', "
+            "'bce_with_logits'); for any other objective pass residuals=fn(model, *batch) or a residual callable"
+        )
+    reduction = getattr(module, "reduction", "mean")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"loss: {name}(reduction={reduction!r}) returns per-entry losses; LM needs one value "
+                         "(reduction='mean' or 'sum')")
+    if name == "MSELoss":
+        if curvature not in (None, "gn"):
+            raise ValueError(f"curvature: nn.MSELoss supports only 'gn', got {curvature!r}")
+        return ScaledMSE(per_entry_mean=reduction == "mean")
+    if curvature not in (None, "ggn"):
+        raise ValueError(f"curvature: nn.BCEWithLogitsLoss supports only 'ggn', got {curvature!r}")
+    if getattr(module, "weight", None) is not None:
+        raise ValueError("loss: nn.BCEWithLogitsLoss(weight=...) is not supported; pass per-sample weights to "
+                         "step(..., weight=w) instead")
+    return BinaryCrossEntropy(pos_weight=getattr(module, "pos_weight", None), per_entry_mean=reduction == "mean")

@@ -331,7 +331,7 @@ class Objective:
                                         "dtype": str(self.layout.dtype), **self.setup})
             self._checked_ranks = True
         n_samples = int(round(self.comm.sum_float(float(n_local), self.layout.device)))
-        alpha = 1.0 / n_samples if loss_scale == "mean" else 1.0
+        alpha = self.curvature.scale(per_sample) * (1.0 / n_samples if loss_scale == "mean" else 1.0)
         if curvature_samples is None:
             m_local = n_local
         elif isinstance(curvature_samples, float):
@@ -578,7 +578,7 @@ class SecondOrderResidual:
                 z_vv = second_directional_derivative(outputs, theta, self.v)
                 theta_req = theta.detach().requires_grad_(True)
                 z = outputs(theta_req)
-            L = objective.curvature.hessian_factor(z.detach()) if not objective.residual_mode else None
+            L = objective.curvature.hessian_factor(z.detach(), y) if not objective.residual_mode else None
             zf = z_vv.reshape(z_vv.shape[0], -1)
             rho_vv = zf if L is None else torch.einsum("scq,sc->sq", L, zf)  # Wᵀ z_vv
             root_w = w.sqrt().to(rho_vv.dtype).unsqueeze(1) if w is not None else None

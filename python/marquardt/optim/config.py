@@ -326,8 +326,10 @@ class LossChoice:
 
     @property
     def name(self) -> str:
-        """The name a checkpoint records."""
-        return "residuals" if self.residuals is not None else "residual" if self.residual_fn is not None else self.loss
+        """The name a checkpoint records (a loss module by its repr, which shows its settings)."""
+        if self.residuals is not None or self.residual_fn is not None:
+            return "residuals" if self.residuals is not None else "residual"
+        return repr(self.loss) if isinstance(self.loss, torch.nn.Module) else self.loss
 
     def split(self, batch: tuple) -> tuple[Any, Any]:
         """(inputs, targets) of step()'s arguments; a residual function's arguments are its inputs, whole (none
@@ -352,6 +354,12 @@ def choose_loss(loss: Any, residuals: Any, preset: Any, options: dict[str, Any])
     else:
         loss = "mse" if loss is None else loss
         choice = LossChoice(loss, loss if callable(loss) and not isinstance(loss, (str, torch.nn.Module)) else None)
+        if isinstance(loss, torch.nn.Module):  # a loss module: its reduction is the loss scale
+            reduction = getattr(loss, "reduction", "mean")
+            if options.get("loss_scale", reduction) != reduction and reduction in ("mean", "sum"):
+                raise ValueError(f"loss_scale: {options['loss_scale']!r} contradicts the loss module's "
+                                 f"reduction={reduction!r}; leave loss_scale out")
+            options = {**options, "loss_scale": reduction} if reduction in ("mean", "sum") else options
     if choice.residual_mode and preset == "default" and "momentum" not in options:
         # Curve fitting: LMAM's fixed H-radius κ√I_GG rules out the full Gauss-Newton step and with it the fast
         # local convergence that least-squares fits rely on (MGH set: 16/16 solved without momentum, 14/16 and
@@ -363,13 +371,6 @@ def choose_loss(loss: Any, residuals: Any, preset: Any, options: dict[str, Any])
 def curvature_for(loss: Any, residual_mode: bool, config: Config) -> Curvature:
     """The curvature mode of this loss, with the options that depend on it checked."""
     mode = config.objective.curvature
-    if isinstance(loss, torch.nn.modules.loss._Loss):
-        name = type(loss).__name__
-        hint = {"MSELoss": "loss='mse'", "CrossEntropyLoss": "loss='cross_entropy'"}.get(name, "a residual callable")
-        raise ValueError(
-            f"loss: a {name} object returns the loss, not residuals, and LM would minimise its square; use {hint} "
-            "(the string), whose curvature is exact"
-        )
     if residual_mode:
         if mode not in (None, "gn"):
             raise ValueError("curvature: a residual callable or function supports only 'gn'")

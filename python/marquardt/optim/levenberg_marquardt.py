@@ -126,7 +126,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         """Loads a checkpoint of this model's optimizer, refusing (before anything changes) one whose settings,
         damping vector, λ or previous step do not fit this model. Older option names are read."""
         config = check_state_dict(state_dict, self.layout, self.settings["loss"])
-        curvature_for(self.settings["loss"], self.loss_choice.residual_mode, config)  # the settings' rules
+        curvature_for(self.loss_choice.loss, self.loss_choice.residual_mode, config)  # the settings' rules
         saved = state_dict["state"].get(0, {})
         super().load_state_dict(state_dict)  # installs the groups through __setstate__
         # torch.optim casts floating state to the parameter dtype; d stays float64 so that a resumed run is
@@ -144,7 +144,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         loss = group.get("loss", getattr(getattr(self, "loss_choice", None), "name", "mse"))  # (older: none saved)
         self.param_groups[0] = {"params": group["params"], **config.flat(), "loss": loss}
         if "objective" in self.__dict__:
-            self._build(config, curvature_for(loss, self.loss_choice.residual_mode, config))
+            self._build(config, curvature_for(self.loss_choice.loss, self.loss_choice.residual_mode, config))
 
     # ---------------------------------------------------------------------------------------- step
     @torch.no_grad()

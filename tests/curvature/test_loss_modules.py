@@ -1,0 +1,175 @@
+"""Loss modules and binary cross-entropy: each one's exact (generalized) Gauss-Newton factor against autograd's
+Hessian and gradient, the reported loss against the module's own value, and the refusals of the others."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from marquardt import LevenbergMarquardt
+from marquardt.curvature.losses import BinaryCrossEntropy, make_curvature
+from tests.models import sine_data
+
+
+@pytest.mark.parametrize("pos_weight", [None, torch.tensor([0.5, 3.0, 1.0])])
+@pytest.mark.parametrize("per_entry_mean", [False, True])
+def test_bce_factor_is_the_hessian_and_its_residual_the_gradient(pos_weight, per_entry_mean):
+    torch.manual_seed(0)
+    z = torch.tensor([[0.3, -2.0, 40.0], [-35.0, 0.0, 1.5], [2.0, 5.0, -0.7], [0.1, -0.1, 0.0]],
+                     dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.3], [1.0, 1.0, 0.0], [0.5, 0.0, 1.0]], dtype=torch.float64)
+    bce = BinaryCrossEntropy(pos_weight=pos_weight, per_entry_mean=per_entry_mean)
+    W, rho = bce.weights(z, y)
+    assert W.shape == (4, 3, 3) and rho.shape == (4, 3) and torch.isfinite(rho).all()
+    for i in range(4):
+        def loss(zi, i=i):
+            return bce.per_sample_loss(zi.unsqueeze(0), y[i : i + 1])[0]
+
+        H = torch.autograd.functional.hessian(loss, z[i])
+        g = torch.func.grad(loss)(z[i])
+        # p(1 − p) is floored at 1e-12 (e^-40 lies below): W Wᵀ is exact to that floor, W ρ exactly
+        torch.testing.assert_close(W[i] @ W[i].T, H, rtol=1e-10, atol=3e-12)
+        torch.testing.assert_close(W[i] @ rho[i], g, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(bce.hessian_factor(z, y), W)
+    assert bce.rows_per_sample(3) == 3
+
+
+def test_bce_hessian_without_targets_is_refused_only_with_a_positive_weight():
+    z = torch.randn(3, 2, dtype=torch.float64)
+    p = torch.sigmoid(z)
+    torch.testing.assert_close(BinaryCrossEntropy().hessian_factor(z), torch.diag_embed((p * (1 - p)).sqrt()))
+    with pytest.raises(ValueError, match="pos_weight: its curvature depends on the targets"):
+        BinaryCrossEntropy(pos_weight=torch.ones(2)).hessian_factor(z)
+
+
+def _binary_data(n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    y = ((x[:, :1] * x[:, 1:]) > 0).double()  # XOR-like quadrants
+    return x, y
+
+
+def _classifier(outputs=1):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, outputs)).double()
+
+
+@pytest.mark.parametrize("loss", ["bce_with_logits", nn.BCEWithLogitsLoss(), nn.BCEWithLogitsLoss(reduction="sum"),
+                                  nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.5], dtype=torch.float64))],
+                         ids=["string", "module", "module_sum", "module_pos_weight"])
+def test_reported_bce_losses_are_the_modules_value(loss):
+    x, y = _binary_data()
+    model = _classifier()
+    reference = loss if isinstance(loss, nn.Module) else nn.BCEWithLogitsLoss()
+    with torch.no_grad():
+        expected = float(reference(model(x), y))
+    info = LevenbergMarquardt(model, loss).step(x, y)
+    assert info.loss_before == pytest.approx(expected, rel=1e-13)
+    with torch.no_grad():
+        assert info.loss_after == pytest.approx(float(reference(model(x), y)), rel=1e-13)
+
+
+def test_the_first_bce_step_is_the_explicit_generalized_gauss_newton_step():
+    """δ = −(A + λ diag(d))⁻¹ g with A = (1/N) Σ J_zᵀ H J_z from jacrev and autograd's Hessian in z."""
+    from torch.func import functional_call, jacrev
+
+    from marquardt.types.layout import ParameterLayout
+
+    x, y = _binary_data(20)
+    model = _classifier(outputs=2)
+    y2 = torch.cat([y, 1 - y], dim=1)
+    layout = ParameterLayout.of(model)
+    theta0 = layout.get_flat()
+    Jz = jacrev(lambda t: functional_call(model, layout.as_dict(t), (x,)))(theta0)  # [N, 2, n]
+    with torch.no_grad():
+        z = model(x)
+    p = torch.sigmoid(z)
+    H = torch.diag_embed(p * (1 - p))
+    A = torch.einsum("scn,scd,sdm->nm", Jz, H, Jz) / 20
+    g = torch.einsum("scn,sc->n", Jz, p - y2) / 20
+    lam = 1e-2
+    expected = -torch.linalg.solve(A + lam * torch.eye(len(g), dtype=torch.float64), g)
+    opt = LevenbergMarquardt(model, "bce_with_logits", damping="levenberg", lambda_init=lam, lambda_rule="fixed",
+                             momentum=None, solver="primal")
+    info = opt.step(x, y2)
+    assert info.accepted
+    torch.testing.assert_close(layout.get_flat() - theta0, info.multiplier * expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_one_logit_classifier_learns_with_bce():
+    x, y = _binary_data(200)
+    model = _classifier()
+    opt = LevenbergMarquardt(model, nn.BCEWithLogitsLoss())
+    for _ in range(40):
+        opt.step(x, y)
+    with torch.no_grad():
+        accuracy = float(((model(x) > 0).double() == y).double().mean())
+    assert accuracy > 0.95
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_loss_modules_report_their_value_and_step_as_mse(reduction):
+    x, y = sine_data(50, dtype=torch.float64)
+    y2 = torch.cat([y, 2 * y], dim=1)
+    a = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    b = copy.deepcopy(a)
+    module = nn.MSELoss(reduction=reduction)
+    by_module = LevenbergMarquardt(a, module)
+    by_string = LevenbergMarquardt(b, "mse", loss_scale=reduction)
+    for _ in range(4):
+        with torch.no_grad():
+            expected = float(module(a(x), y2))
+        info, plain = by_module.step(x, y2), by_string.step(x, y2)
+        assert info.loss_before == pytest.approx(expected, rel=1e-13)
+        factor = 2.0 / 2 if reduction == "mean" else 2.0  # (z − y)² per entry, against ½‖z − y‖² per sample
+        assert info.loss_after == pytest.approx(factor * plain.loss_after, rel=1e-9)
+    torch.testing.assert_close(torch.cat([p.reshape(-1) for p in a.parameters()]),
+                               torch.cat([p.reshape(-1) for p in b.parameters()]), rtol=1e-8, atol=1e-10)
+
+
+class Custom(nn.Module):
+    def forward(self, z, y):
+        return (z - y).abs().mean()
+
+
+@pytest.mark.parametrize("loss,message", [
+    (nn.L1Loss(), "a L1Loss object has no Gauss-Newton form here; the supported loss modules are nn.MSELoss, "
+                  "nn.BCEWithLogitsLoss"),
+    (nn.KLDivLoss(), "a KLDivLoss object has no Gauss-Newton form"),
+    (Custom(), "a Custom object has no Gauss-Newton form.*residuals=fn\\(model, \\*batch\\)"),
+    (nn.MSELoss(reduction="none"), r"MSELoss\(reduction='none'\) returns per-entry losses"),
+    (nn.BCEWithLogitsLoss(weight=torch.ones(1)), r"BCEWithLogitsLoss\(weight=...\) is not supported"),
+])
+def test_other_loss_objects_are_refused_naming_the_supported_ones(loss, message):
+    with pytest.raises(ValueError, match=message):
+        LevenbergMarquardt(nn.Linear(2, 1), loss)
+
+
+def test_bad_bce_targets_and_settings_are_refused_by_name():
+    x, y = _binary_data(10)
+    opt = LevenbergMarquardt(_classifier(), "bce_with_logits")
+    with pytest.raises(ValueError, match=r"targets: expected probabilities in \[0, 1\] for binary cross-entropy, got "
+                                         r"range \[0, 2\]"):
+        opt.step(x, 2 * y)
+    with pytest.raises(ValueError, match=r"targets: expected probabilities in \[0, 1\] shaped like the model output "
+                                         r"\(10, 1\)"):
+        opt.step(x, y.squeeze(1))
+    with pytest.raises(ValueError, match="curvature: loss='bce_with_logits' supports only 'ggn'"):
+        LevenbergMarquardt(_classifier(), "bce_with_logits", curvature="ef")
+    with pytest.raises(ValueError, match="loss_scale: 'sum' contradicts the loss module's reduction='mean'"):
+        LevenbergMarquardt(_classifier(), nn.BCEWithLogitsLoss(), loss_scale="sum")
+    assert isinstance(make_curvature(nn.BCEWithLogitsLoss(), None), BinaryCrossEntropy)
+
+
+def test_a_checkpoint_names_its_loss_module():
+    x, y = _binary_data(10)
+    opt = LevenbergMarquardt(_classifier(), nn.BCEWithLogitsLoss())
+    opt.step(x, y)
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["loss"] == "BCEWithLogitsLoss()"
+    LevenbergMarquardt(_classifier(), nn.BCEWithLogitsLoss()).load_state_dict(saved)
+    with pytest.raises(ValueError, match="its loss is 'BCEWithLogitsLoss\\(\\)', this optimizer's is 'mse'"):
+        LevenbergMarquardt(_classifier(), "mse").load_state_dict(saved)
