@@ -43,11 +43,12 @@ pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 testpaths = ["tests"]
 TOML
 cd "$WORK"
+JOBS=${MUTATION_JOBS:-$(nproc)}  # (before OMP_NUM_THREADS is set below: GNU nproc reports it when it is set)
 # One thread per test process: mutmut forks its workers from a process that has imported torch, and a forked
 # child whose parent started an OpenMP pool spins in its first parallel op until the CPU limit kills it (every
 # mutant reached by an optimizer step then "timed out", counted as caught). Parallelism comes from the workers.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-"$MVENV/bin/python" -m mutmut run --max-children "${MUTATION_JOBS:-$(nproc)}"
+"$MVENV/bin/python" -m mutmut run --max-children "$JOBS"
 "$MVENV/bin/python" "$ROOT/scripts/mutation_score.py" --equivalents "$ROOT/scripts/mutation_equivalents.txt" \
     --min-score "${MUTATION_MIN_SCORE:-0}"
 echo "Survivors: cd build/mutation && $MVENV/bin/python -m mutmut results; show one with: mutmut show NAME"
