@@ -8,7 +8,7 @@
     python benchmarks/paper/mnist.py validation --optimizers ...                # LM configurations, held out
     python benchmarks/paper/report.py                                           # tables, figures, RESULTS.md
 
-The setup is the authors' (ALGORITHM.md §7.2): their CNN (2202 parameters, train-mode RReLU), inputs normalised
+The setup is the authors' (docs/algorithm.md, "The paper's experiments"): their CNN (2202 parameters, train-mode RReLU), inputs normalised
 with mean 0.1307 / std 0.3081, batch 600 (100 iterations = one epoch), cross-entropy. Every run of a seed sees
 the same initial weights and the same batch order. The "time" of a run is the CPU time of its optimizer steps
 only (one thread, ``time.process_time``), never of the evaluations (A10). Test accuracy is measured with the

@@ -1,12 +1,12 @@
 """The optimizers of the MNIST experiments, each as ``make(model, lr) -> step(x, y) -> batch loss``.
 
-Learning rates default to the paper's App. B values for full MNIST (ALGORITHM.md §6.3 and §7.1: SGD 0.1 with
+Learning rates default to the paper's App. B values for full MNIST (docs/algorithm.md, "The paper's experiments": SGD 0.1 with
 momentum 0.9 and weight decay 5e-4, Adam 0.05, L-BFGS 0.005, HF 0.1, K-FAC 1); ``SWEEPS`` holds the small grid of
 the learning-rate sweep (the paper's protocol is "best hyper-parameters per optimizer"), which
 ``mnist.py sweep`` runs on a validation split of the training set.
 
 L-BFGS is ``torch.optim.LBFGS`` with its default ``max_iter=20``: one iteration is up to 20 inner L-BFGS
-iterations on the same mini-batch, as in the authors' code (ALGORITHM.md §7.3 A12).
+iterations on the same mini-batch, as in the authors' code (docs/algorithm.md, "The paper's experiments").
 """
 
 from __future__ import annotations

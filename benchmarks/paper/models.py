@@ -1,4 +1,4 @@
-"""The paper's networks (ALGORITHM.md §7.2), built from a seed so every optimizer starts from the same weights."""
+"""The paper's networks (docs/algorithm.md, "The paper's experiments"), built from a seed so every optimizer starts from the same weights."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 TARGET = 0.90
-#: The paper's Table 1 (ALGORITHM.md §7.1): time to 90% (s, GPU), "epochs" (= iterations) to 90%, converged,
+#: The paper's Table 1 (docs/algorithm.md, "The paper's experiments"): time to 90% (s, GPU), "epochs" (= iterations) to 90%, converged,
 #: accuracy after "100 epochs" (= 100 iterations).
 PAPER_TABLE1 = {
     "LM": (0.9, 4, "yes", 0.975), "K-FAC": (3.0, 26, "yes", 0.96), "Hessian-free": (4.7, 11, "no", 0.94),
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{first['n_eval']} evaluation images; seeds {sorted({r['seed'] for rs in runs.values() for r in rs})}.")
         out += [f"## {title}", "", setup, ""] + mnist_table(runs, checkpoint) + [""]
         if key == "table1":
-            out += ["The paper's Table 1 (its \"epochs\" are iterations, ALGORITHM.md §7.3 A9):", ""] + paper_table1() + [""]
+            out += ["The paper's Table 1 (its \"epochs\" are iterations, docs/algorithm.md):", ""] + paper_table1() + [""]
             epochs_dir = args.mnist / "epochs"
             out += ["Targets (medians over seeds):", ""]
             out += target_lines(runs, load_runs(epochs_dir) if epochs_dir.is_dir() else {}) + [""]

@@ -63,7 +63,7 @@ def test_lm_learns_real_mnist_in_a_few_iterations(curvature):
     model = paper_cnn(0)
     opt = marquardt.LevenbergMarquardt(model, "cross_entropy", curvature=curvature)
     perm = torch.randperm(60000, generator=torch.Generator().manual_seed(0))
-    iterations = 4 if curvature == "ggn" else 8  # the empirical Fisher is the weaker curvature (ALGORITHM.md §3.3)
+    iterations = 4 if curvature == "ggn" else 8  # the empirical Fisher is the weaker curvature (docs/algorithm.md, "Curvature modes")
     for it in range(iterations):
         idx = perm[it * 600 : (it + 1) * 600]
         opt.step(x[idx], y[idx])

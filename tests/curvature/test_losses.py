@@ -1,4 +1,4 @@
-"""The generalized residual of each curvature mode against its formula (ALGORITHM.md §3)."""
+"""The generalized residual of each curvature mode against its formula (docs/algorithm.md, "Curvature modes")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LMAM against its constrained problem (ALGORITHM.md §1)."""
+"""LMAM against its constrained problem (docs/algorithm.md, "Momentum (LMAM)")."""
 
 from __future__ import annotations
 

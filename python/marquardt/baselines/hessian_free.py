@@ -1,4 +1,4 @@
-"""Hessian-free optimisation (Martens 2010; Martens & Sutskever 2012) as specified in ALGORITHM.md §6.1.
+"""Hessian-free optimisation (Martens 2010; Martens & Sutskever 2012) (docs/algorithm.md, "Baselines").
 
 Per step on a batch: the gradient g, then preconditioned CG on (G + λI) p = −g with GGN-vector products
 G v = (1/N) J_zᵀ H J_z v (forward-mode jvp, the loss Hessian in output space, reverse-mode vjp), Martens'

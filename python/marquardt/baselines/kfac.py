@@ -1,4 +1,4 @@
-"""K-FAC for Linear and Conv2d layers (Martens & Grosse 2015; KFC, Grosse & Martens 2016): ALGORITHM.md §6.2.
+"""K-FAC for Linear and Conv2d layers (Martens & Grosse 2015; KFC, Grosse & Martens 2016): docs/algorithm.md, "Baselines".
 
 Two variants, both followed by SGD with momentum:
 

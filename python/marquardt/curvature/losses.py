@@ -1,4 +1,4 @@
-"""Generalized residuals: one code path for Gauss-Newton, GGN and empirical Fisher (ALGORITHM.md §0.2).
+"""Generalized residuals: one code path for Gauss-Newton, GGN and empirical Fisher (docs/algorithm.md, "The step" and "Curvature modes").
 
 Every curvature mode writes the objective's curvature and gradient as
 
@@ -20,7 +20,7 @@ For ``ggn``, Lᵢ Lᵢᵀ = diag(pᵢ) − pᵢpᵢᵀ is the Hessian of the cro
 𝒥ᵢᵀ𝒥ᵢ = J_zᵀ H J_z (the exact GGN, equal to the Fisher) and Lᵢρᵢ = pᵢ − yᵢ (the logit gradient).
 
 The Hessian has rank c − 1 (the softmax ignores a shift of all logits), so Lᵢ has c − 1 columns rather than
-the c of ALGORITHM.md §3.2's L = diag(√p) − p√pᵀ: a tenth fewer rows on MNIST, and a tenth less time in every
+the c of the textbook factor L = diag(√p) − p√pᵀ: a tenth fewer rows on MNIST, and a tenth less time in every
 row-proportional cost (Jacobian, JᵀJ, the dual solve). With a reference class r (the most probable one, so
 that p_r ≥ 1/c keeps the formulas well conditioned), the logits matter only through z̃ = z_{≠r} − z_r, whose
 Hessian is H̃ = diag(p̃) − p̃p̃ᵀ (p̃ = p without class r). Writing s = √p̃, Σs² = 1 − p_r and
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# Probabilities are clamped before the square root so that ρ = (p − y)/√p stays finite (ALGORITHM.md §3.2).
+# Probabilities are clamped before the square root so that ρ = (p − y)/√p stays finite (docs/algorithm.md, "Curvature modes").
 _P_FLOOR = 1e-12
 
 

@@ -1,6 +1,6 @@
 r"""The Levenberg-Marquardt optimizer for any ``nn.Module``: a short loop over swappable pieces.
 
-One call of :meth:`LevenbergMarquardt.step` is one LM iteration on one batch (ALGORITHM.md §0.4):
+One call of :meth:`LevenbergMarquardt.step` is one LM iteration on one batch (docs/algorithm.md, "The step"):
 
 .. math::
 

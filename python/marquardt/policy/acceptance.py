@@ -1,5 +1,5 @@
 """Whether a trial step is taken: downhill only, or guarded uphill steps (Transtrum & Sethna 2012, §4;
-ALGORITHM.md §2.3), and the gain ratio that the λ rules read."""
+docs/algorithm.md, "Acceptance"), and the gain ratio that the λ rules read."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Damping vectors d, with DᵀD = diag(d) in (A + λ DᵀD) δ = −g (ALGORITHM.md §2.1)."""
+"""Damping vectors d, with DᵀD = diag(d) in (A + λ DᵀD) δ = −g (docs/algorithm.md, "Damping")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Geodesic acceleration (Transtrum & Sethna 2012, §3; ALGORITHM.md §2.5).
+"""Geodesic acceleration (Transtrum & Sethna 2012, §3; docs/algorithm.md, "Geodesic acceleration").
 
 With v the step of this attempt (the LMAM step when momentum is on), the second-order correction is
 

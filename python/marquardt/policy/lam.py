@@ -1,4 +1,4 @@
-"""λ update rules (ALGORITHM.md §2.2): fixed factors, delayed gratification, Nielsen.
+"""λ update rules (docs/algorithm.md, "λ rules"): fixed factors, delayed gratification, Nielsen.
 
 A rule maps (λ, ν) to the next (λ, ν) after an accepted or a rejected trial; ν is the rule's own state (the
 Nielsen growth factor; the factor rules leave it alone). The bounds come with each call, because mini-batch

@@ -1,4 +1,4 @@
-"""The learning-rate line search on failed steps (paper §2.5, Algorithm 2; ALGORITHM.md §4).
+"""The learning-rate line search on failed steps (paper §2.5, Algorithm 2; docs/algorithm.md, "Line searches").
 
 When a trial is rejected, a line search along the attempt's step δ looks for a multiplier s with
 f(θ + sδ) < C₀ (or takes the best one whatever it is, with ``apply_always``, as the authors' code does).

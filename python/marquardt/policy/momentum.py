@@ -1,4 +1,4 @@
-"""LMAM / OLMAM adaptive momentum (Ampazis & Perantonis; ALGORITHM.md §1).
+"""LMAM / OLMAM adaptive momentum (Ampazis & Perantonis; docs/algorithm.md, "Momentum (LMAM)").
 
 Given the LM step δ_LM = −H⁻¹g (H = A + λ diag d, the damped matrix of this attempt) and the previous accepted
 displacement s, LMAM returns the step dθ that maximises dθᵀHs subject to dθᵀH dθ = δP² and gᵀdθ = δQ:
@@ -41,7 +41,7 @@ class Momentum(ABC):
 class LMAM(Momentum):
     """LMAM (Ampazis & Perantonis 2002, eq. 11): the radius δP is ``delta_p`` ('absolute', the paper's code) or
     κ√I_GG ('relative', the default), and ξ is fixed. ``paper_code_factor2`` reproduces the authors' code, which
-    doubles c_g (ALGORITHM.md §1.7)."""
+    doubles c_g (docs/algorithm.md, "The paper's experiments")."""
 
     def __init__(self, delta_p_mode: str = "relative", delta_p: float = 0.6, kappa: float = 0.5, xi: float = 0.9,
                  paper_code_factor2: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Block-diagonal LM (ALGORITHM.md / the scaling issue): the curvature kept as blocks along the diagonal.
+"""Block-diagonal LM (docs/algorithm.md, "Solves"): the curvature kept as blocks along the diagonal.
 
 Each block is a set of parameter indices (a layer, one output unit of a layer — a row of its weight with its
 bias — or a fixed-size group). A block holds its own A_b = α 𝒥_bᵀ𝒥_b and is damped with its own part of the

@@ -1,4 +1,4 @@
-"""The dual form: the m < n rows are kept and the step is solved in row space (ALGORITHM.md §3.5).
+"""The dual form: the m < n rows are kept and the step is solved in row space (docs/algorithm.md, "Solves").
 
 With K = 𝒥 diag(d)⁻¹ 𝒥ᵀ (m × m),
 

@@ -1,4 +1,4 @@
-"""The dual system (K + μI) y = v (ALGORITHM.md §3.5) of factored rows, by preconditioned conjugate gradients.
+"""The dual system (K + μI) y = v (docs/algorithm.md, "Solves") of factored rows, by preconditioned conjugate gradients.
 
 K = 𝒥 D⁻¹ 𝒥ᵀ is applied through the factors (types/rows.py) and never formed; the preconditioner is the
 Hadamard-product Gram K̃ of :meth:`FactoredRows.approximate_gram`, factored once per μ. On the sine MLP

@@ -1,0 +1,36 @@
+"""Project text points only at what the repository holds: every docs/algorithm.md section cited by name exists,
+and nothing cites the research notes the package was designed from (they do not ship with it)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tracked_text_files() -> list[Path]:
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return [ROOT / n for n in names if n.endswith((".py", ".md", ".sh", ".cpp", ".cu", ".h", ".toml", ".yml"))]
+
+
+def test_cited_algorithm_sections_exist():
+    headings = set(re.findall(r"^## (.+)$", (ROOT / "docs" / "algorithm.md").read_text(encoding="utf-8"), re.M))
+    cited: dict[str, set[str]] = {}
+    for path in _tracked_text_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for section in re.findall(r'docs/algorithm\.md, "([^"]+)"', text):
+            cited.setdefault(section, set()).add(str(path.relative_to(ROOT)))
+        for section in re.findall(r'" and "([^"]+)"\)', text):  # the second of two cited sections
+            if 'docs/algorithm.md, "' in text:
+                cited.setdefault(section, set()).add(str(path.relative_to(ROOT)))
+    assert len(cited) >= 8, "the docstrings cite the algorithm notes by section"
+    missing = {section: sorted(paths) for section, paths in cited.items() if section not in headings}
+    assert not missing, f"cited sections that docs/algorithm.md does not have: {missing}"
+
+
+def test_nothing_cites_the_design_notes_that_do_not_ship():
+    offenders = [str(p.relative_to(ROOT)) for p in _tracked_text_files()
+                 if p.name != "test_docs.py" and "ALGORITHM.md" in p.read_text(encoding="utf-8", errors="replace")]
+    assert not offenders, f"files citing ALGORITHM.md: {offenders}"
