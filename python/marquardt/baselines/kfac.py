@@ -1,4 +1,5 @@
-"""K-FAC for Linear and Conv2d layers (Martens & Grosse 2015; KFC, Grosse & Martens 2016): docs/algorithm.md, "Baselines".
+"""K-FAC for Linear and Conv2d layers (Martens & Grosse 2015; KFC, Grosse & Martens 2016; docs/algorithm.md,
+"Baselines").
 
 Two variants, both followed by SGD with momentum:
 

@@ -1,4 +1,5 @@
-"""Generalized residuals: one code path for Gauss-Newton, GGN and empirical Fisher (docs/algorithm.md, "The step" and "Curvature modes").
+"""Generalized residuals: one code path for Gauss-Newton, GGN, empirical Fisher and binary cross-entropy
+(docs/algorithm.md, "The step" and "Curvature modes").
 
 Every curvature mode writes the objective's curvature and gradient as
 
@@ -41,7 +42,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# Probabilities are clamped before the square root so that ρ = (p − y)/√p stays finite (docs/algorithm.md, "Curvature modes").
+# Probabilities are clamped before the square root so that ρ = (p − y)/√p stays finite (docs/algorithm.md,
+# "Curvature modes").
 _P_FLOOR = 1e-12
 
 

@@ -1,4 +1,5 @@
-"""One noise draw per LM iteration for stochastic layers (RReLU, dropout): docs/algorithm.md, "Subsampled curvature and noise".
+"""One noise draw per LM iteration for stochastic layers (RReLU, dropout; docs/algorithm.md, "Subsampled
+curvature and noise").
 
 Every evaluation inside an iteration (Jacobian, trial step, line-search candidates) replays the random number
 generator from the same state, so stochastic layers see identical noise and the accept/reject comparisons are

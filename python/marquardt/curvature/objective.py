@@ -403,10 +403,10 @@ class Objective:
     def build_system(self, batch: Batch, plan: Any, noise: Any, step: int) -> tuple[System, float]:
         """The system of this batch (``plan.build(α)``) filled with its rows, and the loss C₀.
 
-        With subsampled curvature (docs/algorithm.md, "Subsampled curvature and noise") A comes from m samples of the batch and g and the loss
-        from all of it: the curvature samples' rows, whose α𝒥ᵀρ is their share of the gradient (Wρ = ∂ℓ/∂z),
-        then plain backward passes over the other samples. The curvature samples form the first chunks, so that
-        replaying the noise gives them the same draw in every evaluation of the step."""
+        With subsampled curvature (docs/algorithm.md, "Subsampled curvature and noise") A comes from m samples of
+        the batch and g and the loss from all of it: the curvature samples' rows, whose α𝒥ᵀρ is their share of the
+        gradient (Wρ = ∂ℓ/∂z), then plain backward passes over the other samples. The curvature samples form the
+        first chunks, so that replaying the noise gives them the same draw in every evaluation of the step."""
         inputs, targets, weights = batch.inputs, batch.targets, batch.weights
         chunk = 0 if self.whole_batch else min(plan.chunk, structure.samples(inputs))  # (0: whole, see _chunks)
         if not batch.subsampled:

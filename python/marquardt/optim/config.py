@@ -280,7 +280,8 @@ def translate(options: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     return out
 
 
-#: The authors' code (docs/algorithm.md, "The paper's experiments"): ×10/÷10 λ with bounds [1e-5, 1e5] that skip the update,
+#: The authors' code (docs/algorithm.md, "The paper's experiments"): ×10/÷10 λ with bounds [1e-5, 1e5] that skip
+#: the update,
 #: damping reverted on failure, absolute LMAM (δP = 0.6, ξ = 0.9), the code's cubic line-search grid applied
 #: unconditionally after a failure, unguarded uphill acceptance (b = 2), one attempt per batch.
 PAPER = Config().with_options(
