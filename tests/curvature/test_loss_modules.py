@@ -137,7 +137,7 @@ class Custom(nn.Module):
 
 @pytest.mark.parametrize("loss,message", [
     (nn.L1Loss(), "a L1Loss object has no Gauss-Newton form here; the supported loss modules are nn.MSELoss, "
-                  "nn.BCEWithLogitsLoss"),
+                  "nn.CrossEntropyLoss, nn.BCEWithLogitsLoss"),
     (nn.KLDivLoss(), "a KLDivLoss object has no Gauss-Newton form"),
     (Custom(), "a Custom object has no Gauss-Newton form.*residuals=fn\\(model, \\*batch\\)"),
     (nn.MSELoss(reduction="none"), r"MSELoss\(reduction='none'\) returns per-entry losses"),
@@ -173,3 +173,106 @@ def test_a_checkpoint_names_its_loss_module():
     LevenbergMarquardt(_classifier(), nn.BCEWithLogitsLoss()).load_state_dict(saved)
     with pytest.raises(ValueError, match="its loss is 'BCEWithLogitsLoss\\(\\)', this optimizer's is 'mse'"):
         LevenbergMarquardt(_classifier(), "mse").load_state_dict(saved)
+
+
+def _ce_data(n=30, classes=4, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, classes)).double()
+    x, y = torch.randn(n, 2, dtype=torch.float64), torch.randint(0, classes, (n,))
+    return model, x, y
+
+
+CE_MODULES = {
+    "plain": lambda: nn.CrossEntropyLoss(),
+    "class_weights": lambda: nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)),
+    "ignore_index": lambda: nn.CrossEntropyLoss(ignore_index=2),
+    "label_smoothing": lambda: nn.CrossEntropyLoss(label_smoothing=0.2),
+    "all_three_sum": lambda: nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64),
+                                                 ignore_index=1, label_smoothing=0.1, reduction="sum"),
+}
+
+
+@pytest.mark.parametrize("targets", ["indices", "probabilities"])
+@pytest.mark.parametrize("case", CE_MODULES)
+def test_reported_cross_entropy_losses_are_the_modules_value(case, targets):
+    module = CE_MODULES[case]()
+    if targets == "probabilities" and module.ignore_index != -100:
+        pytest.skip("ignore_index applies to class indices only")
+    model, x, y = _ce_data()
+    if targets == "probabilities":
+        y = torch.softmax(torch.randn(30, 4, dtype=torch.float64), dim=1)
+    with torch.no_grad():
+        before = float(module(model(x), y))
+    info = LevenbergMarquardt(model, module).step(x, y)
+    with torch.no_grad():
+        after = float(module(model(x), y))
+    assert (info.loss_before, info.loss_after) == pytest.approx((before, after), rel=1e-12)
+
+
+def test_the_first_weighted_cross_entropy_step_is_the_explicit_ggn_step():
+    """A = Σᵢ J_zᵢᵀ (Σ_c tᵢc)(diag pᵢ − pᵢpᵢᵀ) J_zᵢ / Σ w_{yᵢ}, g the gradient of the module's value."""
+    from torch.func import functional_call, jacrev
+
+    from marquardt.types.layout import ParameterLayout
+
+    module = CE_MODULES["all_three_sum"]()
+    module.reduction = "mean"
+    model, x, y = _ce_data(20)
+    layout = ParameterLayout.of(model)
+    theta0 = layout.get_flat()
+
+    def value(t):
+        return module(functional_call(model, layout.as_dict(t), (x,)), y)
+
+    Jz = jacrev(lambda t: functional_call(model, layout.as_dict(t), (x,)))(theta0)
+    with torch.no_grad():
+        p = torch.softmax(model(x), dim=1)
+    w, eps, kept = module.weight, module.label_smoothing, (y != module.ignore_index).double()
+    t = ((1 - eps) * w[y].unsqueeze(1) * nn.functional.one_hot(y, 4) + eps / 4 * w) * kept.unsqueeze(1)
+    H = t.sum(1).view(-1, 1, 1) * (torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1))
+    A = torch.einsum("scn,scd,sdm->nm", Jz, H, Jz) / float((w[y] * kept).sum())
+    g = torch.func.grad(value)(theta0)
+    lam = 1e-2
+    expected = -torch.linalg.solve(A + lam * torch.eye(len(g), dtype=torch.float64), g)
+    opt = LevenbergMarquardt(model, module, damping="levenberg", lambda_init=lam, lambda_rule="fixed", solver="primal")
+    info = opt.step(x, y)
+    assert info.accepted
+    torch.testing.assert_close(layout.get_flat() - theta0, info.multiplier * expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_plain_cross_entropy_module_steps_as_the_string():
+    model, x, y = _ce_data()
+    other = copy.deepcopy(model)
+    a, b = LevenbergMarquardt(model, nn.CrossEntropyLoss()), LevenbergMarquardt(other, "cross_entropy")
+    for _ in range(3):
+        assert a.step(x, y).loss_after == pytest.approx(b.step(x, y).loss_after, rel=1e-12)
+
+
+def test_ignored_samples_change_nothing():
+    model, x, y = _ce_data()
+    y[::3] = 7  # ignored
+    other = copy.deepcopy(model)
+    kept = y != 7
+    a = LevenbergMarquardt(model, nn.CrossEntropyLoss(ignore_index=7), solver="primal")
+    b = LevenbergMarquardt(other, "cross_entropy", solver="primal")
+    for _ in range(3):
+        assert a.step(x, y).loss_after == pytest.approx(b.step(x[kept], y[kept]).loss_after, rel=1e-11)
+
+
+def test_cross_entropy_module_refusals_name_the_argument():
+    model, x, y = _ce_data()
+    with pytest.raises(ValueError, match="curvature: nn.CrossEntropyLoss supports 'ggn' \\(default\\) or 'ef'"):
+        LevenbergMarquardt(model, nn.CrossEntropyLoss(), curvature="gn")
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 3\] \(or be the ignore_index 2\), got "
+                                         r"range \[0, 5\]"):
+        y[0] = 5
+        LevenbergMarquardt(model, nn.CrossEntropyLoss(ignore_index=2)).step(x, y)
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss\(reduction='none'\) returns per-entry losses"):
+        LevenbergMarquardt(model, nn.CrossEntropyLoss(reduction="none"))
+    ef = LevenbergMarquardt(copy.deepcopy(model), nn.CrossEntropyLoss(label_smoothing=0.1), curvature="ef",
+                            geodesic=False)
+    y[0] = 1
+    info = ef.step(x, y)
+    with torch.no_grad():
+        assert info.loss_before == pytest.approx(float(nn.CrossEntropyLoss(label_smoothing=0.1)(model(x), y)),
+                                                 rel=1e-12)

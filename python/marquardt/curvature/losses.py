@@ -75,6 +75,12 @@ class Curvature:
         """The factor W [N, c, q] of :meth:`weights`, with W Wᵀ = ∂²ℓ/∂z² (used by the geodesic correction)."""
         raise NotImplementedError
 
+    def batch_targets(self, targets: Any, outputs_per_sample: int) -> tuple[Any, torch.Tensor | None, float | None]:
+        """(the targets the curvature reads, per-sample weights or None, the mean's normaliser or None for the
+        number of samples), from a whole batch's targets: the identity here; a loss module with class weights,
+        an ignored class or label smoothing turns its targets into weighted class distributions."""
+        return targets, None, None
+
     def scale(self, outputs_per_sample: int) -> float:
         """A constant factor of the objective, f = scale · α Σ ℓᵢ: 1, or what makes the reported loss a loss
         module's own value (nn.MSELoss averages (z − y)² over every entry: 2/c times ½‖zᵢ − yᵢ‖²)."""
@@ -330,8 +336,55 @@ def make_curvature(loss: Any, curvature: str | None) -> Curvature:
                      f"callable, got {loss!r}")
 
 
+class CrossEntropyModule:
+    """nn.CrossEntropyLoss's class weights w, ignored class and label smoothing ε, as weighted class
+    distributions: sample i's target t_i = ((1 − ε) w_{yᵢ} e_{yᵢ} + (ε/C) w) (0 if yᵢ is ignored), or
+    ((1 − ε) pᵢ + ε/C) ∘ w for probability targets pᵢ. Its loss −Σ_c t_ic log p_ic is ωᵢ CE(zᵢ, t̂ᵢ) with
+    ωᵢ = Σ_c t_ic and t̂ᵢ = tᵢ/ωᵢ, so the GGN is ωᵢ times softmax's (ωᵢ enters as a sample weight); the mean
+    divides by Σ w_{yᵢ} over the samples not ignored (by N for probability targets), as the module does."""
+
+    def __init__(self, class_weight: torch.Tensor | None, ignore_index: int, label_smoothing: float) -> None:
+        self.class_weight, self.ignore_index, self.label_smoothing = class_weight, ignore_index, label_smoothing
+
+    def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            kept = targets[targets != self.ignore_index]
+            _CrossEntropy.check_targets(self, outputs, torch.zeros_like(targets))  # type: ignore[arg-type]
+            if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= outputs.shape[1]):
+                raise ValueError(f"targets: class indices must lie in [0, {outputs.shape[1] - 1}] (or be the "
+                                 f"ignore_index {self.ignore_index}), got range [{int(kept.min())}, {int(kept.max())}]")
+            return
+        _CrossEntropy.check_targets(self, outputs, targets)  # type: ignore[arg-type]
+
+    def batch_targets(self, targets: Any, classes: int) -> tuple[Any, torch.Tensor | None, float | None]:
+        eps = self.label_smoothing
+        weight = torch.ones(classes, dtype=torch.float64, device=targets.device) if self.class_weight is None else \
+            self.class_weight.to(device=targets.device, dtype=torch.float64)
+        if targets.dim() == 1:
+            kept = targets != self.ignore_index
+            labels = torch.where(kept, targets, torch.zeros_like(targets)).long()
+            t = (1 - eps) * weight[labels].unsqueeze(1) * F.one_hot(labels, classes) + eps / classes * weight
+            t = t * kept.unsqueeze(1)
+            normaliser = float(weight[labels][kept].sum())
+        else:
+            t = ((1 - eps) * targets.double() + eps / classes) * weight
+            normaliser = float(targets.shape[0])
+        omega = t.sum(dim=1)
+        uniform = torch.full_like(t, 1.0 / classes)
+        soft = torch.where(omega.unsqueeze(1) > 0, t / omega.clamp_min(1e-300).unsqueeze(1), uniform)
+        return soft, omega, normaliser
+
+
+class WeightedGGN(CrossEntropyModule, GeneralizedGaussNewtonCE):
+    """nn.CrossEntropyLoss with the exact GGN (see :class:`CrossEntropyModule`)."""
+
+
+class WeightedEF(CrossEntropyModule, EmpiricalFisherCE):
+    """nn.CrossEntropyLoss with the empirical Fisher (see :class:`CrossEntropyModule`)."""
+
+
 #: the loss modules LM takes, each with its exact curvature (other modules are refused by name)
-SUPPORTED_MODULES = ("MSELoss", "BCEWithLogitsLoss")
+SUPPORTED_MODULES = ("MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss")
 
 
 def _module_curvature(module: torch.nn.Module, curvature: str | None) -> Curvature:
@@ -350,6 +403,12 @@ def _module_curvature(module: torch.nn.Module, curvature: str | None) -> Curvatu
         if curvature not in (None, "gn"):
             raise ValueError(f"curvature: nn.MSELoss supports only 'gn', got {curvature!r}")
         return ScaledMSE(per_entry_mean=reduction == "mean")
+    if name == "CrossEntropyLoss":
+        if curvature not in (None, "ggn", "ef"):
+            raise ValueError(f"curvature: nn.CrossEntropyLoss supports 'ggn' (default) or 'ef', got {curvature!r}")
+        kind = WeightedEF if curvature == "ef" else WeightedGGN
+        return kind(getattr(module, "weight", None), int(getattr(module, "ignore_index", -100)),
+                    float(getattr(module, "label_smoothing", 0.0)))
     if curvature not in (None, "ggn"):
         raise ValueError(f"curvature: nn.BCEWithLogitsLoss supports only 'ggn', got {curvature!r}")
     if getattr(module, "weight", None) is not None:

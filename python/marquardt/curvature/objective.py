@@ -288,7 +288,8 @@ class Objective:
                 z1 = _checked_output(structure.call(self.model, first))
                 assert targets is not None  # check_batch refused a missing target for a model loss
                 self.curvature.check_targets(torch.empty((n,) + z1.shape[1:], device="meta"), targets)
-                self._settle_engine(first, targets[:1], noise)
+                sample_targets = self.curvature.batch_targets(targets[:1], int(z1[0].numel()))[0]
+                self._settle_engine(first, sample_targets, noise)
                 self._shapes[key] = (n, tuple(z1.shape[1:]), self.engine.factorable(first))
             elif self.residual_fn is None:  # the samples are coupled (train-mode BatchNorm): one pass on all
                 z = _checked_output(structure.call(self.model, inputs))
@@ -331,7 +332,16 @@ class Objective:
                                         "dtype": str(self.layout.dtype), **self.setup})
             self._checked_ranks = True
         n_samples = int(round(self.comm.sum_float(float(n_local), self.layout.device)))
-        alpha = self.curvature.scale(per_sample) * (1.0 / n_samples if loss_scale == "mean" else 1.0)
+        normaliser: float = n_samples
+        if not self.residual_mode:  # a loss module's class weights, ignored class, label smoothing
+            targets, module_weights, module_normaliser = self.curvature.batch_targets(targets, per_sample)
+            if module_weights is not None:
+                targets = targets.to(self.layout.dtype)
+                module_weights = module_weights.to(self.layout.dtype)
+                weights = module_weights if weights is None else weights * module_weights
+            if module_normaliser is not None:
+                normaliser = self.comm.sum_float(module_normaliser, self.layout.device)
+        alpha = self.curvature.scale(per_sample) * (1.0 / normaliser if loss_scale == "mean" else 1.0)
         if curvature_samples is None:
             m_local = n_local
         elif isinstance(curvature_samples, float):
