@@ -21,6 +21,8 @@ BAD: dict[str, list] = {
     "curvature": ["gauss", 1, True],
     "curvature_samples": [0, -1, 1.5, 0.0, True, {1: 0.5}, {0: 2.0}, {0: 0.5, -1: None}],
     "loss_scale": ["avg", None, 1],
+    "robust": ["tukey", "Huber", 1, True],
+    "robust_scale": [0.0, -1.0, None, True, float("inf")],
     "engine": ["slow", None, True],
     "distributed": ["yes", None, 1],
     "damping": ["none", None, 1, True],

@@ -55,6 +55,9 @@ class Curvature:
     supports_geodesic = True
     #: whether W is the identity (Gauss-Newton): the rows are then the output Jacobian itself.
     identity_weights = False
+    #: whether the objective is least squares in residuals r (Gauss-Newton, robust or not): a fit then has
+    #: residuals, their Jacobian and a covariance
+    least_squares = False
 
     def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         raise NotImplementedError
@@ -81,6 +84,11 @@ class Curvature:
         an ignored class or label smoothing turns its targets into weighted class distributions."""
         return targets, None, None
 
+    def jacobian_scale(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor | None:
+        """For least squares: the factor [N, c] of each residual's row in the Jacobian whose JᵀJ is the curvature
+        (a robust loss's correction), None for 1."""
+        return None
+
     def scale(self, outputs_per_sample: int) -> float:
         """A constant factor of the objective, f = scale · α Σ ℓᵢ: 1, or what makes the reported loss a loss
         module's own value (nn.MSELoss averages (z − y)² over every entry: 2/c times ½‖zᵢ − yᵢ‖²)."""
@@ -104,6 +112,7 @@ class GaussNewtonMSE(Curvature):
 
     name = "gn"
     identity_weights = True
+    least_squares = True
 
     def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if targets.shape != outputs.shape:

@@ -510,7 +510,7 @@ class Objective:
         """(r [M], J [M, n]) at the current θ: the residuals of a least-squares objective (loss 'mse', a residual
         callable or function) in the order of the batch's entries, and their Jacobian, from the whole batch at
         once with the iteration's noise; with sample weights, √wᵢ rᵢ and √wᵢ Jᵢ."""
-        if not self.curvature.identity_weights:
+        if not self.curvature.least_squares:
             raise ValueError(f"residuals and their Jacobian: only a least-squares objective has them (loss 'mse', "
                              f"a residual callable or function), not this one (curvature {self.curvature.name!r})")
         engine = FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_mode,
@@ -520,6 +520,9 @@ class Objective:
         J, z = engine.output_jacobian(inputs, targets)
         r = self.curvature.residuals(z, None if self.residual_mode else targets)  # [S, c]
         J = J.reshape(*r.shape, self.layout.numel)
+        row_scale = self.curvature.jacobian_scale(z, None if self.residual_mode else targets)
+        if row_scale is not None:  # a robust loss: the corrected Jacobian, whose JᵀJ is the curvature
+            J = J * row_scale.to(J.dtype).reshape(*r.shape, 1)
         if weights is not None:
             root_w = weights.sqrt().to(r.dtype).unsqueeze(1)
             r, J = r * root_w, J * root_w.unsqueeze(2)
@@ -588,7 +591,9 @@ class SecondOrderResidual:
                 z_vv = second_directional_derivative(outputs, theta, self.v)
                 theta_req = theta.detach().requires_grad_(True)
                 z = outputs(theta_req)
-            L = objective.curvature.hessian_factor(z.detach(), y) if not objective.residual_mode else None
+            curvature = objective.curvature
+            L = None if curvature.identity_weights else \
+                curvature.hessian_factor(z.detach(), None if objective.residual_mode else y)
             zf = z_vv.reshape(z_vv.shape[0], -1)
             rho_vv = zf if L is None else torch.einsum("scq,sc->sq", L, zf)  # Wᵀ z_vv
             root_w = w.sqrt().to(rho_vv.dtype).unsqueeze(1) if w is not None else None

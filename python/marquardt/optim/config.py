@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..curvature.losses import Curvature, GaussNewtonMSE, make_curvature
+from ..curvature.robust import ROBUST_LOSSES, RobustGaussNewton
 from ..policy.acceptance import ACCEPTANCE
 from ..policy.damping import DAMPING
 from ..policy.geodesic import GeodesicAcceleration
@@ -40,6 +41,8 @@ class ObjectiveConfig:
     # training goes on, e.g. {0: 0.25, 10: None}.
     curvature_samples: int | float | dict[int, int | float | None] | None = None
     loss_scale: str = "mean"  # f = mean of the per-sample losses, or their sum
+    robust: str | None = None  # least squares: None, or scipy's 'linear', 'huber', 'soft_l1', 'cauchy', 'arctan'
+    robust_scale: float = 1.0  # the robust loss's scale f (scipy's f_scale): residuals beyond it count less
     engine: str = "auto"  # Jacobian engine: 'fast' (Linear/Conv layers), 'functorch', 'full', or 'auto'
     distributed: bool | str = "auto"  # sum over torch.distributed ranks when a process group is initialised
 
@@ -195,6 +198,9 @@ OPTIONS: dict[str, Option] = {
                                 "None, an int >= 1, a fraction in (0, 1], or a schedule {first step: one of those} "
                                 "with key 0"),
     "loss_scale": Option("objective", "loss_scale", _one_of("mean", "sum"), "'mean' or 'sum'"),
+    "robust": Option("objective", "robust", _one_of(None, *ROBUST_LOSSES),
+                     "None, 'linear', 'huber', 'soft_l1', 'cauchy' or 'arctan'"),
+    "robust_scale": Option("objective", "robust_scale", _positive, _POSITIVE),
     "engine": Option("objective", "engine", _one_of("auto", "fast", "functorch", "full"),
                      "'auto', 'fast', 'functorch' or 'full'"),
     "distributed": Option("objective", "distributed", _one_of("auto", True, False), "'auto', True or False"),
@@ -378,6 +384,12 @@ def curvature_for(loss: Any, residual_mode: bool, config: Config) -> Curvature:
         curvature: Curvature = GaussNewtonMSE()
     else:
         curvature = make_curvature(loss, mode)
+    robust = config.objective.robust
+    if robust is not None:
+        if type(curvature) is not GaussNewtonMSE:
+            raise ValueError(f"robust: a robust loss applies to least squares (loss='mse', a residual callable or "
+                             f"function), not to loss={loss!r}")
+        curvature = RobustGaussNewton(robust, config.objective.robust_scale)
     geodesic = config.trial.geodesic is not False
     if subsamples_curvature(config.objective.curvature_samples) and (residual_mode or geodesic):
         raise ValueError("curvature_samples: subsampled curvature needs loss='mse' or 'cross_entropy' and "

@@ -72,7 +72,7 @@ class FitResult:
         if self._least_squares is None:
             raise ValueError("covariance: only a least-squares fit has one (loss 'mse', a residual callable or "
                              "residual function), not a cross-entropy fit")
-        return covariance(self._least_squares, self.names, self._comm, absolute_sigma=absolute_sigma)
+        return covariance(self._least_squares, self.names, self._comm, 2.0 * self.cost, absolute_sigma=absolute_sigma)
 
     def standard_errors(self, absolute_sigma: bool = False) -> dict[str, torch.Tensor]:
         """√diag of :meth:`covariance`, by parameter name, each shaped like its parameter."""
@@ -115,7 +115,7 @@ def fit(
     ``cost``, ``fun``, ``grad``, ``jac`` with ``return_jacobian=True``, ``status``, ``message``, ``success``)
     and gives the covariance of the parameters (:meth:`FitResult.covariance`).
     """
-    if return_jacobian and not optimizer.curvature.identity_weights:
+    if return_jacobian and not optimizer.curvature.least_squares:
         raise ValueError("return_jacobian: only a least-squares fit (loss 'mse', a residual callable or residual "
                          "function) has a Jacobian of residuals")
     result = iterate(lambda: optimizer.step(*batch, weight=weight), optimizer.config.lam.maximum,
@@ -178,7 +178,7 @@ def _describe_solution(result: FitResult, optimizer: LevenbergMarquardt, batch: 
     result.nfev = sum(info.forward_passes for info in result.history)
     result.njev = sum(info.jacobian_passes for info in result.history)
     result.cost, result.grad = cost_and_gradient(optimizer, batch, weight)
-    if optimizer.curvature.identity_weights:  # least squares: residuals, Jacobian, covariance
+    if optimizer.curvature.least_squares:  # residuals, Jacobian, covariance
         result._least_squares = LeastSquaresAt(optimizer, batch, layout.get_flat(), weight)
         result._comm = optimizer.objective.comm
         if return_jacobian:

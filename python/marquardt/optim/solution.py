@@ -125,11 +125,13 @@ def cost_and_gradient(optimizer: LevenbergMarquardt, batch: tuple, weight: Any =
 
 
 def covariance(least_squares: Callable[[], tuple[torch.Tensor, torch.Tensor]], names: list[str], comm: Any,
-               absolute_sigma: bool = False) -> Covariance:
-    """s²(JᵀJ)⁻¹ (see the module docstring), JᵀJ and rᵀr summed over the ranks."""
-    r, J = least_squares()
+               twice_cost: float, absolute_sigma: bool = False) -> Covariance:
+    """s²(JᵀJ)⁻¹ (see the module docstring) with s² = 2·cost/(m − n) (rᵀr/(m − n) without a robust loss; with
+    one, J is its corrected Jacobian, as scipy's curve_fit takes it from least_squares), JᵀJ and m summed over
+    the ranks (the cost is already)."""
+    _, J = least_squares()
     n = J.shape[1]
-    rr = comm.sum_float(float(r.double() @ r.double()), J.device)
+    rr = twice_cost
     m = int(round(comm.sum_float(float(J.shape[0]), J.device)))
     if comm.active:  # only JᵀJ sums over the ranks: its eigenvalues are J's squared singular values
         eigenvalues, vectors = torch.linalg.eigh(comm.sum_(J.T.double() @ J.double()))
