@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from marquardt.curvature.jacobian import FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
-from marquardt.curvature.losses import make_curvature
+from marquardt.curvature.modes import make_curvature
 from marquardt.types.layout import ParameterLayout
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,

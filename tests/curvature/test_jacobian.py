@@ -15,7 +15,7 @@ from marquardt.curvature.jacobian import (
     _jacobian_by_double_vjp,
     _per_sample_weight_grad_by_grouped_conv,
 )
-from marquardt.curvature.losses import make_curvature
+from marquardt.curvature.modes import make_curvature
 from marquardt.curvature.noise import NoiseReplay
 from marquardt.types.layout import ParameterLayout
 

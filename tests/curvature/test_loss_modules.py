@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from marquardt import LevenbergMarquardt
-from marquardt.curvature.losses import BinaryCrossEntropy, make_curvature
+from marquardt.curvature.losses import BinaryCrossEntropy
+from marquardt.curvature.modes import make_curvature
 from tests.models import sine_data
 
 
@@ -276,3 +277,43 @@ def test_cross_entropy_module_refusals_name_the_argument():
     with torch.no_grad():
         assert info.loss_before == pytest.approx(float(nn.CrossEntropyLoss(label_smoothing=0.1)(model(x), y)),
                                                  rel=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("module", ["HuberLoss", "SmoothL1Loss"])
+def test_huber_and_smooth_l1_modules_report_their_value_and_match_the_robust_fit(module, reduction):
+    x, y = sine_data(40, dtype=torch.float64)
+    y = torch.cat([y, 3 * y], dim=1)
+    y[::5] += 4.0  # outliers beyond the threshold
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    loss = nn.HuberLoss(delta=0.5, reduction=reduction) if module == "HuberLoss" else \
+        nn.SmoothL1Loss(beta=0.5, reduction=reduction)
+    other = copy.deepcopy(model)
+    # the module's value is κ times the robust objective (κ = 1/c per-entry mean, ÷ beta for SmoothL1): with
+    # d = 1 and a fixed λ, (κA + λI)δ = −κg is the robust step at λ/κ
+    kappa = (1 / 2 if reduction == "mean" else 1.0) / (0.5 if module == "SmoothL1Loss" else 1.0)
+    fixed = dict(damping="levenberg", lambda_rule="fixed", momentum=None, line_search=None, solver="primal")
+    opt = LevenbergMarquardt(model, loss, lambda_init=1e-2, **fixed)
+    reference = LevenbergMarquardt(other, "mse", robust="huber", robust_scale=0.5, loss_scale=reduction,
+                                   lambda_init=1e-2 / kappa, **fixed)
+    for _ in range(3):
+        with torch.no_grad():
+            expected = float(loss(model(x), y))
+        info, robust = opt.step(x, y), reference.step(x, y)
+        assert info.loss_before == pytest.approx(expected, rel=1e-12)
+        assert info.loss_before == pytest.approx(kappa * robust.loss_before, rel=1e-12)
+    torch.testing.assert_close(torch.cat([p.reshape(-1) for p in model.parameters()]),
+                               torch.cat([p.reshape(-1) for p in other.parameters()]), rtol=1e-8, atol=1e-10)
+
+
+def test_the_huber_string_is_the_unit_threshold_huber_summed_over_outputs():
+    x, y = sine_data(20, dtype=torch.float64)
+    y = y + 2.0 * (torch.arange(20) % 4 == 0).double().unsqueeze(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    with torch.no_grad():
+        expected = float(nn.HuberLoss(delta=1.0, reduction="sum")(model(x), y)) / 20
+    assert LevenbergMarquardt(model, "huber").step(x, y).loss_before == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="a zero threshold is an L1 loss"):
+        LevenbergMarquardt(model, nn.SmoothL1Loss(beta=0.0))

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.func import hessian
 
-from marquardt.curvature.losses import EmpiricalFisherCE, GaussNewtonMSE, GeneralizedGaussNewtonCE, make_curvature
+from marquardt.curvature.losses import EmpiricalFisherCE, GaussNewtonMSE, GeneralizedGaussNewtonCE
+from marquardt.curvature.modes import make_curvature
 
 
 @pytest.mark.parametrize("soft", [False, True], ids=["labels", "probabilities"])

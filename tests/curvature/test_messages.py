@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marquardt.curvature.losses import make_curvature
+from marquardt.curvature.modes import make_curvature
 from marquardt.curvature.objective import _check_residuals
 
 CE = make_curvature("cross_entropy", "ggn")

@@ -9,7 +9,8 @@ from torch.func import functional_call, jacrev
 
 from marquardt import LevenbergMarquardt
 from marquardt.curvature.jacobian import FullJacobian, _jacobian_by_double_vjp
-from marquardt.curvature.losses import GaussNewtonMSE, make_curvature
+from marquardt.curvature.losses import GaussNewtonMSE
+from marquardt.curvature.modes import make_curvature
 from marquardt.curvature.noise import NoiseReplay
 from marquardt.curvature.objective import Objective
 from marquardt.parallel import Communicator

@@ -8,7 +8,7 @@ from torch import nn
 
 import marquardt
 from marquardt.curvature.jacobian import FastPathJacobian, NotApplicable
-from marquardt.curvature.losses import make_curvature
+from marquardt.curvature.modes import make_curvature
 from marquardt.solve.dual import DualSystem, FactoredDualSystem
 from marquardt.solve.kronecker import kronecker_pays
 from marquardt.solve.pcg import factored_dual_pays, preconditioned_cg

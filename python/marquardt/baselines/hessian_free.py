@@ -16,7 +16,8 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from ..curvature.jacobian import FastPathJacobian, FunctorchJacobian, NotApplicable
-from ..curvature.losses import Curvature, make_curvature
+from ..curvature.losses import Curvature
+from ..curvature.modes import make_curvature
 from ..curvature.noise import NoiseReplay
 from ..types.layout import ParameterLayout
 

@@ -58,9 +58,15 @@ class RobustGaussNewton(GaussNewtonMSE):
     identity_weights = False
     least_squares = True
 
-    def __init__(self, kind: str, scale: float = 1.0) -> None:
+    def __init__(self, kind: str, scale: float = 1.0, factor: float = 1.0, per_entry_mean: bool = False) -> None:
         rho(kind, torch.zeros(1))  # refuses an unknown kind by name
         self.kind, self.scale_f = kind, float(scale)
+        self.factor, self.per_entry_mean = float(factor), per_entry_mean
+
+    def scale(self, outputs_per_sample: int) -> float:
+        """nn.HuberLoss(delta) is ½ρ_f with f = delta per entry, nn.SmoothL1Loss(beta) the same divided by beta;
+        with reduction='mean' both average over every entry (÷ c per sample)."""
+        return self.factor / outputs_per_sample if self.per_entry_mean else self.factor
 
     def _rho(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ρ_f, ρ_f', ρ_f'') at s = r², ρ_f(s) = f² ρ(s/f²)."""

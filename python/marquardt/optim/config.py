@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ..curvature.losses import Curvature, GaussNewtonMSE, make_curvature
+from ..curvature.losses import Curvature, GaussNewtonMSE
+from ..curvature.modes import make_curvature
 from ..curvature.robust import ROBUST_LOSSES, RobustGaussNewton
 from ..policy.acceptance import ACCEPTANCE
 from ..policy.damping import DAMPING
@@ -386,7 +387,7 @@ def curvature_for(loss: Any, residual_mode: bool, config: Config) -> Curvature:
         curvature = make_curvature(loss, mode)
     robust = config.objective.robust
     if robust is not None:
-        if type(curvature) is not GaussNewtonMSE:
+        if type(curvature) is not GaussNewtonMSE:  # (a loss module's own robust loss excluded)
             raise ValueError(f"robust: a robust loss applies to least squares (loss='mse', a residual callable or "
                              f"function), not to loss={loss!r}")
         curvature = RobustGaussNewton(robust, config.objective.robust_scale)
