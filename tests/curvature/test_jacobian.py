@@ -309,3 +309,27 @@ def test_double_vjp_gives_zero_columns_for_unused_parameters_and_constant_output
     assert torch.equal(J, torch.zeros(5, 2, dtype=torch.float64)) and torch.equal(z, x)
     J, z = _jacobian_by_double_vjp(lambda: torch.round(a) * x, [a, unused])  # a path without a derivative
     assert torch.equal(J, torch.zeros(5, 2, dtype=torch.float64)) and torch.equal(z, 2.0 * x)
+
+
+def test_the_reverse_jacobian_differentiates_one_forward_pass_with_random_draws():
+    """Train-mode RReLU draws random slopes, which torch.func's transforms refuse: the batched backward pass
+    through one forward pass (so one draw of the slopes) gives J, equal to one backward pass per output."""
+    torch.manual_seed(0)
+    x = torch.randn(5, dtype=torch.float64)
+    rrelu = nn.RReLU()
+
+    def outputs(t):
+        z = rrelu(t[0] * x) * t[1]
+        return z, z
+
+    theta = torch.tensor([1.5, -0.7], dtype=torch.float64)
+    torch.manual_seed(3)
+    J, z = FullJacobian._reverse_jacobian(outputs, theta)
+    torch.manual_seed(3)
+    with torch.enable_grad():
+        t = theta.clone().requires_grad_(True)
+        reference = outputs(t)[0]
+        rows = [torch.autograd.grad(reference[k], t, retain_graph=True)[0] for k in range(5)]
+    torch.testing.assert_close(J, torch.stack(rows))
+    torch.testing.assert_close(z, reference.detach())
+    assert not z.requires_grad

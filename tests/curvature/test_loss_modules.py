@@ -317,3 +317,24 @@ def test_the_huber_string_is_the_unit_threshold_huber_summed_over_outputs():
     assert LevenbergMarquardt(model, "huber").step(x, y).loss_before == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ValueError, match="a zero threshold is an L1 loss"):
         LevenbergMarquardt(model, nn.SmoothL1Loss(beta=0.0))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_two_logit_bce_modules_average_or_sum_over_every_entry(reduction):
+    x, y = _binary_data(20)
+    y2 = torch.cat([y, 1 - y], dim=1)
+    model = _classifier(outputs=2)
+    module = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 0.5]), reduction=reduction)  # float32 weights
+    with torch.no_grad():
+        expected = float(module(model(x), y2))
+    opt = LevenbergMarquardt(model, module)
+    assert opt.step(x, y2).loss_before == pytest.approx(expected, rel=1e-13)
+    assert opt.curvature.pos_weight.dtype == torch.float32  # (cast to the outputs' dtype where used)
+
+
+def test_a_cross_entropy_module_takes_the_empirical_fisher_when_asked():
+    from marquardt.curvature.losses import EmpiricalFisherCE, GeneralizedGaussNewtonCE
+
+    assert isinstance(make_curvature(nn.CrossEntropyLoss(), "ef"), EmpiricalFisherCE)
+    assert isinstance(make_curvature(nn.CrossEntropyLoss(), None), GeneralizedGaussNewtonCE)
+    assert isinstance(make_curvature(nn.CrossEntropyLoss(), "ggn"), GeneralizedGaussNewtonCE)

@@ -71,3 +71,79 @@ def test_the_distribution_tolerance_is_absolute():
     rows = torch.tensor([[0.5, 0.5 + 1.5e-5], [0.5, 0.5]], dtype=torch.float64)
     with pytest.raises(ValueError, match="must be >= 0 and sum to 1"):
         CE.check_targets(torch.zeros(2, 2, dtype=torch.float64), rows)
+
+
+# ------------------------------------------------------------------------- loss modules and residual functions
+def _message(call) -> str:
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    return str(info.value)
+
+
+def test_loss_module_messages_word_for_word():
+    from torch import nn
+
+    from marquardt import LevenbergMarquardt
+
+    def build(loss, **options):
+        return lambda: LevenbergMarquardt(nn.Linear(2, 2), loss, **options)
+
+    assert _message(build(nn.L1Loss())) == (
+        "loss: a L1Loss object has no Gauss-Newton form here; the supported loss modules are nn.MSELoss, "
+        "nn.CrossEntropyLoss, nn.BCEWithLogitsLoss, nn.HuberLoss, nn.SmoothL1Loss (or the strings 'mse', "
+        "'cross_entropy', 'bce_with_logits'); for any other objective pass residuals=fn(model, *batch) or a "
+        "residual callable")
+    assert _message(build(nn.MSELoss(reduction="none"))) == (
+        "loss: MSELoss(reduction='none') returns per-entry losses; LM needs one value (reduction='mean' or 'sum')")
+    assert _message(build(nn.MSELoss(), curvature="ggn")) == "curvature: nn.MSELoss supports only 'gn', got 'ggn'"
+    assert _message(build(nn.BCEWithLogitsLoss(), curvature="gn")) == (
+        "curvature: nn.BCEWithLogitsLoss supports only 'ggn', got 'gn'")
+    assert _message(build(nn.BCEWithLogitsLoss(weight=torch.ones(2)))) == (
+        "loss: nn.BCEWithLogitsLoss(weight=...) is not supported; pass per-sample weights to step(..., weight=w) "
+        "instead")
+    assert _message(build(nn.HuberLoss(), curvature="ggn")) == "curvature: nn.HuberLoss supports only 'gn', got 'ggn'"
+    assert _message(build("bce_with_logits", curvature="gn")) == (
+        "curvature: loss='bce_with_logits' supports only 'ggn', got 'gn'")
+    assert _message(build("huber", curvature="ef")) == "curvature: loss='huber' supports only 'gn', got 'ef'"
+    assert _message(build("hinge")) == (
+        "loss: expected 'mse', 'cross_entropy', 'bce_with_logits', 'huber', a loss module or a residual callable, "
+        "got 'hinge'")
+
+
+def test_residual_function_messages_word_for_word():
+    from marquardt import LevenbergMarquardt
+    from tests.models import Exponential, exponential_data
+
+    t, y = exponential_data(6)
+
+    def step(fn):
+        return lambda: LevenbergMarquardt(Exponential(), residuals=fn).step(t, y)
+
+    assert _message(step(lambda m, t, y: ())) == (
+        "residuals: the function returned an empty tuple; it must return at least one tensor")
+    assert _message(step(lambda m, t, y: "r")) == (
+        "residuals: the function must return a tensor or a tuple of tensors, got str")
+    assert _message(step(lambda m, t, y: (m(t) - y, 1.0))) == (
+        "residuals: the function must return a tensor or a tuple of tensors, got float (group 1)")
+    assert _message(step(lambda m, t, y: ["r"])) == (  # a list of one group is still a list of groups
+        "residuals: the function must return a tensor or a tuple of tensors, got str (group 0)")
+    assert _message(step(lambda m, t, y: (m(t) > y).long())) == (
+        "residuals: expected real floating-point residuals, got dtype torch.int64")
+    assert _message(step(lambda m, t, y: (m(t) - y)[:0])) == (
+        "residuals: the function returned no residuals (0 entries) for this batch")
+    calls = []
+
+    def unstable(m, t, y):
+        calls.append(1)
+        return (m(t) - y)[: 6 if len(calls) == 1 else 5]
+
+    assert _message(step(unstable)) == (
+        "residuals: the function returned shapes [(5,)] for a batch on which it returned [(6,)] before; the "
+        "residuals of one batch must keep their shapes (every step evaluates the function several times)")
+
+
+def test_a_one_group_list_is_not_refused():
+    from marquardt import LevenbergMarquardt
+    from tests.models import Exponential, exponential_data
+
+    assert LevenbergMarquardt(Exponential(), residuals=lambda m, t, y: [m(t) - y]).step(*exponential_data(6)).accepted

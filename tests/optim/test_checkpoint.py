@@ -204,3 +204,20 @@ def test_a_checkpoint_without_a_loss_name_keeps_the_optimizers():
     other.load_state_dict(saved)
     assert other.settings["loss"] == "residual" and other.state_dict()["param_groups"][0]["loss"] == "residual"
     assert other.step(*exponential_data(20)).accepted
+
+
+def test_a_checkpoint_taken_before_any_step_loads():
+    fresh = LevenbergMarquardt(sine_mlp(4).double(), "mse").state_dict()
+    assert not fresh["state"]
+    opt = LevenbergMarquardt(sine_mlp(4).double(), "mse")
+    opt.load_state_dict(fresh)
+    assert opt.step(*sine_data(30, dtype=torch.float64)).accepted
+
+
+def test_an_older_pickle_without_a_loss_name_is_an_mse_optimizer():
+    _, opt, _ = _trained()
+    old = {"defaults": dict(opt.defaults), "state": {}, "param_groups": [dict(opt.param_groups[0])]}
+    del old["param_groups"][0]["loss"]
+    revived = LevenbergMarquardt.__new__(LevenbergMarquardt)
+    revived.__setstate__(old)
+    assert revived.param_groups[0]["loss"] == "mse"

@@ -173,3 +173,84 @@ def test_entry_names_follow_the_parameters_entries():
     model.register_parameter("k", nn.Parameter(torch.tensor(1.0)))
     assert entry_names(ParameterLayout.of(model)) == [  # (named_parameters: the module's own first)
         "k", "0.weight[0, 0]", "0.weight[0, 1]", "0.weight[1, 0]", "0.weight[1, 1]", "0.bias[0]", "0.bias[1]"]
+
+
+# ------------------------------------------------------------------------------ covariance on crafted Jacobians
+class _OneRank:
+    active = False
+
+    @staticmethod
+    def sum_float(value, device):
+        return value
+
+
+def _crafted(singular_values, m=6, dtype=torch.float64, seed=0):
+    """J = U diag(s) Vᵀ with orthonormal U, V: its singular values are the given ones."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(singular_values)
+    U, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    J = U @ torch.diag(torch.tensor(singular_values, dtype=torch.float64)) @ V.T
+    r = torch.randn(m, generator=g, dtype=torch.float64)
+    return (r.to(dtype), J.to(dtype)), V
+
+
+def test_covariance_of_a_crafted_jacobian_is_v_s_minus_2_vt():
+    from marquardt.optim.solution import covariance
+
+    (r, J), V = _crafted([3.0, 0.5, 1e-3])
+    expected = V @ torch.diag(torch.tensor([3.0, 0.5, 1e-3], dtype=torch.float64) ** -2) @ V.T
+    absolute = covariance(lambda: (r, J), ["a", "b", "c"], _OneRank(), 2.0, absolute_sigma=True)
+    torch.testing.assert_close(absolute.matrix, expected, rtol=1e-9, atol=0.0)
+    estimated = covariance(lambda: (r, J), ["a", "b", "c"], _OneRank(), 2.0)  # s² = 2·cost/(m − n) = 2/3
+    torch.testing.assert_close(estimated.matrix, expected * (2.0 / 3), rtol=1e-9, atol=0.0)
+    assert estimated.names == ["a", "b", "c"] and estimated.matrix.dtype == torch.float64
+    (r32, J32), _ = _crafted([3.0, 0.5, 1e-1], dtype=torch.float32)
+    assert covariance(lambda: (r32, J32), ["a", "b", "c"], _OneRank(), 2.0).matrix.dtype == torch.float32
+
+
+def test_covariance_is_undefined_below_scipys_rank_threshold():
+    """Singular values at or below eps·max(m, n)·s_max count as zero (a relative threshold, as scipy's)."""
+    from marquardt.optim.solution import covariance
+
+    (r, J), _ = _crafted([1e6, 1.0, 1e-12])  # s_min/s_max = 1e-18: below eps·6
+    with pytest.warns(CovarianceWarning) as record:
+        undefined = covariance(lambda: (r, J), ["a", "b", "c"], _OneRank(), 1.0)
+    assert torch.isinf(undefined.matrix).all() and undefined.matrix.dtype == torch.float64
+    assert str(record[0].message) == ("covariance: the covariance of the parameters cannot be estimated (the "
+                                      "Jacobian at the solution is rank-deficient); every entry is inf")
+    (r, J), _ = _crafted([1e-6, 1e-9, 1e-12])  # tiny but well conditioned (s_min/s_max = 1e-6): defined
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.isfinite(covariance(lambda: (r, J), ["a", "b", "c"], _OneRank(), 1.0).matrix).all()
+
+
+def test_the_covariance_warning_points_at_the_callers_line():
+    t, y = exponential_data(3)
+    result = marquardt.fit(LevenbergMarquardt(Exponential(), residuals), t, y, max_iterations=20)
+    with pytest.warns(CovarianceWarning) as record:
+        result.covariance()
+    assert record[0].filename == __file__
+    with pytest.warns(CovarianceWarning):
+        errors = result.standard_errors()  # absolute_sigma=False by default: s² cannot be estimated from m = n
+    assert all(torch.isinf(e) for e in errors.values())
+    assert torch.isfinite(result.covariance(absolute_sigma=True).matrix).all()
+
+
+def test_an_undefined_covariance_is_made_on_the_parameters_device():
+    t, y = exponential_data(3)
+    result = marquardt.fit(LevenbergMarquardt(Exponential(), residuals), t, y, max_iterations=20)
+    with torch.device("meta"), pytest.warns(CovarianceWarning):
+        matrix = result.covariance().matrix
+    assert matrix.device.type == "cpu" and torch.isinf(matrix).all()
+
+
+def test_an_mse_fits_residuals_are_outputs_minus_targets():
+    t, y = exponential_data(30)
+    model = Exponential()
+    result = marquardt.fit(LevenbergMarquardt(model, "mse", momentum=None), t, y, max_iterations=5)
+    with torch.no_grad():
+        torch.testing.assert_close(result.fun, model(t) - y, rtol=1e-12, atol=1e-14)
+    weighted = marquardt.fit(LevenbergMarquardt(Exponential(), "mse", momentum=None), t, y, max_iterations=5,
+                             weight=torch.full((30,), 4.0, dtype=torch.float64))
+    assert weighted.cost == pytest.approx(0.5 * float(weighted.fun @ weighted.fun), rel=1e-12)

@@ -118,3 +118,19 @@ def test_covariance_on_two_identical_ranks_is_that_of_the_doubled_data():
     assert a.cost == pytest.approx(b.cost, rel=1e-9)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(a.covariance().matrix, b.covariance().matrix, rtol=1e-7, atol=0.0)
+
+
+def test_covariance_on_two_ranks_with_a_small_curvature():
+    """JᵀJ with eigenvalues below 1 (residuals scaled by 0.01): the ranks' path takes them from JᵀJ itself."""
+    import marquardt
+
+    t, y = exponential_data(25)
+    scaled = lambda z, target: 0.01 * (z - target)  # noqa: E731
+    twin = LevenbergMarquardt(Exponential(), scaled)
+    twin.objective.comm = TwinRanks(twin.layout.device)
+    a = marquardt.fit(twin, t, y, max_iterations=60)
+    b = marquardt.fit(LevenbergMarquardt(Exponential(), scaled), torch.cat([t, t]), torch.cat([y, y]),
+                      max_iterations=60)
+    assert float(torch.linalg.eigvalsh(b._least_squares()[1].T @ b._least_squares()[1]).min()) < 1.0
+    torch.testing.assert_close(a.covariance(absolute_sigma=True).matrix, b.covariance(absolute_sigma=True).matrix,
+                               rtol=1e-6, atol=0.0)

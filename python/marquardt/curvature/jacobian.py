@@ -472,21 +472,18 @@ class FullJacobian(Engine):
     @staticmethod
     def _reverse_jacobian(outputs: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                           theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """J by plain autograd, for functions that torch.func cannot transform: one forward pass, then every
-        output's backward pass batched in one vmap'd pass (``is_grads_batched``), or one by one for operations
-        that vmap cannot batch either (RReLU). This is the path of residual functions that differentiate with
-        ``torch.autograd.grad(..., create_graph=True)`` (transforms refuse a function that makes tensors
-        require grad)."""
+        """J by plain autograd, for functions that torch.func cannot transform (random operations such as
+        train-mode RReLU; residual functions that differentiate with ``torch.autograd.grad(...,
+        create_graph=True)``, since transforms refuse a function that makes tensors require grad): one forward
+        pass, then every output's backward pass batched in one vmap'd pass (``is_grads_batched``; only the
+        backward pass is batched, so the forward pass may draw random numbers)."""
         last: list[torch.Tensor] = []
 
         def value(t: torch.Tensor) -> torch.Tensor:
             last[:] = [outputs(t)[0]]
             return last[0]
 
-        try:
-            J = torch.autograd.functional.jacobian(value, theta, vectorize=True)
-        except RuntimeError:
-            J = torch.autograd.functional.jacobian(value, theta, vectorize=False)
+        J = torch.autograd.functional.jacobian(value, theta, vectorize=True)
         return J, last[0].detach()
 
     def _small_jacobian(self, outputs: Callable[[torch.Tensor, Any], torch.Tensor], x: torch.Tensor,

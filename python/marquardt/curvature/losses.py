@@ -180,9 +180,8 @@ class _CrossEntropy(Curvature):
         return targets.to(outputs.dtype)
 
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.dim() == 1:
-            return F.cross_entropy(outputs, targets.long(), reduction="none")
-        return -(targets.to(outputs.dtype) * F.log_softmax(outputs, dim=1)).sum(dim=1)
+        labels_or_probabilities = targets.long() if targets.dim() == 1 else targets.to(outputs.dtype)
+        return F.cross_entropy(outputs, labels_or_probabilities, reduction="none")
 
 
 def _softmax_factor(p: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -193,8 +192,7 @@ def _softmax_factor(p: torch.Tensor, y: torch.Tensor | None = None) -> tuple[tor
     """
     n, c = p.shape
     if c == 1:
-        zero = torch.zeros(n, 1, dtype=p.dtype, device=p.device)
-        return zero.unsqueeze(1), (zero if y is not None else None)
+        return p.new_zeros(n, 1, 1), (p.new_zeros(n, 1) if y is not None else None)
     r = p.argmax(dim=1, keepdim=True)  # [N, 1]
     # The other classes in increasing order, then r: sorting on (class index + c if it is r) moves r last.
     classes = torch.arange(c, device=p.device)
@@ -282,7 +280,7 @@ class BinaryCrossEntropy(Curvature):
             raise ValueError(f"targets: expected probabilities in [0, 1] shaped like the model output "
                              f"{tuple(outputs.shape)} for binary cross-entropy, got {tuple(targets.shape)} of dtype "
                              f"{targets.dtype}")
-        if targets.device.type != "meta" and targets.numel() and bool(((targets < 0) | (targets > 1)).any()):
+        if targets.numel() and bool(((targets < 0) | (targets > 1)).any()):
             raise ValueError(f"targets: expected probabilities in [0, 1] for binary cross-entropy, got range "
                              f"[{float(targets.min()):.6g}, {float(targets.max()):.6g}]")
 
@@ -290,7 +288,7 @@ class BinaryCrossEntropy(Curvature):
         return None if self.pos_weight is None else self.pos_weight.to(device=z.device, dtype=z.dtype)
 
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        entries = F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype), reduction="none",
+        entries = F.binary_cross_entropy_with_logits(outputs, targets, reduction="none",  # (dtypes match: checked)
                                                      pos_weight=self._pos_weight(outputs))
         entries = _flat_outputs(entries)
         return entries.mean(dim=1) if self.per_entry_mean else entries.sum(dim=1)
@@ -305,7 +303,7 @@ class BinaryCrossEntropy(Curvature):
                 raise ValueError("binary cross-entropy with pos_weight: its curvature depends on the targets")
             a, positive = torch.ones_like(z), None
         else:
-            y = _flat_outputs(targets.to(z.dtype))
+            y = _flat_outputs(targets)
             positive = y * pos_weight.reshape(-1).expand_as(y) if pos_weight is not None else y
             a = positive + 1.0 - y
         scale = 1.0 / z.shape[1] if self.per_entry_mean else 1.0

@@ -100,7 +100,7 @@ class WeightedEF(CrossEntropyModule, EmpiricalFisherCE):
 SUPPORTED_MODULES = ("MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss", "HuberLoss", "SmoothL1Loss")
 
 
-def _module_curvature(module: torch.nn.Module, curvature: str | None) -> Curvature:
+def _module_curvature(module: Any, curvature: str | None) -> Curvature:
     name = type(module).__name__
     if name not in SUPPORTED_MODULES or type(module).__module__ != "torch.nn.modules.loss":
         raise ValueError(
@@ -108,7 +108,7 @@ def _module_curvature(module: torch.nn.Module, curvature: str | None) -> Curvatu
             f"{', '.join('nn.' + m for m in SUPPORTED_MODULES)} (or the strings 'mse', 'cross_entropy', "
             "'bce_with_logits'); for any other objective pass residuals=fn(model, *batch) or a residual callable"
         )
-    reduction = getattr(module, "reduction", "mean")
+    reduction = module.reduction
     if reduction not in ("mean", "sum"):
         raise ValueError(f"loss: {name}(reduction={reduction!r}) returns per-entry losses; LM needs one value "
                          "(reduction='mean' or 'sum')")
@@ -128,11 +128,10 @@ def _module_curvature(module: torch.nn.Module, curvature: str | None) -> Curvatu
         if curvature not in (None, "ggn", "ef"):
             raise ValueError(f"curvature: nn.CrossEntropyLoss supports 'ggn' (default) or 'ef', got {curvature!r}")
         kind = WeightedEF if curvature == "ef" else WeightedGGN
-        return kind(getattr(module, "weight", None), int(getattr(module, "ignore_index", -100)),
-                    float(getattr(module, "label_smoothing", 0.0)))
+        return kind(module.weight, int(module.ignore_index), float(module.label_smoothing))
     if curvature not in (None, "ggn"):
         raise ValueError(f"curvature: nn.BCEWithLogitsLoss supports only 'ggn', got {curvature!r}")
-    if getattr(module, "weight", None) is not None:
+    if module.weight is not None:
         raise ValueError("loss: nn.BCEWithLogitsLoss(weight=...) is not supported; pass per-sample weights to "
                          "step(..., weight=w) instead")
-    return BinaryCrossEntropy(pos_weight=getattr(module, "pos_weight", None), per_entry_mean=reduction == "mean")
+    return BinaryCrossEntropy(pos_weight=module.pos_weight, per_entry_mean=reduction == "mean")

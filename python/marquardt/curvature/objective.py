@@ -513,8 +513,8 @@ class Objective:
         if not self.curvature.least_squares:
             raise ValueError(f"residuals and their Jacobian: only a least-squares objective has them (loss 'mse', "
                              f"a residual callable or function), not this one (curvature {self.curvature.name!r})")
-        engine = FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_mode,
-                              module_outputs=self.outputs, model=self.model,
+        # (the whole batch's rows: a residual function's batch has no leading size to count them by)
+        engine = FullJacobian(self._functional_outputs, self.layout,
                               rows_of=(lambda x: self._batch_rows) if self.residual_function is not None else None)
         noise.replay()
         J, z = engine.output_jacobian(inputs, targets)
@@ -524,7 +524,7 @@ class Objective:
         if row_scale is not None:  # a robust loss: the corrected Jacobian, whose JᵀJ is the curvature
             J = J * row_scale.to(J.dtype).reshape(*r.shape, 1)
         if weights is not None:
-            root_w = weights.sqrt().to(r.dtype).unsqueeze(1)
+            root_w = weights.sqrt().unsqueeze(1)  # (weights are in the parameters' dtype, as r)
             r, J = r * root_w, J * root_w.unsqueeze(2)
         return r.reshape(-1), J.reshape(r.numel(), self.layout.numel)
 
@@ -555,8 +555,8 @@ def _jvp_by_reverse_mode(z: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> t
     if not z.requires_grad:  # z does not depend on t (the second pass of a model linear in θ)
         return torch.zeros_like(z)
     u = torch.zeros_like(z, requires_grad=True)
-    (jtu,) = torch.autograd.grad(z, t, u, create_graph=True, allow_unused=True, materialize_grads=True)
-    (jv,) = torch.autograd.grad(jtu, u, v, create_graph=True, allow_unused=True, materialize_grads=True)
+    (jtu,) = torch.autograd.grad(z, t, u, create_graph=True)
+    (jv,) = torch.autograd.grad(jtu, u, v, create_graph=True)
     return jv
 
 
