@@ -28,6 +28,7 @@ from ..curvature.objective import Batch, Objective, ResidualFn
 from ..curvature.residual_function import ModelResidualFn
 from ..parallel import Communicator
 from ..policy.acceptance import ACCEPTANCE
+from ..policy.bounds import box_of
 from ..policy.damping import DAMPING
 from ..policy.geodesic import GeodesicAcceleration
 from ..policy.lam import LAMBDA_RULES, LambdaBounds
@@ -56,6 +57,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             or a tuple of groups (a PDE's interior and boundary terms), flattened and concatenated: ``step(*batch)``
             minimises ½ Σ rₖ² (÷ M residuals with ``loss_scale="mean"``). ``fn`` may differentiate ``model`` in its
             inputs by ``torch.func`` or by ``torch.autograd.grad(..., create_graph=True)``.
+        bounds: ``{parameter name: (lower, upper)}``, each end a number, a tensor broadcastable to the parameter,
+            or None; every iterate stays inside (an active-set projected LM: policy/bounds.py).
         preset: ``"default"`` (improved settings), ``"paper"`` (the authors' choices), ``"vanilla"``, or a
             :class:`~marquardt.optim.config.Config`.
         **options: any flat option of :data:`marquardt.optim.config.OPTIONS`, e.g. ``damping``,
@@ -70,7 +73,8 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     """
 
     def __init__(self, model: nn.Module, loss: str | ResidualFn | None = None, *,
-                 residuals: ModelResidualFn | None = None, preset: str | Config = "default", **options: Any) -> None:
+                 residuals: ModelResidualFn | None = None, bounds: dict[str, Any] | None = None,
+                 preset: str | Config = "default", **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         choice, options = choose_loss(loss, residuals, preset, options)
@@ -78,6 +82,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         curvature = curvature_for(choice.loss, choice.residual_mode, config)
         self.model = eager_module(model)
         self.layout = ParameterLayout.of(self.model)
+        self.box = box_of(bounds, self.layout)
         self.preset = preset
         self.loss_choice = choice
         self._out_of_step: str | None = None  # set when a step raised under torch.distributed
@@ -185,6 +190,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         # the flag lives in the state: a resumed run keeps it until it has seen two batches
         self._minibatch = state.get("minibatch", False) if changed is None else changed
         system, c0 = self.objective.build_system(batch, self.chooser.plan(batch.problem), noise, state["step"])
+        self.box.hold_active(system, theta0)  # (bounds: parameters held on them leave the gradient)
         g = system.g
         result = StepResult(
             loss_before=c0, loss_after=c0, accepted=False, reason="rejected", lam=state["lam"], multiplier=0.0,
@@ -203,9 +209,9 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             return self._finish(result, theta0, None)
 
         d_new = self.damping.update(state["d"].clone(), system)  # the state's d is replaced only at the end
-        d = d_new.to(system.dtype)
+        d = self.box.damping(d_new.to(system.dtype))
         system.set_damping(d)
-        bounds, lam = self._bounds(state)
+        bounds, lam = LambdaBounds.for_step(self.config.lam, state["lam"], self._minibatch)
         accepted_step, lam, nu = self._attempts(system, d, batch, theta0, noise, c0, result, lam, bounds)
         result.cg_iterations = system.statistics().get("cg_iterations")
         if accepted_step is not None or not self.config.damping.revert_on_reject:
@@ -213,15 +219,6 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         state["lam"], state["nu"] = lam, nu
         result.lam = lam
         return self._finish(result, theta0, accepted_step)
-
-    def _bounds(self, state: dict[str, Any]) -> tuple[LambdaBounds, float]:
-        """λ's bounds for this step, and λ raised to the mini-batch floor while the batches change."""
-        lam_config, lam = self.config.lam, state["lam"]
-        minimum = lam_config.minimum
-        if self._minibatch and lam_config.minibatch_minimum is not None:
-            minimum = max(minimum, lam_config.minibatch_minimum)
-            lam = max(lam, minimum)
-        return LambdaBounds(minimum, lam_config.maximum, lam_config.skip_outside), lam
 
     def _attempts(self, system: System, d: torch.Tensor, batch: Batch, theta0: torch.Tensor, noise: NoiseReplay,
                   c0: float, result: StepResult, lam: float,
@@ -253,7 +250,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                     lam, nu = rule.rejected(lam, nu, bounds)
                     continue
                 delta, result.geodesic_used = corrected, True
-            step = (eta * delta).to(theta0.dtype)
+            step = self.box.clip(theta0, (eta * delta).to(theta0.dtype))
             trial_point = theta0 + step
             c1 = self.objective.loss_at(trial_point, batch, noise)
             predicted = system.predicted_reduction(step)
@@ -266,13 +263,14 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             lam, nu = rule.rejected(lam, nu, bounds)
             if self.line_search is not None:
                 def loss_along(m: float, along: torch.Tensor = delta) -> float:  # (δ of this attempt, bound now)
-                    return self.objective.loss_at(theta0 + (m * along).to(theta0.dtype), batch, noise)
+                    return self.objective.loss_at(theta0 + self.box.clip(theta0, (m * along).to(theta0.dtype)), batch,
+                                                  noise)
 
                 found = self.line_search.take(loss_along, c0, {eta: c1})
                 if found is not None:
                     s_star, c_star = found
                     result.reason, result.multiplier, result.loss_after = "line_search", s_star, c_star
-                    step = (s_star * delta).to(theta0.dtype)
+                    step = self.box.clip(theta0, (s_star * delta).to(theta0.dtype))
                     return (step, theta0 + step), lam, nu
         return None, lam, nu
 

@@ -22,6 +22,16 @@ class LambdaBounds:
     maximum: float = 1e10
     skip_outside: bool = False
 
+    @classmethod
+    def for_step(cls, settings: Any, lam: float, minibatch: bool) -> tuple[LambdaBounds, float]:
+        """λ's bounds for a step from the λ settings (minimum, maximum, skip_outside, minibatch_minimum), and λ
+        raised to the mini-batch floor while the batches change."""
+        minimum = settings.minimum
+        if minibatch and settings.minibatch_minimum is not None:
+            minimum = max(minimum, settings.minibatch_minimum)
+            lam = max(lam, minimum)
+        return cls(minimum, settings.maximum, settings.skip_outside), lam
+
 
 class LambdaRule(ABC):
     """How λ moves after an accepted or a rejected trial."""
