@@ -97,3 +97,33 @@ def test_pinn_poisson_learns_the_solution_in_both_styles_alike():
     assert by_func["error"] == pytest.approx(by_autograd["error"], rel=1e-6)
     untrained = example.relative_l2_error(example.network(12, 0))
     assert untrained > 0.5 and by_func["error"] < 1e-3
+
+
+def test_robust_bounded_fit_recovers_the_curve_that_least_squares_misses():
+    """Against scipy: the robust bounded solution is least_squares(loss='soft_l1', bounds=...)'s, and the
+    standard errors curve_fit's for it."""
+    optimize = pytest.importorskip("scipy.optimize")
+    np = pytest.importorskip("numpy")
+    example = load("robust_bounded_fit")
+    result = example.main(["--seed", "1"])
+    assert result["converged"] == 1.0
+    for name, true in example.TRUE.items():
+        assert abs(result[f"{name}_robust"] - true) < 3 * result[f"{name}_stderr"]
+    assert abs(result["k_plain"] - example.TRUE["k"]) > 5 * abs(result["k_robust"] - example.TRUE["k"])
+    t, y = example.measurements(80, 8, 1)
+
+    def curve(tt, a, k, c):
+        return a * np.exp(-k * tt) + c
+
+    popt, pcov = optimize.curve_fit(curve, t.numpy(), y.numpy(), p0=[1.0, 0.1, 0.0], method="trf", loss="soft_l1",
+                                    f_scale=0.05, bounds=([-np.inf, 0.0, 0.0], [np.inf, np.inf, 0.5]),
+                                    xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    for i, name in enumerate("akc"):
+        assert result[f"{name}_robust"] == pytest.approx(popt[i], rel=1e-5, abs=1e-8)
+        assert result[f"{name}_stderr"] == pytest.approx(pcov[i, i] ** 0.5, rel=1e-3)
+
+
+def test_binary_classifier_learns_the_ring():
+    result = load("binary_classifier").main(["--iterations", "30"])
+    # a linear classifier can only say "outside" everywhere, right for about two thirds of the points
+    assert 0.25 < result["positive_share"] < 0.45 and result["test_accuracy"] > 0.95
