@@ -269,3 +269,23 @@ def test_a_residual_callables_rows_are_its_leading_dimension():
         r = (model(t) - y) * scale
     info = opt.step(t, y)
     assert info.loss_before == pytest.approx(float(0.5 * r.pow(2).sum() / 12), rel=1e-14)
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual"])
+@pytest.mark.parametrize("style", STYLES)
+def test_rows_stream_in_blocks_under_the_memory_budget(style, solver):
+    """With a budget that holds the system but not all of J, the rows come in blocks of one forward pass: the
+    steps are those of the whole Jacobian (weights included)."""
+    x, xb = points(40)  # 42 residuals, 141 parameters
+    weight = torch.linspace(0.5, 2.0, 42, dtype=torch.float64)
+    budget = {"primal": 420_000, "dual": 200_000}[solver]
+    runs = []
+    for options in ({}, {"memory_budget": budget}):
+        model = pinn(width=10)
+        opt = LevenbergMarquardt(model, residuals=STYLES[style], solver=solver, **options)
+        losses = [opt.step(x, xb, weight=weight).loss_after for _ in range(3)]
+        runs.append((losses, torch.cat([p.detach().reshape(-1) for p in model.parameters()]), opt))
+    (whole_losses, whole, _), (block_losses, blocks, opt) = runs
+    assert 0 < opt.objective.row_block < 42  # blocks were used
+    assert block_losses == pytest.approx(whole_losses, rel=1e-11)
+    torch.testing.assert_close(blocks, whole, rtol=1e-10, atol=1e-12)

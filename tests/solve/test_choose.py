@@ -65,8 +65,10 @@ def test_the_chunk_is_what_the_budget_leaves_per_sample():
     assert (f"leaves {left:.2f} MiB after the primal system, less than the {per_sample / 2**20:.2f} MiB that "
             "the Jacobian rows of one sample need (4 outputs x 20 parameters); raise memory_budget") in str(
                 refused.value)
-    whole = choose.Problem(**{**vars(p), "whole_batch_chunks": True})
-    assert chooser(solver="primal", memory_budget=system_bytes).plan(whole).chunk == 100
+    whole = choose.Problem(**{**vars(p), "whole_batch_chunks": True})  # (a residual function's rows in blocks)
+    assert chooser(solver="primal", memory_budget=budget).plan(whole).chunk == 7
+    assert chooser(solver="primal", memory_budget=system_bytes).plan(whole).chunk == 1  # at least one row
+    assert chooser(solver="primal", memory_budget=system_bytes + 200 * per_sample).plan(whole).chunk == 100
 
 
 def test_the_plan_builds_its_system_on_the_problems_device():

@@ -18,14 +18,14 @@ against each other and against
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
-from torch.func import jacfwd, jacrev, vmap
+from torch.func import jacfwd, jacrev, vjp, vmap
 
 from ..types.layout import ParameterLayout
 from ..types.rows import FactoredRows, LinearFactors
@@ -468,6 +468,27 @@ class FullJacobian(Engine):
                 except RuntimeError:
                     J, z = self._reverse_jacobian(outputs, theta)
         return J, z
+
+    def row_blocks(self, x: Any, block: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(first row, J [b, n], z [b]) of the flattened outputs in blocks of ``block`` rows, from one forward
+        pass and a batched backward pass per block (reverse mode: the rows are what the memory budget counts);
+        for functions torch.func cannot transform, by autograd's batched backward pass instead."""
+        theta = self.layout.get_flat()
+
+        def outputs(t: torch.Tensor) -> torch.Tensor:
+            return self.output_fn(self.layout.as_dict(t), x, None).reshape(-1)
+
+        with torch.enable_grad():
+            try:
+                z, pullback = vjp(outputs, theta)[:2]
+                rows_for = vmap(lambda e: pullback(e)[0])
+            except RuntimeError:  # (a function that makes tensors require grad)
+                t = theta.detach().requires_grad_(True)
+                z = outputs(t)
+                rows_for = lambda e: torch.autograd.grad(z, t, e, retain_graph=True, is_grads_batched=True)[0]  # noqa: E731
+            identity = torch.eye(z.numel(), dtype=z.dtype, device=z.device)
+            for start in range(0, z.numel(), block):
+                yield start, rows_for(identity[start : start + block]).detach(), z[start : start + block].detach()
 
     @staticmethod
     def _reverse_jacobian(outputs: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],

@@ -22,7 +22,14 @@ from ..types.layout import ParameterLayout
 from ..types.rows import FactoredRows
 from . import structure
 from .batch import Batch, Chunks, SameBatch, fingerprint
-from .jacobian import Engine, FastPathJacobian, FullJacobian, FunctorchJacobian, NotApplicable
+from .jacobian import (
+    Engine,
+    FastPathJacobian,
+    FullJacobian,
+    FunctorchJacobian,
+    NotApplicable,
+    _rows_from_output_jacobian,
+)
 from .losses import Curvature
 from .residual_function import ModelResidualFn, ResidualFunction
 
@@ -102,6 +109,7 @@ class Objective:
         self.engine = self._make_engine(engine)
         self.whole_batch = self.residual_mode  # chunks of the whole batch (residuals, train-mode BatchNorm)
         self._batch_rows = 0  # M of the batch in use, for a residual function (its batch has no leading size)
+        self.row_block = 0  # residual rows formed at once (a residual function's, under the memory budget)
         self.forward_passes = 0  # counted over the objective's life; the optimizer reads the difference
         self._shapes: dict[tuple, tuple[int, tuple[int, ...], bool]] = {}  # probe cache per batch shape
         self._group_shapes: dict[tuple, Any] = {}  # a residual function's group shapes per batch shape
@@ -419,6 +427,7 @@ class Objective:
         first chunks, so that replaying the noise gives them the same draw in every evaluation of the step."""
         inputs, targets, weights = batch.inputs, batch.targets, batch.weights
         chunk = 0 if self.whole_batch else min(plan.chunk, structure.samples(inputs))  # (0: whole, see _chunks)
+        self.row_block = plan.chunk  # (a residual function's rows come in blocks of this many)
         if not batch.subsampled:
             batch.chunks = list(self._chunks(inputs, targets, chunk, weights))
             return self._accumulate(plan.build(batch.alpha), batch.chunks, noise, first=True)
@@ -443,16 +452,13 @@ class Objective:
         total = 0.0
         rows: torch.Tensor | FactoredRows
         for x, y, w in chunks:
-            if system.takes_factors:
-                rows, rho, losses = self.engine.factors(x, y, self.curvature)
-            else:
-                rows, rho, losses = self._rows(x, y)
-            if w is not None:  # sample i's rows and residuals times √wᵢ: A = α Σ wᵢ 𝒥ᵢᵀ𝒥ᵢ, g = α Σ wᵢ 𝒥ᵢᵀρᵢ
-                per_row = w.sqrt().repeat(rho.numel() // w.numel())  # (rows are k-major: row k·S + s)
-                rows, rho, losses = rows.scaled(per_row) if isinstance(rows, FactoredRows) else \
-                    rows * per_row.to(rows.dtype).unsqueeze(1), rho * per_row.to(rho.dtype), losses * w
-            system.add(rows, rho)
-            total += float(losses.double().sum())
+            for rows, rho, losses, part_w in self._rows_of_chunk(system, x, y, w):
+                if part_w is not None:  # sample i's rows and residuals times √wᵢ: A = α Σ wᵢ 𝒥ᵢᵀ𝒥ᵢ, g = α Σ wᵢ 𝒥ᵢᵀρᵢ
+                    per_row = part_w.sqrt().repeat(rho.numel() // part_w.numel())  # (rows k-major: row k·S + s)
+                    rows, rho, losses = rows.scaled(per_row) if isinstance(rows, FactoredRows) else \
+                        rows * per_row.to(rows.dtype).unsqueeze(1), rho * per_row.to(rho.dtype), losses * part_w
+                system.add(rows, rho)
+                total += float(losses.double().sum())
         system.reduce(self.comm)  # data-parallel: A, g and the loss summed over the ranks (marquardt.parallel)
         total = self.comm.sum_float(total, self.layout.device)
         system.finalize()
@@ -460,6 +466,20 @@ class Objective:
             noise.mark_first_evaluation_done()
         self.forward_passes += 1
         return system, (total * system.alpha if math.isfinite(total) else math.inf)
+
+    def _rows_of_chunk(self, system: System, x: Any, y: Any, w: Any) -> Iterator[tuple[Any, Any, Any, Any]]:
+        """(rows, ρ, losses, weights) of a chunk: in one piece, or, for a residual function whose Jacobian does
+        not fit the memory budget (``row_block`` residuals of it do), in blocks of rows of one forward pass."""
+        if system.takes_factors:
+            yield (*self.engine.factors(x, y, self.curvature), w)
+        elif self.residual_function is not None and 0 < self.row_block < self._batch_rows:
+            assert isinstance(self.engine, FullJacobian)
+            for start, J, z in self.engine.row_blocks(x, self.row_block):
+                part = slice(start, start + z.shape[0])
+                yield (*_rows_from_output_jacobian(self.curvature, z.unsqueeze(1), None, J.unsqueeze(1)),
+                       w[part] if w is not None else None)
+        else:
+            yield (*self._rows(x, y), w)
 
     def _rows(self, x: torch.Tensor, y: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         try:

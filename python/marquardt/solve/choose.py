@@ -150,8 +150,8 @@ class SolverChooser:
         # Per sample while its rows are formed: the output Jacobian, the rows and a converted copy (for factored
         # rows, the layer inputs and signals, plus any Kronecker pair products).
         bytes_per_sample = 3 * problem.outputs_per_sample * candidate.footprint.row_width * precision.accumulate_bytes
-        if problem.whole_batch_chunks:
-            chunk = problem.samples  # a residual callable sees the whole batch at once
+        if problem.whole_batch_chunks:  # the whole batch at once; a residual function's rows in blocks that fit
+            chunk = int(min(problem.samples, max(1, left // max(bytes_per_sample, 1))))
         elif left < bytes_per_sample:
             raise ValueError(
                 f"memory_budget {budget / 2**20:.1f} MiB leaves {max(left, 0) / 2**20:.2f} MiB after the "
