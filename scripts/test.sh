@@ -10,6 +10,7 @@ source "$ROOT/scripts/setup_env.sh"
 CLEAN=${CLEAN_VENV:-$ROOT/.venv-wheel}
 if [ ! -x "$CLEAN/bin/python" ]; then python3 -m venv "$CLEAN"; fi
 "$CLEAN/bin/python" -c "import torch" 2>/dev/null || "$CLEAN/bin/python" -m pip install -q "$TORCH_PIN"
+"$CLEAN/bin/python" -m pip install -q "$ROOT"/dist/marquardt-*.whl  # its dependencies (torch is there already)
 "$CLEAN/bin/python" -m pip install -q --force-reinstall --no-deps "$ROOT"/dist/marquardt-*.whl
 (cd /tmp && "$CLEAN/bin/python" -c "
 import torch, marquardt

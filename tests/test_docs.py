@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,3 +36,30 @@ def test_nothing_cites_the_design_notes_that_do_not_ship():
     offenders = [str(p.relative_to(ROOT)) for p in _tracked_text_files()
                  if p.name != "test_docs.py" and "ALGORITHM.md" in p.read_text(encoding="utf-8", errors="replace")]
     assert not offenders, f"files citing ALGORITHM.md: {offenders}"
+
+
+def test_the_option_reference_is_current_and_complete():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("options_doc", ROOT / "scripts" / "options_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from marquardt.optim.config import OPTIONS
+
+    assert sorted(module.MEANING) == sorted(OPTIONS), "every option needs its meaning in scripts/options_doc.py"
+    assert module.main(["--check"]) == 0, "docs/options.md is out of date: python scripts/options_doc.py"
+
+
+DOC_PAGES = sorted((ROOT / "docs").rglob("*.md"))
+DOC_BLOCKS = [(page, i, block) for page in DOC_PAGES
+              for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S))]
+
+
+@pytest.mark.parametrize("page,index,block", DOC_BLOCKS,
+                         ids=[f"{p.relative_to(ROOT / 'docs')}#{i}" for p, i, _ in DOC_BLOCKS])
+def test_documentation_examples_run(page, index, block, capsys):
+    import torch
+
+    torch.manual_seed(0)
+    exec(compile(block, f"{page.name} block {index}", "exec"), {"__name__": "docs"})
+    assert capsys.readouterr().out.strip()  # every example prints what it produced
