@@ -338,3 +338,16 @@ def test_a_cross_entropy_module_takes_the_empirical_fisher_when_asked():
     assert isinstance(make_curvature(nn.CrossEntropyLoss(), "ef"), EmpiricalFisherCE)
     assert isinstance(make_curvature(nn.CrossEntropyLoss(), None), GeneralizedGaussNewtonCE)
     assert isinstance(make_curvature(nn.CrossEntropyLoss(), "ggn"), GeneralizedGaussNewtonCE)
+
+
+def test_float32_class_weights_and_the_last_class_index():
+    model, x, y = _ce_data()
+    y[0] = 3  # the last class: in range
+    module = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5, 3.0]))  # float32 weights, float64 model
+    with torch.no_grad():
+        expected = float(nn.CrossEntropyLoss(weight=module.weight.double())(model(x), y))
+    assert LevenbergMarquardt(model, module).step(x, y).loss_before == pytest.approx(expected, rel=1e-13)
+    y[0] = 4  # one past it
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 3\] \(or be the ignore_index -100\), got "
+                                         r"range \[0, 4\]"):
+        LevenbergMarquardt(model, nn.CrossEntropyLoss(ignore_index=-100)).step(x, y)

@@ -116,3 +116,42 @@ def test_covariance_with_a_robust_loss_is_curve_fits(kind):
 def test_robust_settings_are_checked_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LevenbergMarquardt(torch.nn.Linear(2, 3), **kwargs)
+
+
+def test_huber_counts_the_threshold_itself_as_inside():
+    """scipy's huber: s ≤ 1 is quadratic, so at s = 1 exactly ρ'' is 0 (outside it would be −½)."""
+    value, first, second = rho("huber", torch.tensor([1.0], dtype=torch.float64))
+    assert (float(value), float(first), float(second)) == (1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"^robust: expected one of \('linear', 'huber', 'soft_l1', 'cauchy', "
+                                         r"'arctan'\), got 'tukey'$"):
+        rho("tukey", torch.ones(1))
+
+
+@pytest.mark.parametrize("kind", ["huber", "cauchy"])
+def test_robust_losses_with_integer_weights_are_repeated_samples(kind):
+    t, y = _outlier_data()
+    w = (torch.arange(60) % 3).double()  # 0, 1, 2, ...
+    weighted = LevenbergMarquardt(Exponential(), residuals, robust=kind, robust_scale=0.1, loss_scale="sum")
+    repeated = LevenbergMarquardt(Exponential(), residuals, robust=kind, robust_scale=0.1, loss_scale="sum")
+    for _ in range(4):
+        a = weighted.step(t, y, weight=w)
+        b = repeated.step(t.repeat_interleave(w.long()), y.repeat_interleave(w.long()))
+        assert a.loss_after == pytest.approx(b.loss_after, rel=1e-11)
+
+
+def test_a_robust_mse_fit_and_a_robust_residual_fit_have_the_same_jacobian_and_covariance():
+    t, y = _outlier_data()
+    by_mse = marquardt.fit(LevenbergMarquardt(Exponential(), "mse", momentum=None, robust="cauchy",
+                                              robust_scale=0.1), t, y, return_jacobian=True, max_iterations=100)
+    by_residuals = marquardt.fit(LevenbergMarquardt(Exponential(), residuals, robust="cauchy", robust_scale=0.1),
+                                 t, y, return_jacobian=True, max_iterations=100)
+    torch.testing.assert_close(by_mse.jac, by_residuals.jac, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(by_mse.fun, by_residuals.fun, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(by_mse.covariance().matrix, by_residuals.covariance().matrix, rtol=1e-5, atol=0.0)
+
+
+def test_the_huber_string_and_explicit_gn_curvatures_are_taken():
+    for loss in ("huber", torch.nn.MSELoss(), torch.nn.HuberLoss(), torch.nn.SmoothL1Loss()):
+        assert LevenbergMarquardt(torch.nn.Linear(2, 1), loss, curvature="gn").curvature.least_squares
+    assert LevenbergMarquardt(torch.nn.Linear(2, 1), torch.nn.BCEWithLogitsLoss(), curvature="ggn").curvature
+    assert LevenbergMarquardt(torch.nn.Linear(2, 1), "huber").curvature.scale_f == 1.0

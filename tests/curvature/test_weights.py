@@ -34,17 +34,22 @@ CASES = {
     "mse_dual": (lambda: sine_mlp(4).double(), "mse", {"solver": "dual"}),
     "mse_block": (lambda: sine_mlp(4).double(), "mse", {"solver": "block_diagonal"}),
     "mse_functorch": (lambda: sine_mlp(4).double(), "mse", {"engine": "functorch"}),
-    "mse_geodesic": (lambda: sine_mlp(4).double(), "mse", {"geodesic": True}),
+    "mse_geodesic": (lambda: sine_mlp(4).double(), "mse", {"geodesic": True, "geodesic_alpha": 100.0}),
+    "mse_geodesic_dual": (lambda: sine_mlp(4).double(), "mse", {"geodesic": True, "geodesic_alpha": 100.0,
+                                                                "solver": "dual"}),
     "cross_entropy": (_classifier, "cross_entropy", {}),
+    "cross_entropy_geodesic": (_classifier, "cross_entropy", {"geodesic": True, "geodesic_alpha": 100.0}),
     "residual_callable": (lambda: Exponential(), residuals, {}),
+    "robust_geodesic": (lambda: Exponential(), residuals, {"robust": "cauchy", "robust_scale": 0.3,
+                                                             "geodesic": True, "geodesic_alpha": 100.0}),
 }
 
 
 def _batch(case: str):
     torch.manual_seed(1)
-    if case == "cross_entropy":
+    if case.startswith("cross_entropy"):
         return torch.randn(12, 2, dtype=torch.float64), torch.randint(0, 3, (12,))
-    if case == "residual_callable":
+    if case in ("residual_callable", "robust_geodesic"):
         return exponential_data(12)
     return sine_data(12, dtype=torch.float64)
 
@@ -57,14 +62,17 @@ def test_integer_weights_are_repeated_samples(case):
     repeated_model.load_state_dict(weighted_model.state_dict())
     weighted = LevenbergMarquardt(weighted_model, loss, loss_scale="sum", **options)
     repeated = LevenbergMarquardt(repeated_model, loss, loss_scale="sum", **options)
+    used = []
     for _ in range(3):
         a = weighted.step(x, y, weight=WEIGHTS)
         b = repeated.step(_repeated(x, WEIGHTS), _repeated(y, WEIGHTS))
+        used.append(a.geodesic_used)
         assert a.reason == b.reason
         assert a.loss_before == pytest.approx(b.loss_before, rel=1e-11)
         assert a.loss_after == pytest.approx(b.loss_after, rel=1e-11)
     for p, q in zip(weighted_model.parameters(), repeated_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-8, atol=1e-10)
+    assert any(used) == ("geodesic" in case)  # (the weighted second-order residual took part)
 
 
 def test_a_residual_functions_weights_are_per_residual():

@@ -251,3 +251,38 @@ def test_an_mse_fits_residuals_are_outputs_minus_targets():
     weighted = marquardt.fit(LevenbergMarquardt(Exponential(), "mse", momentum=None), t, y, max_iterations=5,
                              weight=torch.full((30,), 4.0, dtype=torch.float64))
     assert weighted.cost == pytest.approx(0.5 * float(weighted.fun @ weighted.fun), rel=1e-12)
+
+
+def test_the_jacobian_of_a_fit_of_a_function_of_the_model_alone():
+    """fn(model) takes no batch: the residuals are counted from the probe, not from a batch's leading size."""
+    t, y = exponential_data(20)
+    result = marquardt.fit(LevenbergMarquardt(Exponential(), residuals=lambda m: m(t) - y), return_jacobian=True,
+                           max_iterations=40)
+    reference = marquardt.fit(LevenbergMarquardt(Exponential(), residuals), t, y, return_jacobian=True,
+                              max_iterations=40)
+    torch.testing.assert_close(result.jac, reference.jac, rtol=1e-9, atol=1e-12)
+
+
+def test_weighted_mse_fits_return_weighted_residuals_and_jacobian():
+    t, y = exponential_data(30)
+    w = torch.linspace(0.5, 4.0, 30, dtype=torch.float64)
+    result = marquardt.fit(LevenbergMarquardt(Exponential(), "mse", momentum=None), t, y, weight=w,
+                           return_jacobian=True, max_iterations=5)
+    x = torch.stack([result.x[k] for k in "abc"])
+    J = torch.autograd.functional.jacobian(lambda p: _torch_curve(p, t) - y, x)
+    with torch.no_grad():
+        r = _torch_curve(x, t) - y
+    torch.testing.assert_close(result.fun, w.sqrt() * r, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(result.jac, w.sqrt().unsqueeze(1) * J, rtol=1e-10, atol=1e-12)
+
+
+def test_residuals_and_jacobian_are_refused_for_cross_entropy():
+    from marquardt.curvature.noise import NoiseReplay
+
+    model = nn.Linear(2, 3).double()
+    opt = LevenbergMarquardt(model, "cross_entropy")
+    x, labels = torch.randn(5, 2, dtype=torch.float64), torch.randint(0, 3, (5,))
+    with pytest.raises(ValueError, match=r"^residuals and their Jacobian: only a least-squares objective has them "
+                                         r"\(loss 'mse', a residual callable or function\), not this one "
+                                         r"\(curvature 'ggn'\)$"):
+        opt.objective.least_squares(x, labels, NoiseReplay(opt.layout.device))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -99,3 +100,27 @@ def test_the_step_norm_is_that_of_the_stored_step_in_float64():
         assert info.accepted and step.dtype == torch.float32
         assert info.step_norm == float(torch.linalg.vector_norm(step, dtype=torch.float64))
         assert info.step_norm != float(torch.linalg.vector_norm(step)) or info.step_norm == 0.0
+
+
+class WithUnused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)).double()
+        self.unused = nn.Parameter(torch.ones(2, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_subsampled_steps_count_the_gradient_pass_and_leave_unused_parameters_alone():
+    from tests.models import sine_data
+
+    x, y = sine_data(40, dtype=torch.float64)
+    full = LevenbergMarquardt(WithUnused(), "mse", geodesic=False, engine="functorch", max_attempts=1)
+    sub = LevenbergMarquardt(WithUnused(), "mse", geodesic=False, engine="functorch", max_attempts=1,
+                             curvature_samples=10)
+    a, b = full.step(x, y), sub.step(x, y)
+    assert b.curvature_samples == 10 and b.forward_passes == a.forward_passes + 1  # + the gradient pass
+    assert torch.equal(sub.model.unused, torch.ones(2, dtype=torch.float64))
+    assert b.loss_before == pytest.approx(a.loss_before, rel=1e-12)

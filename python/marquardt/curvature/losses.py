@@ -141,37 +141,42 @@ class GaussNewtonMSE(Curvature):
         return torch.eye(z.shape[1], dtype=z.dtype, device=z.device).expand(z.shape[0], -1, -1)
 
 
+def check_class_targets(outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Logits [N, C ≥ 2] and class indices [N] in [0, C) or class probabilities [N, C], refused by name."""
+    if outputs.dim() != 2:
+        raise ValueError(f"model output: expected logits [N, C] for cross-entropy, got {tuple(outputs.shape)}")
+    n, c = outputs.shape
+    if c < 2:
+        raise ValueError(
+            f"model output: cross-entropy needs at least 2 logits per sample, got {c}; a single logit with 0/1 "
+            "targets is binary cross-entropy (a softmax over one class is constant, its loss is always 0): give "
+            "the model 2 outputs, or use a residual callable"
+        )
+    if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if targets.shape != (n,):
+            raise ValueError(f"targets: expected class indices of shape ({n},), got {tuple(targets.shape)}")
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
+            raise ValueError(
+                f"targets: class indices must lie in [0, {c - 1}] for {c} logits, "
+                f"got range [{int(targets.min())}, {int(targets.max())}]"
+            )
+    elif targets.shape != (n, c) or not targets.is_floating_point():
+        raise ValueError(
+            f"targets: expected class indices ({n},) or class probabilities ({n}, {c}), "
+            f"got {tuple(targets.shape)} of dtype {targets.dtype}"
+        )
+    else:
+        sums = targets.sum(dim=1)
+        if bool((targets < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), rtol=0.0, atol=1e-5):
+            raise ValueError(
+                "targets: class probabilities must be >= 0 and sum to 1 in every row (got rows summing to "
+                f"[{float(sums.min()):.6g}, {float(sums.max()):.6g}], minimum entry {float(targets.min()):.6g})"
+            )
+
+
 class _CrossEntropy(Curvature):
     def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        if outputs.dim() != 2:
-            raise ValueError(f"model output: expected logits [N, C] for cross-entropy, got {tuple(outputs.shape)}")
-        n, c = outputs.shape
-        if c < 2:
-            raise ValueError(
-                f"model output: cross-entropy needs at least 2 logits per sample, got {c}; a single logit with 0/1 "
-                "targets is binary cross-entropy (a softmax over one class is constant, its loss is always 0): give "
-                "the model 2 outputs, or use a residual callable"
-            )
-        if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            if targets.shape != (n,):
-                raise ValueError(f"targets: expected class indices of shape ({n},), got {tuple(targets.shape)}")
-            if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
-                raise ValueError(
-                    f"targets: class indices must lie in [0, {c - 1}] for {c} logits, "
-                    f"got range [{int(targets.min())}, {int(targets.max())}]"
-                )
-        elif targets.shape != (n, c) or not targets.is_floating_point():
-            raise ValueError(
-                f"targets: expected class indices ({n},) or class probabilities ({n}, {c}), "
-                f"got {tuple(targets.shape)} of dtype {targets.dtype}"
-            )
-        else:
-            sums = targets.sum(dim=1)
-            if bool((targets < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), rtol=0.0, atol=1e-5):
-                raise ValueError(
-                    "targets: class probabilities must be >= 0 and sum to 1 in every row (got rows summing to "
-                    f"[{float(sums.min()):.6g}, {float(sums.max()):.6g}], minimum entry {float(targets.min()):.6g})"
-                )
+        check_class_targets(outputs, targets)
 
     @staticmethod
     def _one_hot(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from .losses import (
     GaussNewtonMSE,
     GeneralizedGaussNewtonCE,
     ScaledMSE,
-    _CrossEntropy,
+    check_class_targets,
 )
 from .robust import RobustGaussNewton
 
@@ -33,7 +33,7 @@ def make_curvature(loss: Any, curvature: str | None) -> Curvature:
     if loss == "huber":
         if curvature not in (None, "gn"):
             raise ValueError(f"curvature: loss='huber' supports only 'gn', got {curvature!r}")
-        return RobustGaussNewton("huber", 1.0)
+        return RobustGaussNewton("huber")
     if loss == "bce_with_logits":
         if curvature not in (None, "ggn"):
             raise ValueError(f"curvature: loss='bce_with_logits' supports only 'ggn', got {curvature!r}")
@@ -62,12 +62,12 @@ class CrossEntropyModule:
     def check_targets(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
             kept = targets[targets != self.ignore_index]
-            _CrossEntropy.check_targets(self, outputs, torch.zeros_like(targets))  # type: ignore[arg-type]
+            check_class_targets(outputs, torch.zeros_like(targets))
             if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= outputs.shape[1]):
                 raise ValueError(f"targets: class indices must lie in [0, {outputs.shape[1] - 1}] (or be the "
                                  f"ignore_index {self.ignore_index}), got range [{int(kept.min())}, {int(kept.max())}]")
             return
-        _CrossEntropy.check_targets(self, outputs, targets)  # type: ignore[arg-type]
+        check_class_targets(outputs, targets)
 
     def batch_targets(self, targets: Any, classes: int) -> tuple[Any, torch.Tensor | None, float | None]:
         eps = self.label_smoothing
@@ -79,13 +79,12 @@ class CrossEntropyModule:
             t = (1 - eps) * weight[labels].unsqueeze(1) * F.one_hot(labels, classes) + eps / classes * weight
             t = t * kept.unsqueeze(1)
             normaliser = float(weight[labels][kept].sum())
-        else:
+        else:  # (the mean divides by the number of samples, as for any loss)
             t = ((1 - eps) * targets.double() + eps / classes) * weight
-            normaliser = float(targets.shape[0])
+            normaliser = None
         omega = t.sum(dim=1)
-        uniform = torch.full_like(t, 1.0 / classes)
-        soft = torch.where(omega.unsqueeze(1) > 0, t / omega.clamp_min(1e-300).unsqueeze(1), uniform)
-        return soft, omega, normaliser
+        # (an ignored sample has ω = 0 and a zero target: it counts nothing, whatever its target)
+        return t / omega.clamp_min(1e-300).unsqueeze(1), omega, normaliser
 
 
 class WeightedGGN(CrossEntropyModule, GeneralizedGaussNewtonCE):

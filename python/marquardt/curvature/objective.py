@@ -542,7 +542,7 @@ class Objective:
         J = J.reshape(*r.shape, self.layout.numel)
         row_scale = self.curvature.jacobian_scale(z, None if self.residual_mode else targets)
         if row_scale is not None:  # a robust loss: the corrected Jacobian, whose JᵀJ is the curvature
-            J = J * row_scale.to(J.dtype).reshape(*r.shape, 1)
+            J = J * row_scale.reshape(*r.shape, 1)
         if weights is not None:
             root_w = weights.sqrt().unsqueeze(1)  # (weights are in the parameters' dtype, as r)
             r, J = r * root_w, J * root_w.unsqueeze(2)

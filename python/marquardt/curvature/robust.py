@@ -59,8 +59,7 @@ class RobustGaussNewton(GaussNewtonMSE):
     least_squares = True
 
     def __init__(self, kind: str, scale: float = 1.0, factor: float = 1.0, per_entry_mean: bool = False) -> None:
-        rho(kind, torch.zeros(1))  # refuses an unknown kind by name
-        self.kind, self.scale_f = kind, float(scale)
+        self.kind, self.scale_f = kind, float(scale)  # (the kind is checked with the options)
         self.factor, self.per_entry_mean = float(factor), per_entry_mean
 
     def scale(self, outputs_per_sample: int) -> float:
