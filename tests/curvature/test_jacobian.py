@@ -333,3 +333,20 @@ def test_the_reverse_jacobian_differentiates_one_forward_pass_with_random_draws(
     torch.testing.assert_close(J, torch.stack(rows))
     torch.testing.assert_close(z, reference.detach())
     assert not z.requires_grad
+
+
+@pytest.mark.parametrize("build,shape", [
+    (lambda: nn.Sequential(nn.Conv1d(9, 2, 8, stride=2, dilation=2), nn.Tanh(), nn.Flatten(),
+                           nn.Linear(2 * 4, 3)).double(), (4, 9, 22)),  # Cin·k = 72: unfold, not grouped conv
+    (lambda: nn.Sequential(nn.Conv2d(5, 2, (3, 5), stride=(2, 1), dilation=(1, 2), padding=(1, 0)), nn.Tanh(),
+                           nn.Flatten(), nn.Linear(2 * 3 * 2, 3)).double(), (3, 5, 5, 10)),  # Cin·kh·kw = 75
+])
+def test_large_convolution_patches_go_through_unfold_exactly(build, shape):
+    torch.manual_seed(0)
+    model = build()
+    layout = ParameterLayout.of(model)
+    x, y = torch.randn(*shape, dtype=torch.float64), torch.randn(shape[0], 3, dtype=torch.float64)
+    curvature = make_curvature("mse", "gn")
+    ref_rows, ref_rho = reference_rows(model, layout, curvature, x, y)
+    rows, rho, _ = FastPathJacobian(model, layout).rows(x, y, curvature)
+    torch.testing.assert_close(rows, ref_rows, rtol=1e-10, atol=1e-12)

@@ -240,3 +240,26 @@ def test_reverse_mode_second_directional_derivative_equals_jvp_of_jvp(outputs):
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     if outputs == "linear":
         assert torch.equal(got, torch.zeros_like(got))
+
+
+class TwoOutputsWithCustomOp(WithCustomOp):
+    """Outputs [N, 2]: the Jacobian's parameter axis is the last one, not the second."""
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        z = super().forward(t)
+        return torch.stack([z, self.a * z], dim=1)
+
+
+def test_small_jacobians_keep_the_parameter_axis_last_for_several_outputs():
+    torch.manual_seed(0)
+    model = TwoOutputsWithCustomOp()
+    layout = ParameterLayout.of(model)
+    t, _ = exponential_data(7)
+    y = torch.zeros(7, 2, dtype=torch.float64)
+    engine = FullJacobian(lambda p, x, yy: functional_call(model, p, (x,)) - yy, layout, residual_mode=True,
+                          module_outputs=lambda x, yy: model(x) - yy, model=model)
+    J, z = engine.output_jacobian(t, y)
+    reference = torch.autograd.functional.jacobian(lambda flat: functional_call(model, layout.as_dict(flat), (t,)),
+                                                   layout.get_flat())
+    assert J.shape == (7, 2, 3) and engine.forward_mode_failed
+    torch.testing.assert_close(J, reference, rtol=1e-13, atol=1e-15)

@@ -330,13 +330,12 @@ def _jacobian_by_double_vjp(outputs: Callable[[], torch.Tensor],
     if not z.requires_grad:  # z does not depend on θ at all
         return torch.zeros(*z.shape, n, dtype=z.dtype, device=z.device), z.detach()
     u = torch.zeros_like(z, requires_grad=True)
-    grads = torch.autograd.grad(z, params, grad_outputs=u, create_graph=True, allow_unused=True,
-                                materialize_grads=True)
+    grads = torch.autograd.grad(z, params, grad_outputs=u, create_graph=True, materialize_grads=True)
     g = torch.cat([grad.reshape(-1) for grad in grads])
     columns = []
     for k in range(n):
         if g.requires_grad:
-            (column,) = torch.autograd.grad(g[k], u, retain_graph=k < n - 1, allow_unused=True, materialize_grads=True)
+            (column,) = torch.autograd.grad(g[k], u, retain_graph=True, materialize_grads=True)
         else:  # no path from θ to z has a derivative (e.g. through round()): J = 0
             column = torch.zeros_like(z)
         columns.append(column)
@@ -510,7 +509,8 @@ class FullJacobian(Engine):
     def _small_jacobian(self, outputs: Callable[[torch.Tensor, Any], torch.Tensor], x: torch.Tensor,
                         y: Any) -> tuple[torch.Tensor, torch.Tensor]:
         params = list(self.layout.params)
-        if self._owners is not None and not self.forward_mode_failed:
+        if not self.forward_mode_failed:
+            assert self._owners is not None  # (module_outputs come with the model whose parameters they swap)
             try:
                 return _jacobian_by_dual_passes(outputs, self._owners, params, x, y)
             except (RuntimeError, NotImplementedError):  # e.g. an operation without a forward-mode formula
