@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from marquardt import LevenbergMarquardt
 from tests.models import sine_data, sine_mlp
@@ -221,3 +222,11 @@ def test_an_older_pickle_without_a_loss_name_is_an_mse_optimizer():
     revived = LevenbergMarquardt.__new__(LevenbergMarquardt)
     revived.__setstate__(old)
     assert revived.param_groups[0]["loss"] == "mse"
+
+
+def test_unpickling_keeps_the_saved_loss_name():
+    opt = LevenbergMarquardt(nn.Sequential(nn.Linear(2, 3)).double(), "cross_entropy")
+    state = {"defaults": dict(opt.defaults), "state": {}, "param_groups": [dict(opt.param_groups[0])]}
+    revived = LevenbergMarquardt.__new__(LevenbergMarquardt)
+    revived.__setstate__(state)
+    assert revived.param_groups[0]["loss"] == "cross_entropy"

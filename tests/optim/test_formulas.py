@@ -137,3 +137,14 @@ def test_a_geodesic_correction_over_its_bound_rejects_the_attempt_and_says_so():
     assert not info.accepted and info.attempts == 3 and not info.geodesic_used
     assert info.notes == ["geodesic correction too large: attempt rejected"] * 3
     assert info.lam > 1e-3
+
+
+def test_a_rejected_geodesic_correction_moves_nielsens_lambda_and_nu():
+    """Each rejection multiplies λ by ν and doubles ν (Nielsen): 1e-3 → ×2 → ×4 over two rejections."""
+    x, y = sine_data(40, dtype=torch.float64)
+    opt = LevenbergMarquardt(sine_mlp(5).double(), "mse", geodesic=True, geodesic_alpha=1e-12, max_attempts=2,
+                             lambda_init=1e-3, lambda_rule="nielsen")
+    info = opt.step(x, y)
+    assert not info.accepted and info.attempts == 2
+    assert info.lam == pytest.approx(1e-3 * 2 * 4, rel=1e-12)
+    assert opt.state_dict()["state"][0]["nu"] == 8.0

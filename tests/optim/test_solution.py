@@ -286,3 +286,42 @@ def test_residuals_and_jacobian_are_refused_for_cross_entropy():
                                          r"\(loss 'mse', a residual callable or function\), not this one "
                                          r"\(curvature 'ggn'\)$"):
         opt.objective.least_squares(x, labels, NoiseReplay(opt.layout.device))
+
+
+def test_fit_refusals_and_defaults_word_for_word(monkeypatch):
+    from marquardt.optim import fit as fit_module
+
+    model = nn.Linear(2, 3).double()
+    x, labels = torch.randn(6, 2, dtype=torch.float64), torch.randint(0, 3, (6,))
+    opt = LevenbergMarquardt(model, "cross_entropy")
+    with pytest.raises(ValueError, match=r"^return_jacobian: only a least-squares fit \(loss 'mse', a residual "
+                                         r"callable or residual function\) has a Jacobian of residuals$"):
+        marquardt.fit(opt, x, labels, return_jacobian=True)
+    bars = []
+    monkeypatch.setattr(fit_module, "tqdm", lambda **kwargs: bars.append(kwargs) or _NoBar())
+    result = marquardt.fit(opt, x, labels, ftol=0.0, xtol=0.0, gtol=0.0)  # the defaults: 200 iterations, no bar
+    assert result.iterations == 200 and bars == []
+    with pytest.raises(ValueError, match=r"^covariance: only a least-squares fit has one \(loss 'mse', a residual "
+                                         r"callable or residual function\), not a cross-entropy fit$"):
+        result.covariance()
+    marquardt.fit(opt, x, labels, max_iterations=2, progress=True)
+    assert bars == [dict(total=2, desc="LM fit", leave=False)]
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **values):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_standard_errors_pass_absolute_sigma_on():
+    t, y = exponential_data(3)
+    result = marquardt.fit(LevenbergMarquardt(Exponential(), residuals), t, y, max_iterations=20)
+    errors = result.standard_errors(absolute_sigma=True)  # m = n: only the absolute sigma gives a covariance
+    expected = result.covariance(absolute_sigma=True).matrix.diagonal().sqrt()
+    assert torch.equal(torch.stack([errors[k] for k in "abc"]), expected) and torch.isfinite(expected).all()
