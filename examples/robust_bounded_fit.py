@@ -12,6 +12,7 @@ scipy's ``curve_fit`` would report for the same robust fit.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ def measurements(points: int, outliers: int, seed: int) -> tuple[torch.Tensor, t
 
 
 def fit(t: torch.Tensor, y: torch.Tensor, robust: str | None) -> marquardt.FitResult:
-    options = {} if robust is None else {"robust": robust, "robust_scale": 0.05}
+    options: dict[str, Any] = {} if robust is None else {"robust": robust, "robust_scale": 0.05}
     opt = marquardt.LevenbergMarquardt(Decay(), residuals=lambda model, t, y: model(t) - y,
                                        bounds={"k": (0.0, None), "c": (0.0, 0.5)}, **options)
     return marquardt.fit(opt, t, y, max_iterations=200)
