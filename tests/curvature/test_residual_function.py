@@ -289,3 +289,18 @@ def test_rows_stream_in_blocks_under_the_memory_budget(style, solver):
     assert 0 < opt.objective.row_block < 42  # blocks were used
     assert block_losses == pytest.approx(whole_losses, rel=1e-11)
     torch.testing.assert_close(blocks, whole, rtol=1e-10, atol=1e-12)
+
+
+def test_a_residual_function_may_take_arguments_that_are_not_tensors():
+    t, y = exponential_data(12)
+
+    def scaled(m, t, y, scale: float, label: str):
+        assert label == "decay"
+        return scale * (m(t) - y)
+
+    opt = LevenbergMarquardt(Exponential(), residuals=scaled)
+    first = opt.step(t, y, 2.0, "decay")
+    with torch.no_grad():
+        expected = 0.5 * float((2.0 * (Exponential()(t) - y)).pow(2).mean())
+    assert first.loss_before == pytest.approx(expected, rel=1e-13)
+    assert opt.step(t, y, 3.0, "decay").loss_before > 0  # another scale: the same shapes, a new batch
