@@ -10,6 +10,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch; assert 
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q torch==2.14.1 numpy scikit-build-core ninja
 fi
+"$VENV/bin/python" -c "import tqdm" 2>/dev/null || "$VENV/bin/pip" install -q tqdm  # marquardt's one dependency
 NV=$("$VENV/bin/python" -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13'))")
 BUILD_DIR=${CUDA_BUILD_DIR:-build/cuda-check}
 export CUDACXX="$CUDA_HOME/bin/nvcc"
