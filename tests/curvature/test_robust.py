@@ -70,7 +70,7 @@ def _scipy(kind: str, scale: float, t: torch.Tensor, y: torch.Tensor):
 @pytest.mark.parametrize("kind", ROBUST_LOSSES)
 def test_the_minimiser_and_cost_are_scipys(kind, form):
     t, y = _outlier_data()
-    objective = {"mse": dict(loss="mse", momentum=None), "residual_callable": dict(loss=residuals),
+    objective = {"mse": dict(loss="mse"), "residual_callable": dict(loss=residuals),
                  "residual_function": dict(residuals=lambda m, t, y: m(t) - y)}[form]
     result = marquardt.fit(LevenbergMarquardt(Exponential(), robust=kind, robust_scale=0.1, **objective), t, y,
                            ftol=1e-15, xtol=1e-15, gtol=0.0, max_iterations=500)
@@ -141,7 +141,7 @@ def test_robust_losses_with_integer_weights_are_repeated_samples(kind):
 
 def test_a_robust_mse_fit_and_a_robust_residual_fit_have_the_same_jacobian_and_covariance():
     t, y = _outlier_data()
-    by_mse = marquardt.fit(LevenbergMarquardt(Exponential(), "mse", momentum=None, robust="cauchy",
+    by_mse = marquardt.fit(LevenbergMarquardt(Exponential(), "mse", robust="cauchy",
                                               robust_scale=0.1), t, y, return_jacobian=True, max_iterations=100)
     by_residuals = marquardt.fit(LevenbergMarquardt(Exponential(), residuals, robust="cauchy", robust_scale=0.1),
                                  t, y, return_jacobian=True, max_iterations=100)

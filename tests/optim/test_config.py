@@ -43,6 +43,7 @@ BAD: dict[str, list] = {
     "kappa": [0.0, -1.0, None],
     "xi": [0.0, 1.0, 1.5, -0.1, None, True],
     "paper_code_factor2": [1, None],
+    "compare_lm_step": [True, "sometimes", None],
     "max_attempts": [0, -1, 2.0, 1.5, None, True],
     "step_multiplier": [0.0, -1.0, None],
     "acceptance": ["sideways", None, 1, True],

@@ -32,6 +32,7 @@ from .jacobian import (
 )
 from .losses import Curvature
 from .residual_function import ModelResidualFn, ResidualFunction
+from .separable import mixes_samples
 
 # fn(outputs, targets) -> residuals; targets are what step() was given, None when it was given none
 ResidualFn = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -113,6 +114,7 @@ class Objective:
         self.forward_passes = 0  # counted over the objective's life; the optimizer reads the difference
         self._shapes: dict[tuple, tuple[int, tuple[int, ...], bool]] = {}  # probe cache per batch shape
         self._group_shapes: dict[tuple, Any] = {}  # a residual function's group shapes per batch shape
+        self._mixing: str | None = None  # why the model was found not to keep its samples apart (separable.py)
         self._last_fingerprint: tuple | None = None
         self._pending_fingerprint: tuple | None = None
         self._last_batch = SameBatch()  # the batch checked last, to skip rescanning it when passed again
@@ -264,6 +266,20 @@ class Objective:
             )
         return True
 
+    def _check_separable(self, inputs: Any, z1: torch.Tensor, noise: Any) -> bool:
+        """Whether the model was found to mix its samples (separable.py); engine='auto' then differentiates the
+        whole batch at once, a per-sample engine asked for by name is refused."""
+        reason = mixes_samples(self.model, inputs, z1)
+        noise.replay()
+        if reason is None:
+            return False
+        if self.engine_choice != "auto":
+            raise ValueError(f"model: {reason}, so engine={self.engine_choice!r}, which differentiates one sample at "
+                             "a time, would give the Jacobian of another function; pass engine='full' or 'auto'")
+        self._mixing = reason
+        self.engine = FullJacobian(self._functional_outputs, self.layout, model=self.model)
+        return True
+
     def _settle_engine(self, x1: torch.Tensor, y1: Any, noise: Any) -> None:
         """Tries the engine on one sample before the step uses it: the fast path gives way to torch.func for
         models it cannot follow (a layer run twice), and with engine='auto' torch.func gives way to the 'full'
@@ -287,13 +303,15 @@ class Objective:
         if self.residual_function is not None:
             return self._probe_residual_function(inputs, noise)
         key = (structure.shapes(inputs), structure.shapes(targets))
-        coupled = self._samples_coupled()
+        coupled = self._samples_coupled() or self._mixing is not None
         if key not in self._shapes:
             noise.replay()
             n = structure.samples(inputs)
             if self.residual_fn is None and not coupled:
                 first = structure.take(inputs, slice(0, 1))
                 z1 = _checked_output(structure.call(self.model, first))
+                coupled = self._check_separable(inputs, z1, noise)
+            if self.residual_fn is None and not coupled:
                 assert targets is not None  # check_batch refused a missing target for a model loss
                 self.curvature.check_targets(torch.empty((n,) + z1.shape[1:], device="meta"), targets)
                 sample_targets = self.curvature.batch_targets(targets[:1], int(z1[0].numel()))[0]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..types.layout import ParameterLayout
-from .config import Config
+from .config import Config, curvature_for
 
 _NOT_SETTINGS = ("params", "loss")
 
@@ -78,3 +78,39 @@ def check_state_dict(state_dict: Any, layout: ParameterLayout, loss: str) -> Con
     if not (isinstance(step, int) and step >= 0):
         raise _refuse(f"its step count is {step!r}, expected an int >= 0")
     return config
+
+
+class Checkpointing:
+    """What LevenbergMarquardt adds to torch.optim's state_dict loading: the checks above before anything changes,
+    settings saved under older names, and the pieces rebuilt from a checkpoint's settings."""
+
+    # (set by LevenbergMarquardt)
+    layout: ParameterLayout
+    loss_choice: Any
+    state: Any
+    param_groups: list[dict[str, Any]]
+    _build: Any
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a checkpoint of this model's optimizer, refusing (before anything changes) one whose settings,
+        damping vector, λ or previous step do not fit this model. Older option names are read."""
+        config = check_state_dict(state_dict, self.layout, self.param_groups[0]["loss"])
+        curvature_for(self.loss_choice.loss, self.loss_choice.residual_mode, config)  # the settings' rules
+        saved = state_dict["state"].get(0, {})
+        super().load_state_dict(state_dict)  # type: ignore[misc]  # installs the groups through __setstate__
+        # torch.optim casts floating state to the parameter dtype; d stays float64 so that a resumed run is
+        # bit-identical to an uninterrupted one.
+        state = self.state[self.layout.params[0]]
+        if "d" in saved:
+            state["d"] = saved["d"].to(device=self.layout.device).clone()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Installs settings (from load_state_dict or unpickling), older option names translated; the pieces are
+        rebuilt from them when the optimizer has its model."""
+        super().__setstate__(state)  # type: ignore[misc]
+        group = self.param_groups[0]
+        config = translated_settings(group)
+        loss = group.get("loss", getattr(getattr(self, "loss_choice", None), "name", "mse"))  # (older: none saved)
+        self.param_groups[0] = {"params": group["params"], **config.flat(), "loss": loss}
+        if "objective" in self.__dict__:
+            self._build(config, curvature_for(self.loss_choice.loss, self.loss_choice.residual_mode, config))

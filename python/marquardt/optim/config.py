@@ -27,7 +27,7 @@ from ..policy.damping import DAMPING
 from ..policy.geodesic import GeodesicAcceleration
 from ..policy.lam import LAMBDA_RULES
 from ..policy.line_search import LINE_SEARCHES
-from ..policy.momentum import MOMENTUM
+from ..policy.momentum import COMPARISON_RULES, MOMENTUM
 from ..solve.choose import SOLVERS, SolverSettings
 
 
@@ -80,6 +80,7 @@ class MomentumConfig:
     kappa: float = 0.5
     xi: float = 0.9
     paper_code_factor2: bool = False  # the authors' code doubles c_g
+    compare_lm_step: str = "repeated_batch"  # also try the plain LM step, keep the better (policy/momentum.py)
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,8 @@ OPTIONS: dict[str, Option] = {
     "kappa": Option("momentum", "kappa", _positive, _POSITIVE),
     "xi": Option("momentum", "xi", lambda x: _number(x) and 0 < x < 1, "a number in (0, 1)"),
     "paper_code_factor2": Option("momentum", "paper_code_factor2", _bool, _BOOL),
+    "compare_lm_step": Option("momentum", "compare_lm_step", _one_of(*COMPARISON_RULES),
+                              "'repeated_batch', 'always' or 'never'"),
     "max_attempts": Option("trial", "max_attempts", lambda x: _int(x) and x >= 1, "an int >= 1"),
     "step_multiplier": Option("trial", "step_multiplier", _positive, _POSITIVE),
     "acceptance": Option("trial", "acceptance", ACCEPTANCE.accepts, ACCEPTANCE.expected()),
@@ -294,8 +297,8 @@ def translate(options: dict[str, Any]) -> dict[str, tuple[str, Any]]:
 PAPER = Config().with_options(
     lambda_rule="fixed", lambda_up=10.0, lambda_down=10.0, lambda_min=1e-5, lambda_max=1e5, lambda_skip_outside=True,
     lambda_min_minibatch=None, revert_d_on_reject=True, max_attempts=1, momentum="lmam", delta_p_mode="absolute",
-    delta_p=0.6, xi=0.9, line_search="paper_code", line_search_apply_always=True, acceptance="uphill", uphill_b=2.0,
-    uphill_max_ratio=None,
+    compare_lm_step="never", delta_p=0.6, xi=0.9, line_search="paper_code", line_search_apply_always=True,
+    acceptance="uphill", uphill_b=2.0, uphill_max_ratio=None,
 )
 
 #: Plain LM for comparisons ("vanilla LM" of the paper's Fig. 1a): λI damping, ×10/÷10, nothing else.
@@ -349,7 +352,7 @@ class LossChoice:
         return batch[0], batch[1] if len(batch) == 2 else None
 
 
-def choose_loss(loss: Any, residuals: Any, preset: Any, options: dict[str, Any]) -> tuple[LossChoice, dict[str, Any]]:
+def choose_loss(loss: Any, residuals: Any, options: dict[str, Any]) -> tuple[LossChoice, dict[str, Any]]:
     """The optimizer's ``loss`` and ``residuals`` arguments as a :class:`LossChoice`, and the options with the
     defaults that depend on it."""
     if residuals is not None:
@@ -368,11 +371,6 @@ def choose_loss(loss: Any, residuals: Any, preset: Any, options: dict[str, Any])
                 raise ValueError(f"loss_scale: {options['loss_scale']!r} contradicts the loss module's "
                                  f"reduction={reduction!r}; leave loss_scale out")
             options = {**options, "loss_scale": reduction} if reduction in ("mean", "sum") else options
-    if choice.residual_mode and preset == "default" and "momentum" not in options:
-        # Curve fitting: LMAM's fixed H-radius κ√I_GG rules out the full Gauss-Newton step and with it the fast
-        # local convergence that least-squares fits rely on (MGH set: 16/16 solved without momentum, 14/16 and
-        # several times more iterations with it; tests/optim/test_mgh.py). Classic LM here.
-        options = {**options, "momentum": None}
     return choice, options
 
 

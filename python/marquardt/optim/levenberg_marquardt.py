@@ -33,18 +33,18 @@ from ..policy.damping import DAMPING
 from ..policy.geodesic import GeodesicAcceleration
 from ..policy.lam import LAMBDA_RULES, LambdaBounds
 from ..policy.line_search import LINE_SEARCHES
-from ..policy.momentum import MOMENTUM
+from ..policy.momentum import MOMENTUM, compares_with_lm_step
 from ..solve.choose import SolverChooser
 from ..solve.system import System
 from ..types.layout import ParameterLayout
-from .checkpoint import check_state_dict, initial_state, translated_settings
+from .checkpoint import Checkpointing, initial_state
 from .config import Config, choose_loss, comparable_settings, curvature_for, curvature_samples_at, eager_module, resolve
 from .result import StepResult
 
 __all__ = ["LevenbergMarquardt", "StepResult", "ResidualFn", "ModelResidualFn"]
 
 
-class LevenbergMarquardt(torch.optim.Optimizer):
+class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
     """Levenberg-Marquardt for any ``nn.Module`` (a ``torch.optim.Optimizer``).
 
     Args:
@@ -77,7 +77,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                  preset: str | Config = "default", **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        choice, options = choose_loss(loss, residuals, preset, options)
+        choice, options = choose_loss(loss, residuals, options)
         config = resolve(preset, options)
         curvature = curvature_for(choice.loss, choice.residual_mode, config)
         self.model = eager_module(model)
@@ -125,31 +125,6 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         if not state:
             state.update(initial_state(self.config, self.layout))
         return state
-
-    # -------------------------------------------------------------------------------- checkpoints
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a checkpoint of this model's optimizer, refusing (before anything changes) one whose settings,
-        damping vector, λ or previous step do not fit this model. Older option names are read."""
-        config = check_state_dict(state_dict, self.layout, self.settings["loss"])
-        curvature_for(self.loss_choice.loss, self.loss_choice.residual_mode, config)  # the settings' rules
-        saved = state_dict["state"].get(0, {})
-        super().load_state_dict(state_dict)  # installs the groups through __setstate__
-        # torch.optim casts floating state to the parameter dtype; d stays float64 so that a resumed run is
-        # bit-identical to an uninterrupted one.
-        state = self.state[self.layout.params[0]]
-        if "d" in saved:
-            state["d"] = saved["d"].to(device=self.layout.device).clone()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Installs settings (from load_state_dict or unpickling), older option names translated; the pieces are
-        rebuilt from them when the optimizer has its model."""
-        super().__setstate__(state)
-        group = self.param_groups[0]
-        config = translated_settings(group)
-        loss = group.get("loss", getattr(getattr(self, "loss_choice", None), "name", "mse"))  # (older: none saved)
-        self.param_groups[0] = {"params": group["params"], **config.flat(), "loss": loss}
-        if "objective" in self.__dict__:
-            self._build(config, curvature_for(self.loss_choice.loss, self.loss_choice.residual_mode, config))
 
     # ---------------------------------------------------------------------------------------- step
     @torch.no_grad()
@@ -237,22 +212,21 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 result.notes.append(f"factorisation failed at lambda={lam:.3g}")
                 lam, nu = rule.rejected(lam, nu, bounds)
                 continue
-            delta = delta_lm
+            candidates = [(delta_lm, False)]
             if self.momentum is not None and s_prev is not None:
                 i_ff = system.quadratic(s_prev) + lam * float((d * s_prev * s_prev).sum())
                 reshaped = self.momentum.apply(delta_lm, g, s_prev, i_ff)
-                delta, result.momentum_used = reshaped.step, reshaped.used
-            if self.geodesic is not None:
-                residual = self.objective.second_order_residual(delta, theta0, batch, noise, g.dtype)
-                corrected = self.geodesic.correct(delta, lam, system, residual)
-                if corrected is None:
-                    result.notes.append("geodesic correction too large: attempt rejected")
-                    lam, nu = rule.rejected(lam, nu, bounds)
-                    continue
-                delta, result.geodesic_used = corrected, True
-            step = self.box.clip(theta0, (eta * delta).to(theta0.dtype))
-            trial_point = theta0 + step
-            c1 = self.objective.loss_at(trial_point, batch, noise)
+                if reshaped.used:  # (the LM step stays a candidate only where the rule compares the two)
+                    compare = compares_with_lm_step(self.config.momentum.compare_lm_step, self._minibatch)
+                    candidates = [(reshaped.step, True)] + candidates[:compare]
+            tried = [t for t in (self._trial(delta, used, lam, system, theta0, batch, noise, eta, result)
+                                 for delta, used in candidates) if t is not None]
+            if not tried:
+                lam, nu = rule.rejected(lam, nu, bounds)
+                continue
+            # the lowest loss of the candidates (a NaN loss never wins)
+            best = min(tried, key=lambda t: t[0] if math.isfinite(t[0]) else math.inf)
+            c1, delta, step, trial_point, result.momentum_used, result.geodesic_used = best
             predicted = system.predicted_reduction(step)
             reason = self.acceptance.decide(c0, c1, delta_lm, s_prev)
             if reason is not None:
@@ -263,16 +237,31 @@ class LevenbergMarquardt(torch.optim.Optimizer):
             lam, nu = rule.rejected(lam, nu, bounds)
             if self.line_search is not None:
                 def loss_along(m: float, along: torch.Tensor = delta) -> float:  # (δ of this attempt, bound now)
-                    return self.objective.loss_at(theta0 + self.box.clip(theta0, (m * along).to(theta0.dtype)), batch,
-                                                  noise)
+                    point = self.box.project(theta0 + self.box.clip(theta0, (m * along).to(theta0.dtype)))
+                    return self.objective.loss_at(point, batch, noise)
 
                 found = self.line_search.take(loss_along, c0, {eta: c1})
                 if found is not None:
                     s_star, c_star = found
                     result.reason, result.multiplier, result.loss_after = "line_search", s_star, c_star
                     step = self.box.clip(theta0, (s_star * delta).to(theta0.dtype))
-                    return (step, theta0 + step), lam, nu
+                    return (step, self.box.project(theta0 + step)), lam, nu
         return None, lam, nu
+
+    def _trial(self, delta: torch.Tensor, momentum: bool, lam: float, system: System, theta0: torch.Tensor,
+               batch: Batch, noise: NoiseReplay, eta: float, result: StepResult) -> tuple | None:
+        """(loss, δ, step, θ₀ + step, momentum used, geodesic used) of one candidate step, its geodesic correction
+        applied; None when the correction is too large."""
+        if self.geodesic is not None:
+            residual = self.objective.second_order_residual(delta, theta0, batch, noise, system.g.dtype)
+            corrected = self.geodesic.correct(delta, lam, system, residual)
+            if corrected is None:
+                result.notes.append("geodesic correction too large: attempt rejected")
+                return None
+            delta = corrected
+        step = self.box.clip(theta0, (eta * delta).to(theta0.dtype))
+        trial_point, geodesic = self.box.project(theta0 + step), self.geodesic is not None
+        return self.objective.loss_at(trial_point, batch, noise), delta, step, trial_point, momentum, geodesic
 
     def _finish(self, result: StepResult, theta0: torch.Tensor,
                 accepted: tuple[torch.Tensor, torch.Tensor] | None) -> StepResult:

@@ -38,6 +38,9 @@ class Unbounded:
     def clip(self, theta: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         return step
 
+    def project(self, point: torch.Tensor) -> torch.Tensor:
+        return point
+
 
 class Box(Unbounded):
     """Flat lower and upper bounds [n] (±inf where unbounded); see the module docstring."""
@@ -65,8 +68,12 @@ class Box(Unbounded):
         """The step to the projection of θ + step onto the box (held parameters do not move)."""
         if self.held is not None:
             step = step.masked_fill(self.held.to(step.device), 0.0)
-        target = torch.clamp(theta + step, self.lower.to(theta.dtype), self.upper.to(theta.dtype))
-        return target - theta
+        return self.project(theta + step) - theta
+
+    def project(self, point: torch.Tensor) -> torch.Tensor:
+        """The nearest point of the box. (θ + clip(θ, s) can round to just outside it: trial points are
+        projected again.)"""
+        return torch.clamp(point, self.lower.to(point.dtype), self.upper.to(point.dtype))
 
 
 def box_of(bounds: Any, layout: ParameterLayout) -> Unbounded:

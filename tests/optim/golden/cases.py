@@ -2,7 +2,10 @@
 
 Each case builds a model, a list of batches (step i uses batch i mod len) and the optimizer's arguments. The
 trajectories were recorded by ``python -m tests.optim.golden.record`` at commit db1e0da, before the core was
-redesigned, with the options spelled as they were then (flat keys); the test passes the same keys today.
+redesigned, with the options spelled as they were then (flat keys); the test passes the same keys today, plus
+the defaults of that time that have changed since: ``compare_lm_step="never"`` (momentum acts on every step; on a
+repeated batch the default now also tries the plain LM step, tests/optim/test_momentum_rule.py) and, for residual
+callables, ``momentum=None``.
 """
 
 from __future__ import annotations
@@ -147,7 +150,12 @@ def run(case: Case, make_optimizer: Callable[..., Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     model, batches = case.build()
     torch.manual_seed(0)
-    opt = make_optimizer(model, case.loss, preset=case.preset, **case.options)
+    options = dict(case.options)
+    if case.preset == "default":  # the defaults of the recording (see the module docstring)
+        options.setdefault("compare_lm_step", "never")
+        if callable(case.loss):
+            options.setdefault("momentum", None)
+    opt = make_optimizer(model, case.loss, preset=case.preset, **options)
     thetas, lams, reasons, losses = [], [], [], []
     for i in range(STEPS):
         x, y = batches[i % len(batches)]
