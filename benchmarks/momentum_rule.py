@@ -15,7 +15,9 @@ Problems: the 18 Moré-Garbow-Hillstrom least-squares problems written as module
 fitted with ``loss="mse"`` against zeros (float64, standard starts, up to 500 iterations), and through a residual
 callable; the noisy sine with the 1-20-20-1 network (1,000 points, iterations to the noise floor, as in
 ``benchmarks/paper/sine_ablation.py``); the paper's MNIST CNN (batches of 600, cross-entropy, accuracy on the
-10,000 test images after 30 iterations, one seed).
+10,000 test images after 30 iterations, one seed); the 1-D Poisson PINN of ``examples/pinn_poisson.py`` (200
+iterations of ``fit``, 3 seeds, relative L2 error of u; three sizes, ``PINNS``; reported, not checked: the seeds
+spread over an order of magnitude).
 
 ``--check`` holds the default to: every MGH problem classic LM solves (with ``loss="mse"`` and through a residual
 callable); the sine's median
@@ -85,6 +87,25 @@ def sine(options: dict, seeds: int) -> dict:
     return {"iterations": its, "median_it": statistics.median(its), "median_s": statistics.median(secs)}
 
 
+PINNS = ((20, 50), (10, 50), (10, 300))  # (width, interior points) of the PINN runs
+
+
+def pinn(options: dict, width: int, points: int, seeds: int = 3, iterations: int = 200) -> dict:
+    """The 1-D Poisson PINN of examples/pinn_poisson.py (autograd style): relative L2 error of u after ``fit``."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import pinn_poisson
+
+    errors = []
+    for seed in range(seeds):
+        model = pinn_poisson.network(width, seed)
+        x = torch.linspace(0.0, 1.0, points + 2, dtype=torch.float64)[1:-1].unsqueeze(1)
+        x_boundary = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+        opt = marquardt.LevenbergMarquardt(model, residuals=pinn_poisson.STYLES["autograd"], **options)
+        marquardt.fit(opt, x, x_boundary, max_iterations=iterations)
+        errors.append(pinn_poisson.relative_l2_error(model))
+    return {"errors": errors, "median": statistics.median(errors)}
+
+
 def mnist(options: dict, directory: str | None, iterations: int = 30) -> dict:
     from benchmarks.paper.mnist import batches, evaluate
     from benchmarks.paper.mnist_data import load
@@ -127,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         fit, run = rows[name]
         print(f"{name:<16} {len(fit['solved']):>7}/{fit['total']:<2} {fit['median_it']:>9} {fit['passes']:>7} | "
               f"{run['median_it']:>14} {run['median_s']:>8.3f}  {run['iterations']}", flush=True)
+    print("PINN, relative L2 error of u after 200 iterations, median (3 seeds)")
+    print(f"{'setting':<16} " + " ".join(f"{f'width {w}, {m + 2} rows':>22}" for w, m in PINNS))
+    for name, options in SETTINGS.items():
+        errors = [pinn(options, w, m) for w, m in PINNS]
+        print(f"{name:<16} " + " ".join(f"{e['median']:>9.2e} ({max(e['errors']) / min(e['errors']):>4.0f}x spread)"
+                                         for e in errors), flush=True)
     fit, run = rows["default"]
     for label, options in (("loss='mse'", {}), ("a residual callable", None)):
         solved = fit["solved"] if options is not None else mgh({}, residual_callable=True)["solved"]
