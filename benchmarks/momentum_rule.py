@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host: {platform.processor() or platform.machine()}, torch {torch.__version__}, one thread")
     rows, failures = {}, []
     classic = mgh({"momentum": None}, residual_callable=True)
-    print(f"MGH through a residual callable, classic LM (momentum=None, the earlier default for residual "
-          f"callables): solved {len(classic['solved'])}/{classic['total']}, median iterations {classic['median_it']}")
+    print(f"MGH through a residual callable, classic LM (momentum=None, the default for residual callables "
+          f"before 5c967f6): solved {len(classic['solved'])}/{classic['total']}, median iterations {classic['median_it']}")
     print(f"{'setting':<16} {'MGH solved':>10} {'median it':>9} {'passes':>7} | {'sine median it':>14} "
           f"{'median s':>8}  per seed")
     for name, options in SETTINGS.items():
