@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,37 @@ def test_cited_algorithm_sections_exist():
     assert len(cited) >= 8, "the docstrings cite the algorithm notes by section"
     missing = {section: sorted(paths) for section, paths in cited.items() if section not in headings}
     assert not missing, f"cited sections that docs/algorithm.md does not have: {missing}"
+
+
+#: Words that narrate how the work went instead of what the project is: working periods by number, runs dated by
+#: when in the work they happened. Name the commit or the date instead.
+NARRATION = re.compile(r"\bsessions?\b|\bwork(?:ing)? periods?\b|\bearlier runs\b|\blate in the day\b", re.I)
+
+
+def test_project_text_does_not_narrate_the_development():
+    hits = []
+    for path in _tracked_text_files():
+        if path.name == "test_docs.py":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if NARRATION.search(line):
+                hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not hits, "text narrating the development (name the commit or the date instead):\n" + "\n".join(hits)
+
+
+def test_the_narration_check_catches_what_it_names():
+    for line in ("Session 5 rerun", "as in earlier sessions", "the second working period", "earlier runs gave",
+                 "the host was slower late in the day"):
+        assert NARRATION.search(line), line
+    for line in ("torch.distributed process group", "the sessional", "run at commit 5c967f6 on 2026-12-03"):
+        assert not NARRATION.search(line), line
+
+
+def test_results_md_is_what_the_runs_give():
+    """RESULTS.md is generated from the JSON runs under results/ (and results/notes.md); no hand edits drift."""
+    done = subprocess.run([sys.executable, "benchmarks/paper/report.py", "--check"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_nothing_cites_the_design_notes_that_do_not_ship():

@@ -29,17 +29,17 @@ SCHEDULED = "LM (ggn, curvature 1/4 then all from it 10)"
 LM_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "LM (ggn)": ("default", {}),
     # Curvature from a quarter of the batch (150 of 600 samples: 1350 rows with the rank-9 factor, 1500 before;
-    # the dual form), gradient from all of it. On the validation split (session 2, 10 rows per sample): 60
+    # the dual form), gradient from all of it. On the validation split (commit 2386184, 10 rows per sample): 60
     # samples took 0.11 s/it but ~10 iterations to 90%, 150 took 0.22 s/it and 3-4 iterations, the whole batch
     # 0.81 s/it and 4 (a quarter also suits the sine task, BENCHMARKS.md).
     "LM (ggn, curvature on 1/4)": ("default", {"curvature_samples": 0.25}),
     # 100 of 600 samples (900 rows with the rank-9 factor). Chosen for time to 90% on the validation split
-    # (train[:50000] / train[50000:], seeds 0-2, session 3): 60 samples 7 [6, 9] iterations at 0.12 s/it,
+    # (train[:50000] / train[50000:], seeds 0-2, commit 2386184): 60 samples 7 [6, 9] iterations at 0.12 s/it,
     # 100 samples 5 [5, 10] at 0.14 s/it, 150 samples 5 [4, 6] at 0.22 s/it; all three ~97.3-97.5% after 100.
     "LM (ggn, curvature on 1/6)": ("default", {"curvature_samples": 100}),
     # A schedule: curvature from a quarter of the batch for the first 10 iterations (the fast start of 1/4),
     # then from all of it (the exact GGN's accuracy later on). Chosen on the validation split (train[:50000] /
-    # train[50000:], seeds 0-2, session 4; `mnist.py validation`), accuracy after 100 iterations, median:
+    # train[50000:], seeds 0-2, commit e64b790; `mnist.py validation`), accuracy after 100 iterations, median:
     # whole batch 97.66%, 1/4 97.53%, 1/4 then all from 10 97.66%, from 20 97.59%, 1/4 then 1/2 from 10
     # 97.40%; 90% after 4-6 iterations (0.75-1.22 s) as with 1/4 alone (0.90-1.17 s), whole batch 4 (2.9-3.2 s).
     SCHEDULED: ("default", {"curvature_samples": {0: 0.25, 10: None}}),
