@@ -485,9 +485,13 @@ class FullJacobian(Engine):
                 t = theta.detach().requires_grad_(True)
                 z = outputs(t)
                 rows_for = lambda e: torch.autograd.grad(z, t, e, retain_graph=True, is_grads_batched=True)[0]  # noqa: E731
-            identity = torch.eye(z.numel(), dtype=z.dtype, device=z.device)
-            for start in range(0, z.numel(), block):
-                yield start, rows_for(identity[start : start + block]).detach(), z[start : start + block].detach()
+            m = z.numel()
+            for start in range(0, m, block):
+                # the block's rows of the identity, b × M (the whole M × M would outgrow the budget it serves)
+                b = min(block, m - start)
+                units = torch.zeros(b, m, dtype=z.dtype, device=z.device)
+                units[torch.arange(b, device=z.device), torch.arange(start, start + b, device=z.device)] = 1.0
+                yield start, rows_for(units).detach(), z[start : start + block].detach()
 
     @staticmethod
     def _reverse_jacobian(outputs: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
