@@ -37,7 +37,8 @@ MEANING = {
     "d_floor": "A lower bound on every damping entry.",
     "revert_d_on_reject": "Keep the previous damping when a step takes no trial (the authors' code).",
     "lambda_rule": "How λ moves: 'delayed' (÷lambda_down on success, ×lambda_up on failure), 'fixed' (the same "
-                   "factors, the paper's ×10/÷10), 'nielsen' (from the gain ratio).",
+                   "factors, the paper's ×10/÷10), 'nielsen' (from the gain ratio), 'trust_region' (MINPACK's: "
+                   "λ makes the step as long as a radius in the D-norm, which the gain ratio moves).",
     "lambda_init": "λ at the first step.",
     "lambda_up": "λ's factor after a rejected trial.",
     "lambda_down": "λ's divisor after an accepted trial.",
@@ -46,6 +47,8 @@ MEANING = {
     "lambda_min_minibatch": "λ's floor while the batch changes between steps (1.0 chosen on an MNIST validation "
                             "split for the paper's CNN): small λ over-fits each batch.",
     "lambda_skip_outside": "No λ update at all outside [lambda_min, lambda_max] (the authors' code).",
+    "trust_region_factor": "With lambda_rule='trust_region', the first radius is this times ‖Dθ₀‖ (MINPACK's "
+                           "factor).",
     "momentum": "Adaptive momentum: 'lmam' (Ampazis & Perantonis), 'olmam' (with an adapted ξ), or None.",
     "compare_lm_step": "When an attempt also evaluates the plain LM step and keeps the lower loss: "
                        "'repeated_batch' (when the batch repeats the last step's: full batches, curve fits), "

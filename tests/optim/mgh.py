@@ -172,6 +172,18 @@ class Osborne2(Problem):
         return y - model
 
 
+class Meyer(Problem):
+    """MGH #10: badly scaled; the standard start is far from the minimiser (5.61e-3, 6181.35, 345.224)."""
+
+    x0, f_star = [0.02, 4000.0, 250.0], (87.9458551,)
+
+    def residuals(self, x):
+        y = torch.tensor([34780.0, 28610, 23650, 19630, 16370, 13720, 11540, 9744, 8261, 7030, 6005, 5147, 4427,
+                          3820, 3307, 2872], dtype=x.dtype)
+        t = 45 + 5 * torch.arange(1, 17, dtype=x.dtype)
+        return x[0] * torch.exp(x[1] / (t + x[2])) - y
+
+
 class Watson(Problem):
     def __init__(self, n):
         super().__init__([0.0] * n)

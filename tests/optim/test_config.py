@@ -37,6 +37,7 @@ BAD: dict[str, list] = {
     "lambda_max": [0.0, -1.0, None],
     "lambda_min_minibatch": [0.0, -1.0, True],
     "lambda_skip_outside": [1, None, "no"],
+    "trust_region_factor": [0, -1.0, float("inf"), "100", None],
     "momentum": ["adam", 1, True],
     "delta_p_mode": ["rel", None],
     "delta_p": [0.0, -0.6, None],

@@ -70,6 +70,7 @@ class LambdaConfig:
     # with 10 (BENCHMARKS.md). None disables it.
     minibatch_minimum: float | None = 1.0
     skip_outside: bool = False  # the authors' code: no update at all outside [minimum, maximum]
+    trust_factor: float = 100.0  # 'trust_region': Δ₀ = trust_factor·‖Dθ₀‖ (MINPACK's factor)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ OPTIONS: dict[str, Option] = {
     "lambda_min_minibatch": Option("lam", "minibatch_minimum", lambda x: x is None or _positive(x),
                                    "None or a finite number > 0"),
     "lambda_skip_outside": Option("lam", "skip_outside", _bool, _BOOL),
+    "trust_region_factor": Option("lam", "trust_factor", _positive, _POSITIVE),
     "momentum": Option("momentum", "kind", lambda x: x is None or MOMENTUM.accepts(x),
                        f"None or {MOMENTUM.expected()}"),
     "delta_p_mode": Option("momentum", "delta_p_mode", _one_of("relative", "absolute"), "'relative' or 'absolute'"),

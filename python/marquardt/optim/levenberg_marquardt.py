@@ -205,6 +205,7 @@ class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
         eta = trial.step_multiplier
         for attempt in range(trial.max_attempts):
             result.attempts = attempt + 1
+            lam, nu = rule.choose(lam, nu, system, theta0, first=self._state["step"] == 0 and attempt == 0)
             # With geodesic acceleration the factor is kept: the correction solves a second right-hand side.
             delta_lm, ok = system.lm_step(lam, keep_factor=self.geodesic is not None)
             result.solves += 1

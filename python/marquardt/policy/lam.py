@@ -1,15 +1,21 @@
-"""λ update rules (docs/algorithm.md, "λ rules"): fixed factors, delayed gratification, Nielsen.
+"""λ update rules (docs/algorithm.md, "λ rules"): fixed factors, delayed gratification, Nielsen, and a scaled trust
+region (Moré 1978, MINPACK's ``lmpar``).
 
 A rule maps (λ, ν) to the next (λ, ν) after an accepted or a rejected trial; ν is the rule's own state (the
-Nielsen growth factor; the factor rules leave it alone). The bounds come with each call, because mini-batch
-training raises the floor while the batches change (the optimizer's ``lambda_min_minibatch``).
+Nielsen growth factor, the trust region's radius; the factor rules leave it alone). The bounds come with each
+call, because mini-batch training raises the floor while the batches change (the optimizer's
+``lambda_min_minibatch``). Before each attempt a rule may also pick λ from the system itself
+(:meth:`LambdaRule.choose`): the trust region does, so that its step has the length of its radius.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from .registry import Registry
 
@@ -43,6 +49,11 @@ class LambdaRule(ABC):
     @abstractmethod
     def rejected(self, lam: float, nu: float, bounds: LambdaBounds) -> tuple[float, float]:
         """(λ, ν) after a rejected trial."""
+
+    def choose(self, lam: float, nu: float, system: Any, theta: torch.Tensor, first: bool) -> tuple[float, float]:
+        """(λ, ν) for the next attempt on ``system`` (whose damping is set), before its step is solved; ``first``:
+        the first attempt of the optimizer's first step. The factor rules keep λ as it is."""
+        return lam, nu
 
 
 class FactorRule(LambdaRule):
@@ -82,6 +93,109 @@ class NielsenRule(LambdaRule):
         return min(lam * nu, bounds.maximum), 2.0 * nu
 
 
+class TrustRegionRule(LambdaRule):
+    """A scaled trust region: ν is the radius Δ of the step in the norm ‖Dδ‖ (D² = d, the damping vector: the running
+    maximum of diag A, so D holds MINPACK's running maximum of J's column norms), and λ is whatever makes the
+    step that long (Moré 1978, "The Levenberg-Marquardt algorithm: implementation and theory"; MINPACK ``lmpar``).
+
+    - Δ₀ = factor·‖Dθ₀‖ (factor itself when that is 0), then no longer than the first step.
+    - λ: 0 when the Gauss-Newton step satisfies ‖Dδ‖ ≤ 1.1Δ; otherwise the safeguarded Newton iteration on
+      1/‖Dδ(λ)‖ − 1/Δ until |‖Dδ‖ − Δ| ≤ 0.1Δ (at most 10 solves), with ‖Dδ‖'s derivative −(D²δ)ᵀH⁻¹(D²δ)/‖Dδ‖
+      from the same Cholesky factor, H = A + λD², and the bounds [l, u] of Moré's §5.
+    - After a trial with gain ratio ρ: ρ ≤ 0.25 or rejected: Δ ← ½·min(Δ, 10‖Dδ‖); ρ ≥ 0.75 or λ = 0:
+      Δ ← 2‖Dδ‖; otherwise Δ stays.
+    """
+
+    #: |‖Dδ‖ − Δ| ≤ SIGMA·Δ ends the iteration (MINPACK's 0.1)
+    SIGMA = 0.1
+    ITERATIONS = 10
+
+    def __init__(self, factor: float = 100.0) -> None:
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"trust_region_factor: expected a finite number > 0, got {factor}")
+        self.factor = factor
+        self.step_norm: float | None = None  # ‖Dδ‖ of the attempt's LM step, for the radius update
+
+    @staticmethod
+    def _scaled(system: Any, lam: float) -> tuple[torch.Tensor, float] | None:
+        delta, ok = system.lm_step(lam, keep_factor=True)
+        if not ok:
+            return None
+        return delta, float(torch.linalg.vector_norm(delta * system.d.sqrt(), dtype=torch.float64))
+
+    @staticmethod
+    def _derivative_term(system: Any, lam: float, delta: torch.Tensor) -> float:
+        """(D²δ)ᵀ H⁻¹ (D²δ) at this λ (the factor of the last lm_step is reused)."""
+        d2delta = system.d * delta
+        x, ok = system.solve(lam, d2delta)
+        return float(d2delta.double() @ x.double()) if ok else math.nan
+
+    def choose(self, lam: float, nu: float, system: Any, theta: torch.Tensor, first: bool) -> tuple[float, float]:
+        d_sqrt = system.d.sqrt()
+        radius = nu
+        if first:
+            scaled_theta = float(torch.linalg.vector_norm(d_sqrt * theta.to(d_sqrt.dtype), dtype=torch.float64))
+            radius = self.factor * scaled_theta if scaled_theta > 0 else self.factor
+        lam = self._lmpar(system, radius, d_sqrt, lam)
+        if first and self.step_norm is not None:
+            radius = min(radius, self.step_norm)
+        return lam, radius
+
+    def _lmpar(self, system: Any, radius: float, d_sqrt: torch.Tensor, lam: float) -> float:
+        """λ ≥ 0 with |‖Dδ(λ)‖ − Δ| ≤ 0.1Δ, or 0 when the Gauss-Newton step is short enough (MINPACK lmpar)."""
+        gauss_newton = self._scaled(system, 0.0)
+        lower = 0.0
+        if gauss_newton is not None:
+            delta, norm = gauss_newton
+            if norm <= (1.0 + self.SIGMA) * radius:
+                self.step_norm = norm
+                return 0.0
+            term = self._derivative_term(system, 0.0, delta)
+            if math.isfinite(term) and term > 0:
+                lower = (norm - radius) * norm * norm / (radius * term)
+        g_scaled = float(torch.linalg.vector_norm(system.g.double() / d_sqrt.double().clamp_min(1e-300)))
+        upper = g_scaled / radius if g_scaled > 0 else 1.0
+        lam = min(max(lam, lower), upper)
+        if lam == 0.0:
+            lam = g_scaled / max(gauss_newton[1], 1e-300) if gauss_newton is not None else 1e-3 * upper
+        self.step_norm = None
+        for _ in range(self.ITERATIONS):
+            if lam <= 0.0:
+                lam = max(1e-300, 1e-3 * upper)
+            scaled = self._scaled(system, lam)
+            if scaled is None:  # (not positive definite at this λ: go up)
+                lower = lam
+                lam = max(2.0 * lam, math.sqrt(max(lam, 1e-300) * upper))
+                continue
+            delta, norm = scaled
+            self.step_norm = norm
+            excess = norm - radius
+            if abs(excess) <= self.SIGMA * radius:
+                break
+            term = self._derivative_term(system, lam, delta)
+            if not (math.isfinite(term) and term > 0):
+                break
+            if excess > 0:
+                lower = max(lower, lam)
+            else:
+                upper = min(upper, lam)
+            lam = max(lower, lam + excess * norm * norm / (radius * term))
+        return lam
+
+    def accepted(self, lam: float, nu: float, gain_ratio: float | None, bounds: LambdaBounds) -> tuple[float, float]:
+        rho = gain_ratio if gain_ratio is not None else 1.0
+        norm = self.step_norm if self.step_norm is not None else nu
+        if rho <= 0.25:
+            return 2.0 * lam, 0.5 * min(nu, norm / 0.1)
+        if lam == 0.0 or rho >= 0.75:
+            return 0.5 * lam, 2.0 * norm
+        return lam, nu
+
+    def rejected(self, lam: float, nu: float, bounds: LambdaBounds) -> tuple[float, float]:
+        norm = self.step_norm if self.step_norm is not None else nu
+        return 2.0 * lam, 0.5 * min(nu, norm / 0.1)
+
+
 LAMBDA_RULES: Registry[LambdaRule] = Registry("lambda_rule", LambdaRule)
 
 
@@ -94,3 +208,8 @@ def _factor_rule(settings: Any) -> LambdaRule:
 @LAMBDA_RULES.register("nielsen")
 def _nielsen(settings: Any) -> LambdaRule:
     return NielsenRule()
+
+
+@LAMBDA_RULES.register("trust_region")
+def _trust_region(settings: Any) -> LambdaRule:
+    return TrustRegionRule(settings.trust_factor)
