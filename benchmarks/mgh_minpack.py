@@ -1,0 +1,114 @@
+"""The Moré-Garbow-Hillstrom problems from x₀, 10·x₀ and 100·x₀: marquardt's λ rules against MINPACK, side by side.
+
+    python benchmarks/mgh_minpack.py            # a table of problems solved per start scale, CPU time
+    python benchmarks/mgh_minpack.py --check    # exit 1 unless the trust region solves at least as many as
+                                                # MINPACK from every scale, more in total, in at most 2x its time
+
+The problems are those of ``tests/optim/mgh.py`` (float64), each started from x₀ scaled by 1, 10 and 100 as the
+1981 paper defines. MINPACK is ``scipy.optimize.least_squares(method="lm")`` (``lmder``) with the same analytic
+Jacobian (``torch.func.jacrev`` of the same residuals); marquardt fits through a residual callable with
+``marquardt.fit``. Both run to tolerances of 1e-15 (MINPACK up to 10,000 evaluations, marquardt up to 3,000
+iterations). A problem counts as solved when Σr² is within the problem's tolerance of a known minimum (1e-6
+relative; Osborne 2's data is transcribed, 1e-3). CPU time is ``time.process_time`` of the fits on one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.optimize
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import marquardt  # noqa: E402
+from tests.optim.mgh import Meyer, all_problems  # noqa: E402
+
+PROBLEMS = all_problems() + [("Meyer", lambda: Meyer(Meyer.x0))]
+SCALES = (1, 10, 100)
+SETTINGS = {
+    "marquardt default": {},
+    "trust region": {"lambda_rule": "trust_region", "momentum": None},
+    "trust region, no line search": {"lambda_rule": "trust_region", "momentum": None, "line_search": None},
+    "trust region, momentum": {"lambda_rule": "trust_region"},
+}
+
+
+def solved(problem, f: float) -> bool:
+    return any(abs(f - f_star) <= problem.rtol * max(f_star, 1e-4) for f_star in problem.f_star)
+
+
+def minpack(problem) -> float:
+    def residuals(x):
+        return problem.residuals(torch.tensor(x)).detach().numpy()
+
+    def jacobian(x):
+        return torch.func.jacrev(problem.residuals)(torch.tensor(x)).detach().numpy()
+
+    result = scipy.optimize.least_squares(residuals, problem.x.detach().numpy(), jac=jacobian, method="lm",
+                                          ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=10_000)
+    return float(2 * result.cost)
+
+
+def ours(problem, options: dict) -> float:
+    opt = marquardt.LevenbergMarquardt(problem, lambda r, _t: r, **options)
+    marquardt.fit(opt, torch.zeros(1, dtype=torch.float64), max_iterations=3000, ftol=1e-15, xtol=1e-15, gtol=1e-20)
+    with torch.no_grad():
+        return float((problem.residuals(problem.x) ** 2).sum())
+
+
+def run(name: str, options: dict | None) -> dict:
+    counts, failures, seconds = {s: 0 for s in SCALES}, [], 0.0
+    for scale in SCALES:
+        for label, make in PROBLEMS:
+            problem = make()
+            with torch.no_grad():
+                problem.x.mul_(scale)
+            start = time.process_time()
+            with np.errstate(all="ignore"):
+                try:
+                    f = minpack(problem) if options is None else ours(problem, options)
+                except (ValueError, RuntimeError, np.linalg.LinAlgError):
+                    f = float("nan")
+            seconds += time.process_time() - start
+            if solved(problem, f):
+                counts[scale] += 1
+            else:
+                failures.append(f"{label}@{scale}x0")
+    return {"name": name, "counts": counts, "total": sum(counts.values()), "seconds": seconds, "failures": failures}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"host: {platform.processor() or platform.machine()}, torch {torch.__version__}, scipy {scipy.__version__}, "
+          f"one thread; {len(PROBLEMS)} problems")
+    print(f"{'solver':<30} {'x0':>6} {'10x0':>6} {'100x0':>6} {'total':>6} {'CPU s':>7}  unsolved")
+    rows = [run("MINPACK (scipy lm)", None)] + [run(name, options) for name, options in SETTINGS.items()]
+    for row in rows:
+        c = row["counts"]
+        print(f"{row['name']:<30} {c[1]:>6} {c[10]:>6} {c[100]:>6} {row['total']:>6} {row['seconds']:>7.1f}  "
+              f"{' '.join(row['failures'])}", flush=True)
+    reference, trust = rows[0], rows[2]
+    failures = []
+    if any(trust["counts"][s] < reference["counts"][s] for s in SCALES):
+        failures.append("the trust region solves fewer than MINPACK from some start scale")
+    if trust["total"] <= reference["total"]:
+        failures.append("the trust region does not solve more than MINPACK in total")
+    if trust["seconds"] > 2 * reference["seconds"]:
+        failures.append(f"the trust region takes {trust['seconds'] / reference['seconds']:.2f}x MINPACK's CPU time")
+    for failure in failures:
+        print("FAILED:", failure)
+    return 1 if args.check and failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
