@@ -205,3 +205,191 @@ def all_problems():
     problems = [(cls.__name__, lambda cls=cls: cls(cls.x0)) for cls in simple]
     problems += [("Watson6", lambda: Watson(6)), ("Watson9", lambda: Watson(9))]
     return problems
+
+
+# The rest of the 1981 set (problems 11, 16 and 21-35), at the sizes of MINPACK's own test driver; f* from the
+# paper (Σ r² at the minimiser; several problems list a second, local, minimum that LM may reach instead).
+
+
+class Gulf(Problem):
+    x0, f_star = [5.0, 2.5, 0.15], (0.0,)
+
+    def residuals(self, x):
+        t = torch.arange(1, 11, dtype=x.dtype) / 100
+        y = 25 + (-50 * torch.log(t)) ** (2 / 3)
+        return torch.exp(-torch.abs(y - x[1]) ** x[2] / x[0]) - t
+
+
+class BrownDennis(Problem):
+    x0, f_star, rtol = [25.0, 5.0, -5.0, -1.0], (85822.2016263563,), 1e-8
+
+    def residuals(self, x):
+        t = torch.arange(1, 21, dtype=x.dtype) / 5
+        return (x[0] + t * x[1] - torch.exp(t)) ** 2 + (x[2] + x[3] * torch.sin(t) - torch.cos(t)) ** 2
+
+
+class ExtendedRosenbrock(Problem):
+    x0, f_star = [-1.2, 1.0] * 5, (0.0,)
+
+    def residuals(self, x):
+        odd, even = x[0::2], x[1::2]
+        return torch.stack([10 * (even - odd**2), 1 - odd], dim=1).reshape(-1)
+
+
+class ExtendedPowellSingular(Problem):
+    x0, f_star = [3.0, -1.0, 0.0, 1.0] * 3, (0.0,)
+
+    def residuals(self, x):
+        a, b, c, d = x[0::4], x[1::4], x[2::4], x[3::4]
+        return torch.stack([a + 10 * b, math.sqrt(5) * (c - d), (b - 2 * c) ** 2, math.sqrt(10) * (a - d) ** 2],
+                           dim=1).reshape(-1)
+
+
+class PenaltyI(Problem):
+    x0, f_star, rtol = [float(j) for j in range(1, 11)], (7.08765146709e-5,), 1e-6
+
+    def residuals(self, x):
+        return torch.cat([math.sqrt(1e-5) * (x - 1), ((x**2).sum() - 0.25).reshape(1)])
+
+
+class PenaltyII(Problem):
+    x0, f_star, rtol = [0.5] * 10, (2.93660660115e-4,), 1e-6
+
+    def residuals(self, x):
+        n = x.shape[0]
+        i = torch.arange(2, n + 1, dtype=x.dtype)
+        y = torch.exp(i / 10) + torch.exp((i - 1) / 10)
+        a = math.sqrt(1e-5)
+        weights = torch.arange(n, 0, -1, dtype=x.dtype)
+        return torch.cat([(x[0] - 0.2).reshape(1), a * (torch.exp(x[1:] / 10) + torch.exp(x[:-1] / 10) - y),
+                          a * (torch.exp(x[1:] / 10) - math.exp(-0.1)), ((weights * x**2).sum() - 1).reshape(1)])
+
+
+class VariablyDimensioned(Problem):
+    x0, f_star = [1 - j / 10 for j in range(1, 11)], (0.0,)
+
+    def residuals(self, x):
+        j = torch.arange(1, x.shape[0] + 1, dtype=x.dtype)
+        s = (j * (x - 1)).sum()
+        return torch.cat([x - 1, s.reshape(1), (s**2).reshape(1)])
+
+
+class Trigonometric(Problem):
+    x0, f_star = [0.1] * 10, (0.0, 2.79506e-5)
+    rtol = 1e-5  # (the local minimum is published to 6 digits)
+
+    def residuals(self, x):
+        n = x.shape[0]
+        i = torch.arange(1, n + 1, dtype=x.dtype)
+        return n - torch.cos(x).sum() + i * (1 - torch.cos(x)) - torch.sin(x)
+
+
+class BrownAlmostLinear(Problem):
+    x0, f_star = [0.5] * 10, (0.0, 1.0)
+
+    def residuals(self, x):
+        n = x.shape[0]
+        return torch.cat([x[:-1] + x.sum() - (n + 1), (torch.prod(x) - 1).reshape(1)])
+
+
+def _grid(n: int) -> tuple[float, list[float]]:
+    h = 1 / (n + 1)
+    return h, [(j + 1) * h for j in range(n)]
+
+
+class DiscreteBoundaryValue(Problem):
+    x0, f_star = [t * (t - 1) for t in _grid(10)[1]], (0.0,)
+
+    def residuals(self, x):
+        n = x.shape[0]
+        h = 1 / (n + 1)
+        t = torch.arange(1, n + 1, dtype=x.dtype) * h
+        padded = torch.cat([x.new_zeros(1), x, x.new_zeros(1)])
+        return 2 * x - padded[:-2] - padded[2:] + h**2 * (x + t + 1) ** 3 / 2
+
+
+class DiscreteIntegralEquation(Problem):
+    x0, f_star = [t * (t - 1) for t in _grid(10)[1]], (0.0,)
+
+    def residuals(self, x):
+        n = x.shape[0]
+        h = 1 / (n + 1)
+        t = torch.arange(1, n + 1, dtype=x.dtype) * h
+        cube = (x + t + 1) ** 3
+        lower = torch.tril(torch.ones(n, n, dtype=x.dtype))  # j ≤ i
+        upper = 1 - lower  # j > i
+        return x + h * ((1 - t) * (lower @ (t * cube)) + t * (upper @ ((1 - t) * cube))) / 2
+
+
+class BroydenTridiagonal(Problem):
+    x0, f_star = [-1.0] * 10, (0.0,)
+
+    def residuals(self, x):
+        padded = torch.cat([x.new_zeros(1), x, x.new_zeros(1)])
+        return (3 - 2 * x) * x - padded[:-2] - 2 * padded[2:] + 1
+
+
+class BroydenBanded(Problem):
+    x0, f_star = [-1.0] * 10, (0.0,)
+
+    def residuals(self, x):
+        n = x.shape[0]
+        band = torch.zeros(n, n, dtype=x.dtype)
+        for i in range(n):
+            for j in range(max(0, i - 5), min(n, i + 2)):
+                if j != i:
+                    band[i, j] = 1.0
+        return x * (2 + 5 * x**2) + 1 - band @ (x * (1 + x))
+
+
+class LinearFullRank(Problem):
+    x0, f_star, m = [1.0] * 5, (5.0,), 10
+
+    def residuals(self, x):
+        n = x.shape[0]
+        total = 2 * x.sum() / self.m
+        return torch.cat([x - total - 1, (-total - 1).expand(self.m - n)])
+
+
+class LinearRank1(Problem):
+    x0, f_star, m = [1.0] * 5, (10 * 9 / (2 * 21),), 10
+
+    def residuals(self, x):
+        j = torch.arange(1, x.shape[0] + 1, dtype=x.dtype)
+        i = torch.arange(1, self.m + 1, dtype=x.dtype)
+        return i * (j * x).sum() - 1
+
+
+class LinearRank1ZeroColumnsAndRows(Problem):
+    x0, f_star, m = [1.0] * 5, ((100 + 30 - 6) / (2 * 17),), 10
+
+    def residuals(self, x):
+        n = x.shape[0]
+        j = torch.arange(2, n, dtype=x.dtype)
+        i = torch.arange(1, self.m - 1, dtype=x.dtype)  # (i − 1) for i = 2..m−1
+        inner = i * (j * x[1:-1]).sum() - 1
+        return torch.cat([x.new_full((1,), -1.0), inner, x.new_full((1,), -1.0)])
+
+
+class Chebyquad(Problem):
+    x0, f_star, rtol = [j / 9 for j in range(1, 9)], (3.51687372568e-3,), 1e-6
+
+    def residuals(self, x):
+        n = x.shape[0]
+        y = 2 * x - 1  # the shifted Chebyshev polynomials T_i(2x − 1) on [0, 1]
+        polys = [torch.ones_like(y), y]
+        for _ in range(2, n + 1):
+            polys.append(2 * y * polys[-1] - polys[-2])
+        out = []
+        for i in range(1, n + 1):
+            exact = 0.0 if i % 2 else -1.0 / (i * i - 1)
+            out.append(polys[i].mean() - exact)
+        return torch.stack(out)
+
+
+def more_problems():
+    """Problems 11, 16 and 21-35 of the 1981 set."""
+    classes = [Gulf, BrownDennis, ExtendedRosenbrock, ExtendedPowellSingular, PenaltyI, PenaltyII,
+               VariablyDimensioned, Trigonometric, BrownAlmostLinear, DiscreteBoundaryValue, DiscreteIntegralEquation,
+               BroydenTridiagonal, BroydenBanded, LinearFullRank, LinearRank1, LinearRank1ZeroColumnsAndRows, Chebyquad]
+    return [(cls.__name__, lambda cls=cls: cls(cls.x0)) for cls in classes]

@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import marquardt
-from tests.optim.mgh import all_problems
+from tests.optim.mgh import Meyer, all_problems, more_problems
+
+#: the 35 problems of Moré, Garbow & Hillstrom (1981), Watson at 6 and 9 parameters
+PROBLEMS = all_problems() + [("Meyer", lambda: Meyer(Meyer.x0))] + more_problems()
+TRUST_REGION = {"lambda_rule": "trust_region", "momentum": None}
+#: starts the trust region does not solve (benchmarks/mgh_minpack.py; MINPACK fails all of them but Meyer at 100x0)
+TRUST_REGION_UNSOLVED = {("Beale", 10), ("JennrichSampson", 10), ("Bard", 10), ("Osborne2", 10),
+                         ("PowellBadlyScaled", 100), ("Beale", 100), ("JennrichSampson", 100), ("Bard", 100),
+                         ("Osborne2", 100), ("Meyer", 100), ("Gulf", 100), ("Trigonometric", 100)}
+
+
+def _fit(problem, options: dict, max_iterations: int = 500):
+    opt = marquardt.LevenbergMarquardt(problem, lambda residuals, _targets: residuals, **options)
+    with np.errstate(all="ignore"):
+        return marquardt.fit(opt, torch.zeros(1, dtype=torch.float64), max_iterations=max_iterations, ftol=1e-15,
+                             xtol=1e-15, gtol=1e-20)
+
+
+def _at_a_known_minimum(problem) -> bool:
+    with torch.no_grad():
+        f = float((problem.residuals(problem.x) ** 2).sum())
+    return any(abs(f - f_star) <= problem.rtol * max(f_star, 1e-4) for f_star in problem.f_star)
+
+
+@pytest.mark.parametrize("name,make", PROBLEMS, ids=[name for name, _ in PROBLEMS])
+@pytest.mark.parametrize("rule", ["default", "trust_region"])
+def test_every_problem_from_its_standard_start(name, make, rule):
+    problem = make()
+    _fit(problem, TRUST_REGION if rule == "trust_region" else {}, max_iterations=3000)
+    assert _at_a_known_minimum(problem), name
+    assert torch.isfinite(problem.x).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [10, 100])
+@pytest.mark.parametrize("name,make", PROBLEMS, ids=[name for name, _ in PROBLEMS])
+def test_the_trust_region_from_scaled_starts(name, make, scale):
+    problem = make()
+    with torch.no_grad():
+        problem.x.mul_(scale)
+    _fit(problem, TRUST_REGION, max_iterations=3000)
+    assert _at_a_known_minimum(problem) == ((name, scale) not in TRUST_REGION_UNSOLVED), (name, scale)
 
 
 @pytest.mark.parametrize("name,make", all_problems(), ids=[name for name, _ in all_problems()])
 def test_reaches_known_minimum(name, make):
     problem = make()
-    opt = marquardt.LevenbergMarquardt(problem, lambda residuals, _targets: residuals)
-    result = marquardt.fit(opt, torch.zeros(1, dtype=torch.float64), max_iterations=500, ftol=1e-15, xtol=1e-15,
-                           gtol=1e-20)
+    result = _fit(problem, {})
     with torch.no_grad():
         f = float((problem.residuals(problem.x) ** 2).sum())
     assert any(abs(f - f_star) <= problem.rtol * max(f_star, 1e-4) for f_star in problem.f_star), (name, f, result.reason)

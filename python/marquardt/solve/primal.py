@@ -70,7 +70,13 @@ class PrimalSystem(System):
         x, info = ops.damped_cholesky_solve(self.A, self.d, lam, rhs)
         return x, int(info) == 0 and bool(torch.isfinite(x).all())
 
+    def set_damping(self, d: torch.Tensor) -> None:
+        super().set_damping(d)
+        self._factor = None  # (a factor of A + λ diag d is a factor for this d only)
+
     def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
+        if self._factor is not None and self._factor[0] == lam:  # (the trust region's choice of λ factored it)
+            return self.solve(lam, -self.g)
         self._factor = None
         if keep_factor:
             assert self.d is not None
