@@ -292,29 +292,30 @@ class BrownAlmostLinear(Problem):
         return torch.cat([x[:-1] + x.sum() - (n + 1), (torch.prod(x) - 1).reshape(1)])
 
 
-def _grid(n: int) -> tuple[float, list[float]]:
-    h = 1 / (n + 1)
-    return h, [(j + 1) * h for j in range(n)]
+def _grid(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The mesh width h = 1/(n + 1) and the interior points tⱼ = jh of the two discretised problems."""
+    h = 1 / (x.shape[0] + 1)
+    return h, torch.arange(1, x.shape[0] + 1, dtype=x.dtype) * h
+
+
+_GRID_START = [t * (t - 1) for t in _grid(torch.zeros(10, dtype=torch.float64))[1].tolist()]
 
 
 class DiscreteBoundaryValue(Problem):
-    x0, f_star = [t * (t - 1) for t in _grid(10)[1]], (0.0,)
+    x0, f_star = _GRID_START, (0.0,)
 
     def residuals(self, x):
-        n = x.shape[0]
-        h = 1 / (n + 1)
-        t = torch.arange(1, n + 1, dtype=x.dtype) * h
+        h, t = _grid(x)
         padded = torch.cat([x.new_zeros(1), x, x.new_zeros(1)])
         return 2 * x - padded[:-2] - padded[2:] + h**2 * (x + t + 1) ** 3 / 2
 
 
 class DiscreteIntegralEquation(Problem):
-    x0, f_star = [t * (t - 1) for t in _grid(10)[1]], (0.0,)
+    x0, f_star = _GRID_START, (0.0,)
 
     def residuals(self, x):
         n = x.shape[0]
-        h = 1 / (n + 1)
-        t = torch.arange(1, n + 1, dtype=x.dtype) * h
+        h, t = _grid(x)
         cube = (x + t + 1) ** 3
         lower = torch.tril(torch.ones(n, n, dtype=x.dtype))  # j ≤ i
         upper = 1 - lower  # j > i
