@@ -58,6 +58,36 @@ def test_ftol_needs_both_the_actual_and_the_predicted_reduction():
     assert _fit(both.__class__(**{**both.__dict__, "accepted": False}), ftol=tol).reason == "max_iterations"
 
 
+def test_ftol_also_needs_a_small_scaled_gradient():
+    """A tiny prediction is not enough where the Gauss-Newton model could still gain more than ftol·C₀ (an
+    inaccurate solve, or a step held short by the damping)."""
+    tol = 1e-6
+    both = dict(loss_before=1.0, loss_after=1.0 - 0.9e-6, predicted_reduction=0.9e-6)
+    assert _fit(_info(**both, model_reduction_bound=0.9e-6), ftol=tol).reason == "ftol"
+    assert _fit(_info(**both, model_reduction_bound=1.1e-6), ftol=tol).reason == "max_iterations"
+    assert _fit(_info(**both, model_reduction_bound=None), ftol=tol).reason == "ftol"  # (no bound reported)
+
+
+def test_the_model_reduction_bound_is_below_the_gauss_newton_reduction():
+    """‖D⁻¹g‖²/(2 Σ Aⱼⱼ/dⱼ) ≤ ½gᵀA⁻¹g for any positive damping d, on awkwardly scaled systems."""
+    import torch
+
+    from marquardt.optim.levenberg_marquardt import _model_reduction_bound
+    from marquardt.solve.primal import PrimalSystem
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        n = 1 + trial % 6
+        J = torch.randn(n + 3, n, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, n, dtype=torch.float64)
+        system = PrimalSystem(n, 1.0, torch.float64, torch.device("cpu"))
+        system.add(J, torch.randn(n + 3, generator=g, dtype=torch.float64))
+        system.finalize()
+        d = torch.rand(n, generator=g, dtype=torch.float64) * 10 ** (6 * torch.rand(n, generator=g) - 3)
+        exact = 0.5 * float(system.g @ torch.linalg.solve(system.A.double(), system.g))
+        bound = _model_reduction_bound(system, system.g, d.double())
+        assert 0 < bound <= exact * (1 + 1e-9), (bound, exact)
+
+
 def test_xtol_is_relative_to_the_parameters():
     tol = 1e-6
     assert _fit(_info(step_norm=0.9e-6 * (1e-6 + 1.0), theta_norm=1.0), xtol=tol).reason == "xtol"

@@ -103,7 +103,10 @@ def fit(
     Tests, after each iteration (as in MINPACK's lmder):
 
     * ``ftol``: an accepted LM step whose actual and predicted relative reductions, (C₀ − C₁)/C₀ and
-      pred/C₀, are both at most ftol (line-search steps have no prediction and never trigger it);
+      pred/C₀, are both at most ftol (line-search steps have no prediction and never trigger it), and where the
+      scaled gradient is small as well: ‖D⁻¹g‖²/(2 Σⱼ Aⱼⱼ/dⱼ), a lower bound on what the Gauss-Newton model can
+      still gain, is at most ftol·C₀ (so a tiny prediction from an inaccurate solve of an ill-conditioned
+      system, or from a step held short by the damping, does not stop the fit);
     * ``xtol``: an accepted step with ‖Δθ‖ ≤ xtol·(xtol + ‖θ‖);
     * ``gtol``: ‖g‖∞ ≤ gtol at the current point (a stationary point);
     * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible).
@@ -152,6 +155,7 @@ def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations
                 and info.predicted_reduction is not None
                 and info.loss_before - info.loss_after <= ftol * abs(info.loss_before)
                 and info.predicted_reduction <= ftol * abs(info.loss_before)
+                and (info.model_reduction_bound is None or info.model_reduction_bound <= ftol * abs(info.loss_before))
             ):
                 reason = "ftol"
             elif info.accepted and info.step_norm <= xtol * (xtol + info.theta_norm):

@@ -44,6 +44,14 @@ from .result import StepResult
 __all__ = ["LevenbergMarquardt", "StepResult", "ResidualFn", "ModelResidualFn"]
 
 
+def _model_reduction_bound(system: System, g: torch.Tensor, d: torch.Tensor) -> float:
+    """A lower bound on the Gauss-Newton model's largest decrease ½gᵀA⁻¹g: ‖D⁻¹g‖²/(2λ_max(D⁻¹AD⁻¹)), with the
+    largest eigenvalue at most the trace Σⱼ Aⱼⱼ/dⱼ (D² = d > 0)."""
+    d64 = d.double().clamp_min(torch.finfo(torch.float64).tiny)
+    trace = float((system.diagonal().double() / d64).sum())
+    return float((g.double() ** 2 / d64).sum()) / (2.0 * trace) if trace > 0 else math.inf
+
+
 class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
     """Levenberg-Marquardt for any ``nn.Module`` (a ``torch.optim.Optimizer``).
 
@@ -186,6 +194,7 @@ class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
         d_new = self.damping.update(state["d"].clone(), system)  # the state's d is replaced only at the end
         d = self.box.damping(d_new.to(system.dtype))
         system.set_damping(d)
+        result.model_reduction_bound = _model_reduction_bound(system, g, d)
         bounds, lam = LambdaBounds.for_step(self.config.lam, state["lam"], self._minibatch)
         accepted_step, lam, nu = self._attempts(system, d, batch, theta0, noise, c0, result, lam, bounds)
         result.cg_iterations = system.statistics().get("cg_iterations")

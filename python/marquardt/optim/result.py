@@ -27,6 +27,9 @@ class StepResult:
     step_norm: float
     theta_norm: float
     predicted_reduction: float | None = None
+    #: ‖D⁻¹g‖² / (2 Σⱼ Aⱼⱼ/dⱼ): no step can lower the Gauss-Newton model by less than this from here (fit's ftol
+    #: test needs it small too, so that an inaccurate solve's tiny prediction cannot stop a fit early)
+    model_reduction_bound: float | None = None
     curvature_samples: int | None = None  # batch samples (all ranks) the curvature came from; None: residual fn
     cg_iterations: int | None = None  # conjugate-gradient iterations of all solves (dual_method 'pcg'), else None
     converged: str | None = None  # set by fit(): 'ftol', 'xtol', 'gtol' or None
