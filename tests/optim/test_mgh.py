@@ -25,18 +25,12 @@ def _fit(problem, options: dict, max_iterations: int = 500):
                              xtol=1e-15, gtol=1e-20)
 
 
-def _at_a_known_minimum(problem) -> bool:
-    with torch.no_grad():
-        f = float((problem.residuals(problem.x) ** 2).sum())
-    return any(abs(f - f_star) <= problem.rtol * max(f_star, 1e-4) for f_star in problem.f_star)
-
-
 @pytest.mark.parametrize("name,make", PROBLEMS, ids=[name for name, _ in PROBLEMS])
 @pytest.mark.parametrize("rule", ["default", "trust_region"])
 def test_every_problem_from_its_standard_start(name, make, rule):
     problem = make()
     _fit(problem, TRUST_REGION if rule == "trust_region" else {}, max_iterations=3000)
-    assert _at_a_known_minimum(problem), name
+    assert problem.at_known_minimum(), name
     assert torch.isfinite(problem.x).all()
 
 
@@ -48,7 +42,7 @@ def test_the_trust_region_from_scaled_starts(name, make, scale):
     with torch.no_grad():
         problem.x.mul_(scale)
     _fit(problem, TRUST_REGION, max_iterations=3000)
-    assert _at_a_known_minimum(problem) == ((name, scale) not in TRUST_REGION_UNSOLVED), (name, scale)
+    assert problem.at_known_minimum() == ((name, scale) not in TRUST_REGION_UNSOLVED), (name, scale)
 
 
 @pytest.mark.parametrize("name,make", all_problems(), ids=[name for name, _ in all_problems()])

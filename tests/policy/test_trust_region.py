@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import scipy.optimize
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 import marquardt
 from marquardt.policy.lam import LambdaBounds, TrustRegionRule
 from marquardt.solve.primal import PrimalSystem
-from tests.optim.mgh import Meyer, Osborne1
+from tests.optim.mgh import Meyer, Osborne1, minpack
 
 DEFAULT = LambdaBounds()
 
@@ -93,17 +92,6 @@ def test_a_bad_factor_is_refused_by_name():
                                      trust_region_factor=-1.0)
 
 
-def _minpack(problem) -> scipy.optimize.OptimizeResult:
-    def residuals(x):
-        return problem.residuals(torch.tensor(x)).detach().numpy()
-
-    def jacobian(x):
-        return torch.func.jacrev(problem.residuals)(torch.tensor(x)).detach().numpy()
-
-    return scipy.optimize.least_squares(residuals, problem.x.detach().numpy(), jac=jacobian, method="lm",
-                                        ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=10_000)
-
-
 def _osborne1_canonical(x: np.ndarray) -> np.ndarray:
     """Osborne 1's two exponential terms (x₂, x₄) and (x₃, x₅) may swap: ordered by their rates."""
     terms = sorted([(x[3], x[1]), (x[4], x[2])])
@@ -114,7 +102,7 @@ def _osborne1_canonical(x: np.ndarray) -> np.ndarray:
                          ids=["meyer", "osborne1_100x0"])
 def test_the_hard_starts_reach_minpacks_minimiser(make, scale, canonical):
     problem = make([scale * v for v in make.x0])
-    reference = _minpack(make([scale * v for v in make.x0]))
+    reference = minpack(make([scale * v for v in make.x0]))
     opt = marquardt.LevenbergMarquardt(problem, lambda r, _t: r, lambda_rule="trust_region", momentum=None)
     with np.errstate(all="ignore"):
         result = marquardt.fit(opt, torch.zeros(1, dtype=torch.float64), max_iterations=3000, ftol=1e-15,

@@ -277,8 +277,12 @@ class Objective:
             raise ValueError(f"model: {reason}, so engine={self.engine_choice!r}, which differentiates one sample at "
                              "a time, would give the Jacobian of another function; pass engine='full' or 'auto'")
         self._mixing = reason
-        self.engine = FullJacobian(self._functional_outputs, self.layout, model=self.model)
+        self.engine = self._whole_batch_engine()
         return True
+
+    def _whole_batch_engine(self) -> FullJacobian:
+        """The engine that differentiates the model's outputs on the whole batch at once."""
+        return FullJacobian(self._functional_outputs, self.layout, model=self.model)
 
     def _settle_engine(self, x1: torch.Tensor, y1: Any, noise: Any) -> None:
         """Tries the engine on one sample before the step uses it: the fast path gives way to torch.func for
@@ -295,7 +299,8 @@ class Objective:
             except RuntimeError:
                 if self.engine_choice != "auto" or self.engine.name != "functorch":
                     raise
-                self.engine = FullJacobian(self._functional_outputs, self.layout, model=self.model)
+                self.engine = self._whole_batch_engine()
+
     def _probe(self, inputs: Any, targets: torch.Tensor | None, noise: Any) -> tuple[int, tuple, bool]:
         """(samples N, the shape of one sample's outputs, whether the rows can be factored), checking the
         targets. One forward pass on one sample, cached per input shape; in residual mode the samples are the

@@ -48,8 +48,9 @@ def _model_reduction_bound(system: System, g: torch.Tensor, d: torch.Tensor) -> 
     """A lower bound on the Gauss-Newton model's largest decrease ½gᵀA⁻¹g: ‖D⁻¹g‖²/(2λ_max(D⁻¹AD⁻¹)), with the
     largest eigenvalue at most the trace Σⱼ Aⱼⱼ/dⱼ (D² = d > 0)."""
     d64 = d.double().clamp_min(torch.finfo(torch.float64).tiny)
-    trace = float((system.diagonal().double() / d64).sum())
-    return float((g.double() ** 2 / d64).sum()) / (2.0 * trace) if trace > 0 else math.inf
+    trace = (system.diagonal().double() / d64).sum()
+    bound = float((g.double() ** 2 / d64).sum() / (2.0 * trace))  # (one device sync)
+    return bound if math.isfinite(bound) else math.inf
 
 
 class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):

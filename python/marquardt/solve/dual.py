@@ -48,6 +48,7 @@ class DualSystem(System):
         self.d = None
         self._factor: tuple[float, torch.Tensor] | None = None  # (λ, U) of K + λ/α I
         self._external_gradient = False  # g does not come from these rows (see set_gradient)
+        self._diagonal: torch.Tensor | None = None  # diag(A) from the rows, once (the damping and fit's tests ask)
 
     @classmethod
     def footprint(cls, problem: Problem, precision: Precision) -> Footprint:
@@ -93,7 +94,9 @@ class DualSystem(System):
         self._external_gradient = True
 
     def diagonal(self) -> torch.Tensor:
-        return (self.alpha * self.rows.column_sq_norms()).to(self.dtype)
+        if self._diagonal is None:  # (the rows are fixed once finalized)
+            self._diagonal = (self.alpha * self.rows.column_sq_norms()).to(self.dtype)
+        return self._diagonal
 
     def set_damping(self, d: torch.Tensor) -> None:
         self.d = d
