@@ -41,7 +41,7 @@ def test_a_system_of_exactly_the_budget_fits(solver, form):
     """Residual callables (whole-batch chunks) need nothing beyond the system, so the budget can be exact;
     'auto' takes the dual form (fewer rows than parameters) when it fits exactly."""
     p = problem(rows=10, whole_batch_chunks=True)
-    c = chooser()
+    c = chooser(solver=solver)
     needed = SOLVERS["dual" if solver == "auto" else solver](c, p, c.precision(p)).footprint.system_bytes
     assert chooser(solver=solver, memory_budget=needed).plan(p).candidate.system is form
     if solver == "auto":

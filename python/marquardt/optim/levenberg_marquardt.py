@@ -202,7 +202,7 @@ class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
         if accepted_step is not None or not self.config.damping.revert_on_reject:
             state["d"] = d_new
         state["lam"], state["nu"] = lam, nu
-        result.lam = lam
+        result.lam, result.form = lam, system.form  # (a small primal system may have turned to QR)
         return self._finish(result, theta0, accepted_step)
 
     def _attempts(self, system: System, d: torch.Tensor, batch: Batch, theta0: torch.Tensor, noise: NoiseReplay,

@@ -19,7 +19,7 @@ class StepResult:
     forward_passes: int
     jacobian_passes: int
     solves: int
-    form: str  # 'primal', 'dual' or 'block_diagonal'
+    form: str  # 'primal', 'dual', 'block_diagonal' or 'qr' (the form that solved the step)
     engine: str
     momentum_used: bool
     geodesic_used: bool

@@ -26,6 +26,7 @@ from .dual import DualSystem, FactoredDualSystem
 from .kronecker import kronecker_pays
 from .pcg import factored_dual_pays
 from .primal import KroneckerPrimalSystem, PrimalSystem
+from .qr import QR_MAX_PARAMETERS, GuardedPrimalSystem, QRSystem
 from .system import Footprint, Precision, Problem, System
 
 
@@ -105,6 +106,8 @@ class SolverChooser:
     # ------------------------------------------------------------------------------------- the forms
     def primal(self, problem: Problem, precision: Precision) -> Candidate:
         system: type[System] = KroneckerPrimalSystem if self._kronecker_primal(problem) else PrimalSystem
+        if system is PrimalSystem and self._guarded(problem):
+            system = GuardedPrimalSystem
         return Candidate(system, system.footprint(problem, precision), dtype_size=problem.parameters)
 
     def dual(self, problem: Problem, precision: Precision) -> Candidate:
@@ -113,6 +116,9 @@ class SolverChooser:
             footprint = FactoredDualSystem.footprint(problem, precision)
             return Candidate(FactoredDualSystem, footprint, arguments, dtype_size=problem.rows)
         return Candidate(DualSystem, DualSystem.footprint(problem, precision), dtype_size=problem.rows)
+
+    def qr(self, problem: Problem, precision: Precision) -> Candidate:
+        return Candidate(QRSystem, QRSystem.footprint(problem, precision), dtype_size=problem.parameters)
 
     def block_diagonal(self, problem: Problem, precision: Precision) -> Candidate:
         if self._blocks is None:  # the partition depends on the model only
@@ -123,6 +129,11 @@ class SolverChooser:
         footprint = BlockDiagonalSystem.footprint(problem, precision, blocks=self._blocks)
         arguments = {"blocks": self._blocks, "batched": problem.device.type == "cuda"}
         return Candidate(BlockDiagonalSystem, footprint, arguments, dtype_size=footprint.detail["largest_block"])
+
+    def _guarded(self, problem: Problem) -> bool:
+        """Whether solver='auto' keeps the rows of a small primal system, to solve by QR should the normal
+        equations lose accuracy (solve/qr.py): a single rank, at most QR_MAX_PARAMETERS parameters."""
+        return self.settings.solver == "auto" and problem.parameters <= QR_MAX_PARAMETERS and not problem.distributed
 
     # ------------------------------------------------------------------------------------------ plan
     def plan(self, problem: Problem) -> Plan:
@@ -224,6 +235,7 @@ SOLVERS: dict[str, CandidateFactory] = {
     "primal": SolverChooser.primal,
     "dual": SolverChooser.dual,
     "block_diagonal": SolverChooser.block_diagonal,
+    "qr": SolverChooser.qr,
 }
 
 #: solver='auto': the first form whose condition holds and whose system fits the budget (block-diagonal

@@ -81,7 +81,7 @@ class Footprint:
 class System(ABC):
     """One damped LM system (see the module docstring)."""
 
-    #: the name a StepResult reports ('primal', 'dual', 'block_diagonal')
+    #: the name a StepResult reports ('primal', 'dual', 'block_diagonal', 'qr')
     form: ClassVar[str]
     #: whether :meth:`add` takes the rows as per-layer factors (FactoredRows) instead of a dense tensor
     takes_factors: bool = False

@@ -5,7 +5,8 @@ trajectories were recorded by ``python -m tests.optim.golden.record`` at commit 
 redesigned, with the options spelled as they were then (flat keys); the test passes the same keys today, plus
 the defaults of that time that have changed since: ``compare_lm_step="never"`` (momentum acts on every step; on a
 repeated batch the default now also tries the plain LM step, tests/optim/test_momentum_rule.py) and, for residual
-callables, ``momentum=None``.
+callables, ``momentum=None`` and ``solver="primal"`` (for so few parameters 'auto' now turns to a QR solve when
+the normal equations lose accuracy, tests/solve/test_qr.py).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def run(case: Case, make_optimizer: Callable[..., Any]) -> dict[str, Any]:
         options.setdefault("compare_lm_step", "never")
         if callable(case.loss):
             options.setdefault("momentum", None)
+            options.setdefault("solver", "primal")
     opt = make_optimizer(model, case.loss, preset=case.preset, **options)
     thetas, lams, reasons, losses = [], [], [], []
     for i in range(STEPS):
