@@ -96,6 +96,49 @@ def test_xtol_is_relative_to_the_parameters():
     assert _fit(_info(step_norm=5e-4, theta_norm=1000.0), xtol=tol).reason == "xtol"
 
 
+def test_xtol_also_needs_a_short_gauss_newton_step():
+    """A short step is not enough where the Gauss-Newton step is long (held short by λ or the trust region)."""
+    tol = 1e-6
+    short = dict(step_norm=0.5e-6, theta_norm=1.0)
+    assert _fit(_info(**short, step_bound=0.9e-6), xtol=tol).reason == "xtol"
+    assert _fit(_info(**short, step_bound=1.1e-6), xtol=tol).reason == "max_iterations"
+    assert _fit(_info(**short, step_bound=None), xtol=tol).reason == "xtol"  # (no bound reported)
+
+
+def test_the_step_bound_is_below_the_gauss_newton_step():
+    """‖g‖/Σ Aⱼⱼ ≤ ‖A⁻¹g‖ on awkwardly scaled systems."""
+    import torch
+
+    from marquardt.optim.levenberg_marquardt import _step_bound
+    from marquardt.solve.primal import PrimalSystem
+
+    g = torch.Generator().manual_seed(1)
+    for trial in range(50):
+        n = 1 + trial % 6
+        J = torch.randn(n + 3, n, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, n, dtype=torch.float64)
+        system = PrimalSystem(n, 1.0, torch.float64, torch.device("cpu"))
+        system.add(J, torch.randn(n + 3, generator=g, dtype=torch.float64))
+        system.finalize()
+        exact = float(torch.linalg.solve(system.A, system.g).norm())
+        assert 0 < _step_bound(system, system.g) <= exact * (1 + 1e-9)
+
+
+def test_a_step_held_short_by_a_huge_lambda_does_not_stop_a_fit():
+    """λ held at 1e8 makes every step about 1e-8 of the Gauss-Newton step: without the step bound, xtol = 1e-6
+    would end the fit after one iteration, far from the minimum; with it the fit runs until ftol or the budget."""
+    import torch
+
+    import marquardt
+
+    x = torch.linspace(0, 1, 20, dtype=torch.float64)
+    model = torch.nn.Linear(1, 1).double()
+    opt = marquardt.LevenbergMarquardt(model, lambda out, y: out.squeeze(1) - y, lambda_min=1e8, lambda_max=1e9,
+                                       lambda_init=1e8, momentum=None, line_search=None)
+    result = marquardt.fit(opt, x.unsqueeze(1), 3 * x + 1, max_iterations=5, xtol=1e-6)
+    assert result.reason == "max_iterations"
+    assert all(info.step_norm <= 1e-6 * (1e-6 + info.theta_norm) for info in result.history)
+
+
 def test_gtol_fires_on_a_small_gradient_or_a_zero_gradient_step():
     assert _fit(_info(grad_norm_inf=0.9e-9), gtol=1e-9).reason == "gtol"
     assert _fit(_info(grad_norm_inf=1.1e-9), gtol=1e-9).reason == "max_iterations"

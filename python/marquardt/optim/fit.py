@@ -107,7 +107,9 @@ def fit(
       scaled gradient is small as well: ‖D⁻¹g‖²/(2 Σⱼ Aⱼⱼ/dⱼ), a lower bound on what the Gauss-Newton model can
       still gain, is at most ftol·C₀ (so a tiny prediction from an inaccurate solve of an ill-conditioned
       system, or from a step held short by the damping, does not stop the fit);
-    * ``xtol``: an accepted step with ‖Δθ‖ ≤ xtol·(xtol + ‖θ‖);
+    * ``xtol``: an accepted step with ‖Δθ‖ ≤ xtol·(xtol + ‖θ‖), where the Gauss-Newton step would be that short
+      too: its length is at least ‖g‖/Σⱼ Aⱼⱼ, and that must be within the same tolerance (so a step held short by a
+      large λ or a small trust region does not stop the fit);
     * ``gtol``: ‖g‖∞ ≤ gtol at the current point (a stationary point);
     * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible).
 
@@ -158,7 +160,11 @@ def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations
                 and (info.model_reduction_bound is None or info.model_reduction_bound <= ftol * abs(info.loss_before))
             ):
                 reason = "ftol"
-            elif info.accepted and info.step_norm <= xtol * (xtol + info.theta_norm):
+            elif (
+                info.accepted
+                and info.step_norm <= xtol * (xtol + info.theta_norm)
+                and (info.step_bound is None or info.step_bound <= xtol * (xtol + info.theta_norm))
+            ):
                 reason = "xtol"
             elif not info.accepted and info.lam >= lambda_max:
                 reason = "lam_max"

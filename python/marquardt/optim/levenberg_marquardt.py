@@ -53,6 +53,12 @@ def _model_reduction_bound(system: System, g: torch.Tensor, d: torch.Tensor) -> 
     return bound if math.isfinite(bound) else math.inf
 
 
+def _step_bound(system: System, g: torch.Tensor) -> float:
+    """A lower bound on the Gauss-Newton step's length ‖A⁻¹g‖: ‖g‖/λ_max(A) ≥ ‖g‖/Σⱼ Aⱼⱼ."""
+    bound = float(torch.linalg.vector_norm(g, dtype=torch.float64) / system.diagonal().double().sum())
+    return bound if math.isfinite(bound) else math.inf
+
+
 class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
     """Levenberg-Marquardt for any ``nn.Module`` (a ``torch.optim.Optimizer``).
 
@@ -195,7 +201,7 @@ class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
         d_new = self.damping.update(state["d"].clone(), system)  # the state's d is replaced only at the end
         d = self.box.damping(d_new.to(system.dtype))
         system.set_damping(d)
-        result.model_reduction_bound = _model_reduction_bound(system, g, d)
+        result.model_reduction_bound, result.step_bound = _model_reduction_bound(system, g, d), _step_bound(system, g)
         bounds, lam = LambdaBounds.for_step(self.config.lam, state["lam"], self._minibatch)
         accepted_step, lam, nu = self._attempts(system, d, batch, theta0, noise, c0, result, lam, bounds)
         result.cg_iterations = system.statistics().get("cg_iterations")

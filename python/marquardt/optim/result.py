@@ -30,6 +30,9 @@ class StepResult:
     #: ‖D⁻¹g‖² / (2 Σⱼ Aⱼⱼ/dⱼ): no step can lower the Gauss-Newton model by less than this from here (fit's ftol
     #: test needs it small too, so that an inaccurate solve's tiny prediction cannot stop a fit early)
     model_reduction_bound: float | None = None
+    #: ‖g‖ / Σⱼ Aⱼⱼ: the Gauss-Newton step is at least this long (fit's xtol test needs it small too, so that a step
+    #: held short by the damping or the trust region cannot stop a fit away from a minimum)
+    step_bound: float | None = None
     curvature_samples: int | None = None  # batch samples (all ranks) the curvature came from; None: residual fn
     cg_iterations: int | None = None  # conjugate-gradient iterations of all solves (dual_method 'pcg'), else None
     converged: str | None = None  # set by fit(): 'ftol', 'xtol', 'gtol' or None
