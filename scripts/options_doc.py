@@ -36,7 +36,9 @@ MEANING = {
     "d_init": "The damping's starting value d₀.",
     "d_floor": "A lower bound on every damping entry.",
     "revert_d_on_reject": "Keep the previous damping when a step takes no trial (the authors' code).",
-    "lambda_rule": "How λ moves: 'delayed' (÷lambda_down on success, ×lambda_up on failure), 'fixed' (the same "
+    "lambda_rule": "How λ moves: 'auto' ('trust_region' for residuals, a residual callable or function; "
+                   "'delayed' for a loss name or module: benchmarks/lambda_rule_defaults.py), "
+                   "'delayed' (÷lambda_down on success, ×lambda_up on failure), 'fixed' (the same "
                    "factors, the paper's ×10/÷10), 'nielsen' (from the gain ratio), 'trust_region' (MINPACK's: "
                    "λ makes the step as long as a radius in the D-norm, which the gain ratio moves).",
     "lambda_init": "λ at the first step.",
@@ -49,7 +51,9 @@ MEANING = {
     "lambda_skip_outside": "No λ update at all outside [lambda_min, lambda_max] (the authors' code).",
     "trust_region_factor": "With lambda_rule='trust_region', the first radius is this times ‖Dθ₀‖ (MINPACK's "
                            "factor).",
-    "momentum": "Adaptive momentum: 'lmam' (Ampazis & Perantonis), 'olmam' (with an adapted ξ), or None.",
+    "momentum": "Adaptive momentum: 'auto' (None for residuals of a model with at most 64 parameters, a "
+                "parametric fit; 'lmam' otherwise), 'lmam' (Ampazis & Perantonis), 'olmam' (with an adapted ξ), "
+                "or None.",
     "compare_lm_step": "When an attempt also evaluates the plain LM step and keeps the lower loss: "
                        "'repeated_batch' (when the batch repeats the last step's: full batches, curve fits), "
                        "'always' or 'never' (LMAM alone). Chosen by benchmarks/momentum_rule.py: on the MGH set "

@@ -36,8 +36,9 @@ def test_model_of_its_parameters_matches_the_residual_callable(problem):
     as_loss, as_callable = problem(problem.x0), problem(problem.x0)
     m = as_loss.residuals(as_loss.x).numel()
     zeros = torch.zeros(m, dtype=torch.float64)
-    opt_loss = marquardt.LevenbergMarquardt(as_loss, "mse")
-    opt_callable = marquardt.LevenbergMarquardt(as_callable, lambda r, _t: r)
+    same = dict(lambda_rule="delayed", momentum="lmam")  # (the two objectives' defaults differ)
+    opt_loss = marquardt.LevenbergMarquardt(as_loss, "mse", **same)
+    opt_callable = marquardt.LevenbergMarquardt(as_callable, lambda r, _t: r, **same)
     for _ in range(6):
         before = _half_mse(as_loss, zeros, zeros)
         a = opt_loss.step(zeros, zeros)

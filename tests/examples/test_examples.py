@@ -94,7 +94,8 @@ def test_pinn_poisson_learns_the_solution_in_both_styles_alike():
     by_func = example.main([*argv, "--style", "torch_func"])
     by_autograd = example.main([*argv, "--style", "autograd"])
     assert by_func["loss"] == pytest.approx(by_autograd["loss"], rel=1e-6)
-    assert by_func["error"] == pytest.approx(by_autograd["error"], rel=1e-6)
+    # (errors both below 1e-7 agree no further: there the styles' last-bit differences steer the trust region)
+    assert by_func["error"] == pytest.approx(by_autograd["error"], rel=1e-6, abs=1e-7)
     untrained = example.relative_l2_error(example.network(12, 0))
     assert untrained > 0.5 and by_func["error"] < 1e-3
 

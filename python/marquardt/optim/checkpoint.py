@@ -66,10 +66,13 @@ def check_state_dict(state_dict: Any, layout: ParameterLayout, loss: str) -> Con
         raise _refuse(f"its damping vector d has shape {shape}, this model has {n} trainable parameters")
     if not bool(torch.isfinite(d).all()) or bool((d < 0).any()):
         raise _refuse("its damping vector d holds NaN, Inf or negative entries")
-    for name in ("lam", "nu"):
+    for name in ("lam", "nu"):  # (λ = 0 is the trust region's Gauss-Newton step; ν is its radius)
         value = state.get(name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise _refuse(f"its {name} is {value!r}, expected a finite number > 0")
+        least = 0.0 if name == "lam" and config.lam.rule == "trust_region" else None
+        if not (isinstance(value, (int, float)) and math.isfinite(value)
+                and (value >= least if least is not None else value > 0)):
+            expected = "a finite number >= 0" if least is not None else "a finite number > 0"
+            raise _refuse(f"its {name} is {value!r}, expected {expected}")
     s_prev = state.get("s_prev")
     if s_prev is not None and not (isinstance(s_prev, torch.Tensor) and s_prev.shape == (n,)
                                    and bool(torch.isfinite(s_prev).all())):

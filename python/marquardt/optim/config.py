@@ -58,7 +58,9 @@ class DampingConfig:
 
 @dataclass(frozen=True)
 class LambdaConfig:
-    rule: Any = "delayed"  # 'delayed' (Transtrum & Sethna), 'fixed', 'nielsen' or a LambdaRule
+    # 'auto' (by the objective: objective_defaults), 'delayed' (Transtrum & Sethna), 'fixed', 'nielsen',
+    # 'trust_region' (Moré 1978, MINPACK) or a LambdaRule
+    rule: Any = "auto"
     initial: float = 1.0
     up: float = 2.0
     down: float = 3.0
@@ -75,7 +77,7 @@ class LambdaConfig:
 
 @dataclass(frozen=True)
 class MomentumConfig:
-    kind: Any = "lmam"  # 'lmam', 'olmam', None or a Momentum
+    kind: Any = "auto"  # 'auto' (by the objective: objective_defaults), 'lmam', 'olmam', None or a Momentum
     delta_p_mode: str = "relative"  # δP = κ√I_GG ('relative') or delta_p ('absolute', the paper's code)
     delta_p: float = 0.6
     kappa: float = 0.5
@@ -211,7 +213,8 @@ OPTIONS: dict[str, Option] = {
     "d_init": Option("damping", "initial", _non_negative, "a finite number >= 0"),
     "d_floor": Option("damping", "floor", _non_negative, "a finite number >= 0"),
     "revert_d_on_reject": Option("damping", "revert_on_reject", _bool, _BOOL),
-    "lambda_rule": Option("lam", "rule", LAMBDA_RULES.accepts, LAMBDA_RULES.expected()),
+    "lambda_rule": Option("lam", "rule", lambda x: x == "auto" or LAMBDA_RULES.accepts(x),
+                          f"'auto' or {LAMBDA_RULES.expected()}"),
     "lambda_init": Option("lam", "initial", _positive, _POSITIVE),
     "lambda_up": Option("lam", "up", _above_one, "a finite number > 1"),
     "lambda_down": Option("lam", "down", _above_one, "a finite number > 1"),
@@ -221,8 +224,8 @@ OPTIONS: dict[str, Option] = {
                                    "None or a finite number > 0"),
     "lambda_skip_outside": Option("lam", "skip_outside", _bool, _BOOL),
     "trust_region_factor": Option("lam", "trust_factor", _positive, _POSITIVE),
-    "momentum": Option("momentum", "kind", lambda x: x is None or MOMENTUM.accepts(x),
-                       f"None or {MOMENTUM.expected()}"),
+    "momentum": Option("momentum", "kind", lambda x: x is None or x == "auto" or MOMENTUM.accepts(x),
+                       f"'auto', None or {MOMENTUM.expected()}"),
     "delta_p_mode": Option("momentum", "delta_p_mode", _one_of("relative", "absolute"), "'relative' or 'absolute'"),
     "delta_p": Option("momentum", "delta_p", _positive, _POSITIVE),
     "kappa": Option("momentum", "kappa", _positive, _POSITIVE),
@@ -374,6 +377,31 @@ def choose_loss(loss: Any, residuals: Any, options: dict[str, Any]) -> tuple[Los
                                  f"reduction={reduction!r}; leave loss_scale out")
             options = {**options, "loss_scale": reduction} if reduction in ("mean", "sum") else options
     return choice, options
+
+
+#: A model with at most this many trainable parameters fitted through residuals is a parametric fit (a curve fit,
+#: not a network): ``momentum='auto'`` leaves it without momentum.
+PARAMETRIC_FIT_MAX_PARAMETERS = 64
+
+
+def objective_defaults(config: Config, choice: LossChoice, parameters: int) -> Config:
+    """The config with ``lambda_rule='auto'`` and ``momentum='auto'`` resolved for this objective, as measured by
+    ``benchmarks/lambda_rule_defaults.py`` (BENCHMARKS.md):
+
+    * residuals (a residual callable or a residual function): MINPACK's trust region (``'trust_region'``), which
+      solves more hard least-squares starts in fewer iterations; a loss name or module (network training):
+      ``'delayed'``, which needs about a third of the trust region's iterations on the sine network;
+    * residuals of a model with at most :data:`PARAMETRIC_FIT_MAX_PARAMETERS` parameters: no momentum (on the
+      Moré-Garbow-Hillstrom problems momentum solves fewer starts in more time); everything else LMAM, which
+      lowers a PINN's error 10-1000x under the trust region and keeps the sine network's iterations.
+    """
+    changes: dict[str, Any] = {}
+    if config.lam.rule == "auto":
+        changes["lambda_rule"] = "trust_region" if choice.residual_mode else "delayed"
+    if config.momentum.kind == "auto":
+        parametric = choice.residual_mode and parameters <= PARAMETRIC_FIT_MAX_PARAMETERS
+        changes["momentum"] = None if parametric else "lmam"
+    return config.with_options(**changes) if changes else config
 
 
 def curvature_for(loss: Any, residual_mode: bool, config: Config) -> Curvature:

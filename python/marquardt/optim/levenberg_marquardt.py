@@ -38,25 +38,19 @@ from ..solve.choose import SolverChooser
 from ..solve.system import System
 from ..types.layout import ParameterLayout
 from .checkpoint import Checkpointing, initial_state
-from .config import Config, choose_loss, comparable_settings, curvature_for, curvature_samples_at, eager_module, resolve
+from .config import (
+    Config,
+    choose_loss,
+    comparable_settings,
+    curvature_for,
+    curvature_samples_at,
+    eager_module,
+    objective_defaults,
+    resolve,
+)
 from .result import StepResult
 
 __all__ = ["LevenbergMarquardt", "StepResult", "ResidualFn", "ModelResidualFn"]
-
-
-def _model_reduction_bound(system: System, g: torch.Tensor, d: torch.Tensor) -> float:
-    """A lower bound on the Gauss-Newton model's largest decrease ½gᵀA⁻¹g: ‖D⁻¹g‖²/(2λ_max(D⁻¹AD⁻¹)), with the
-    largest eigenvalue at most the trace Σⱼ Aⱼⱼ/dⱼ (D² = d > 0)."""
-    d64 = d.double().clamp_min(torch.finfo(torch.float64).tiny)
-    trace = (system.diagonal().double() / d64).sum()
-    bound = float((g.double() ** 2 / d64).sum() / (2.0 * trace))  # (one device sync)
-    return bound if math.isfinite(bound) else math.inf
-
-
-def _step_bound(system: System, g: torch.Tensor) -> float:
-    """A lower bound on the Gauss-Newton step's length ‖A⁻¹g‖: ‖g‖/λ_max(A) ≥ ‖g‖/Σⱼ Aⱼⱼ."""
-    bound = float(torch.linalg.vector_norm(g, dtype=torch.float64) / system.diagonal().double().sum())
-    return bound if math.isfinite(bound) else math.inf
 
 
 class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
@@ -93,10 +87,10 @@ class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         choice, options = choose_loss(loss, residuals, options)
-        config = resolve(preset, options)
-        curvature = curvature_for(choice.loss, choice.residual_mode, config)
         self.model = eager_module(model)
         self.layout = ParameterLayout.of(self.model)
+        config = objective_defaults(resolve(preset, options), choice, self.layout.numel)
+        curvature = curvature_for(choice.loss, choice.residual_mode, config)
         self.box = box_of(bounds, self.layout)
         self.preset = preset
         self.loss_choice = choice
@@ -201,7 +195,7 @@ class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
         d_new = self.damping.update(state["d"].clone(), system)  # the state's d is replaced only at the end
         d = self.box.damping(d_new.to(system.dtype))
         system.set_damping(d)
-        result.model_reduction_bound, result.step_bound = _model_reduction_bound(system, g, d), _step_bound(system, g)
+        result.model_reduction_bound, result.step_bound = system.model_reduction_bound(d), system.step_bound()
         bounds, lam = LambdaBounds.for_step(self.config.lam, state["lam"], self._minibatch)
         accepted_step, lam, nu = self._attempts(system, d, batch, theta0, noise, c0, result, lam, bounds)
         result.cg_iterations = system.statistics().get("cg_iterations")

@@ -16,9 +16,10 @@ for a problem of a given size (:meth:`System.footprint`), which is how :mod:`mar
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -82,7 +83,7 @@ class System(ABC):
     """One damped LM system (see the module docstring)."""
 
     #: the name a StepResult reports ('primal', 'dual', 'block_diagonal', 'qr')
-    form: ClassVar[str]
+    form: str
     #: whether :meth:`add` takes the rows as per-layer factors (FactoredRows) instead of a dense tensor
     takes_factors: bool = False
     #: whether the system keeps the rows, so that α𝒥ᵀr for a row-space r is solved without forming it
@@ -136,6 +137,20 @@ class System(ABC):
         """The quadratic model's decrease −gᵀs − ½ sᵀAs for the step s."""
         s = step.to(self.g.dtype)
         return float(-(self.g @ s) - 0.5 * self.quadratic(s))
+
+    def model_reduction_bound(self, d: torch.Tensor) -> float:
+        """A lower bound on the Gauss-Newton model's largest decrease ½gᵀA⁻¹g: ‖D⁻¹g‖²/(2λ_max(D⁻¹AD⁻¹)), with the
+        largest eigenvalue at most the trace Σⱼ Aⱼⱼ/dⱼ (D² = d > 0). fit's ftol test needs it small."""
+        d64 = d.double().clamp_min(torch.finfo(torch.float64).tiny)
+        trace = (self.diagonal().double() / d64).sum()
+        bound = float((self.g.double() ** 2 / d64).sum() / (2.0 * trace))  # (one device sync)
+        return bound if math.isfinite(bound) else math.inf
+
+    def step_bound(self) -> float:
+        """A lower bound on the Gauss-Newton step's length ‖A⁻¹g‖: ‖g‖/λ_max(A) ≥ ‖g‖/Σⱼ Aⱼⱼ. fit's xtol test needs
+        it small."""
+        bound = float(torch.linalg.vector_norm(self.g, dtype=torch.float64) / self.diagonal().double().sum())
+        return bound if math.isfinite(bound) else math.inf
 
     def statistics(self) -> dict[str, Any]:
         """Counters of the step's solves for the StepResult (e.g. CG iterations)."""

@@ -4,8 +4,9 @@ Each case builds a model, a list of batches (step i uses batch i mod len) and th
 trajectories were recorded by ``python -m tests.optim.golden.record`` at commit db1e0da, before the core was
 redesigned, with the options spelled as they were then (flat keys); the test passes the same keys today, plus
 the defaults of that time that have changed since: ``compare_lm_step="never"`` (momentum acts on every step; on a
-repeated batch the default now also tries the plain LM step, tests/optim/test_momentum_rule.py) and, for residual
-callables, ``momentum=None`` and ``solver="primal"`` (for so few parameters 'auto' now turns to a QR solve when
+repeated batch the default now also tries the plain LM step, tests/optim/test_momentum_rule.py),
+``lambda_rule="delayed"`` (residuals now get the trust region), and, for residual callables, ``momentum=None`` and
+``solver="primal"`` (for so few parameters 'auto' now turns to a QR solve when
 the normal equations lose accuracy, tests/solve/test_qr.py).
 """
 
@@ -154,6 +155,7 @@ def run(case: Case, make_optimizer: Callable[..., Any]) -> dict[str, Any]:
     options = dict(case.options)
     if case.preset == "default":  # the defaults of the recording (see the module docstring)
         options.setdefault("compare_lm_step", "never")
+        options.setdefault("lambda_rule", "delayed")
         if callable(case.loss):
             options.setdefault("momentum", None)
             options.setdefault("solver", "primal")
