@@ -44,6 +44,7 @@ SETTINGS = {
     "trust region, QR always": {"solver": "qr"},
     "trust region, no line search": {"line_search": None},
     "trust region + LMAM": {"momentum": "lmam"},
+    "trust region + geodesic": {"geodesic": True},
     "delayed + LMAM (network default)": {"lambda_rule": "delayed", "momentum": "lmam"},
 }
 

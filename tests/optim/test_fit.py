@@ -137,6 +137,16 @@ def test_a_step_held_short_by_a_huge_lambda_does_not_stop_a_fit():
     assert all(info.step_norm <= 1e-6 * (1e-6 + info.theta_norm) for info in result.history)
 
 
+def test_precision_fires_on_an_accepted_step_below_the_rounding_of_theta():
+    rounding = 4 * 2.0**-52
+    assert _fit(_info(step_norm=0.9 * rounding * 10.0, theta_norm=10.0), rounding=rounding, xtol=0.0).reason \
+        == "precision"
+    assert _fit(_info(step_norm=1.1 * rounding * 10.0, theta_norm=10.0), rounding=rounding, xtol=0.0).reason \
+        == "max_iterations"
+    assert _fit(_info(accepted=False, reason="rejected", step_norm=0.0, theta_norm=10.0), rounding=rounding,
+                xtol=0.0).reason == "max_iterations"  # (a rejected step moves nothing by definition)  # (a rejected step moves nothing by definition)
+
+
 def test_gtol_fires_on_a_small_gradient_or_a_zero_gradient_step():
     assert _fit(_info(grad_norm_inf=0.9e-9), gtol=1e-9).reason == "gtol"
     assert _fit(_info(grad_norm_inf=1.1e-9), gtol=1e-9).reason == "max_iterations"

@@ -112,3 +112,32 @@ def test_the_hard_starts_reach_minpacks_minimiser(make, scale, canonical):
     assert f == pytest.approx(problem.f_star[0], rel=1e-8), result.reason
     np.testing.assert_allclose(canonical(problem.x.detach().numpy()), canonical(reference.x), rtol=1e-6)
     assert math.isfinite(result.loss)
+
+
+@pytest.mark.parametrize("radius", [0.0, 5e-324])
+def test_a_radius_halved_to_nothing_asks_for_no_step_and_never_divides_by_zero(radius):
+    """Δ = 0 (halved past the smallest float) or a subnormal Δ: a finite λ at which no step is tried or the step is
+    as short as Δ allows, never a ZeroDivisionError."""
+    system = _system(3, 7, 3, 1.0)
+    lam, nu = TrustRegionRule().choose(1.0, radius, system, torch.zeros(3, dtype=torch.float64), first=False)
+    assert math.isfinite(lam) and lam > 0
+    assert nu == radius
+
+
+def test_a_fit_at_the_loss_rounding_floor_stops_with_precision():
+    """The trigonometric function from 10·x₀ reaches a point where no step lowers the loss at working precision,
+    while tolerances of 1e-15 still ask for more: every step is accepted unchanged and the radius halves. The fit
+    stops with 'precision' (MINPACK's info 6-7) once the step is below θ's rounding, with the loss MINPACK reaches."""
+    from tests.optim.mgh import more_problems
+
+    problem = dict(more_problems())["Trigonometric"]()
+    with torch.no_grad():
+        problem.x.mul_(10)
+    reference = minpack(problem)
+    opt = marquardt.LevenbergMarquardt(problem, lambda r, _t: r, solver="qr")
+    result = marquardt.fit(opt, torch.zeros(1, dtype=torch.float64), max_iterations=3000, ftol=1e-15, xtol=1e-15,
+                           gtol=1e-20)
+    assert (result.reason, result.status, result.converged) == ("precision", 6, True)
+    last = result.history[-1]
+    assert last.accepted and last.step_norm <= 4 * 2.0**-52 * last.theta_norm
+    assert result.cost == pytest.approx(reference.cost, rel=1e-9)

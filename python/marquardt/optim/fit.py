@@ -14,14 +14,16 @@ from .levenberg_marquardt import LevenbergMarquardt
 from .result import StepResult
 from .solution import Covariance, LeastSquaresAt, cost_and_gradient, covariance, entry_names, residual_vector
 
-#: scipy.optimize.least_squares's status codes where it has the same stop (1-3, 0), and two of its own
-STATUS = {"gtol": 1, "ftol": 2, "xtol": 3, "max_iterations": 0, "lam_max": 5, "not_finite": -2}
+#: scipy.optimize.least_squares's status codes where it has the same stop (1-3, 0), and three of its own
+STATUS = {"gtol": 1, "ftol": 2, "xtol": 3, "max_iterations": 0, "lam_max": 5, "precision": 6, "not_finite": -2}
 MESSAGES = {
     "gtol": "`gtol` termination condition is satisfied.",
     "ftol": "`ftol` termination condition is satisfied.",
     "xtol": "`xtol` termination condition is satisfied.",
     "max_iterations": "The maximum number of iterations is reached.",
     "lam_max": "lambda reached lambda_max without an accepted step: no step from here lowers the loss.",
+    "precision": "No further progress is possible at working precision: the accepted step is below the rounding of "
+                 "the parameters (ftol, xtol or gtol is below what the loss's rounding errors allow).",
     "not_finite": "The loss or its gradient is not finite at the current parameters.",
 }
 
@@ -37,7 +39,7 @@ class FitResult:
     forward and Jacobian passes of the iterations, ``status`` scipy's code (:data:`STATUS`)."""
 
     converged: bool
-    reason: str  # 'ftol', 'xtol', 'gtol', 'lam_max', 'max_iterations', 'not_finite' (the loss or gradient at θ)
+    reason: str  # 'ftol', 'xtol', 'gtol', 'lam_max', 'precision', 'max_iterations', 'not_finite' (loss or g at θ)
     iterations: int
     loss: float
     history: list[StepResult] = field(default_factory=list)
@@ -111,7 +113,9 @@ def fit(
       too: its length is at least ‖g‖/Σⱼ Aⱼⱼ, and that must be within the same tolerance (so a step held short by a
       large λ or a small trust region does not stop the fit);
     * ``gtol``: ‖g‖∞ ≤ gtol at the current point (a stationary point);
-    * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible).
+    * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible);
+    * ``precision``: an accepted step shorter than the rounding of θ, ‖Δθ‖ ≤ 4ε‖θ‖ for ε of θ's dtype (MINPACK's
+      info 6-7: the tolerances ask for more than the loss's rounding errors allow; the step only shrinks from here).
 
     It stops at once with reason ``not_finite`` (not converged) when the loss or the gradient at the current
     parameters is NaN or Inf: no step can be taken from there.
@@ -123,16 +127,20 @@ def fit(
     if return_jacobian and not optimizer.curvature.least_squares:
         raise ValueError("return_jacobian: only a least-squares fit (loss 'mse', a residual callable or residual "
                          "function) has a Jacobian of residuals")
+    rounding = 4 * torch.finfo(optimizer.layout.params[0].dtype).eps  # (four ulps of θ's dtype)
     result = iterate(lambda: optimizer.step(*batch, weight=weight), optimizer.config.lam.maximum,
-                     max_iterations=max_iterations, ftol=ftol, xtol=xtol, gtol=gtol, progress=progress)
+                     max_iterations=max_iterations, ftol=ftol, xtol=xtol, gtol=gtol, progress=progress,
+                     rounding=rounding)
     _describe_solution(result, optimizer, batch, return_jacobian, weight)
     return result
 
 
 def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations: int = 200, ftol: float = 1e-10,
-            xtol: float = 1e-10, gtol: float = 1e-12, progress: bool = False) -> FitResult:
+            xtol: float = 1e-10, gtol: float = 1e-12, progress: bool = False,
+            rounding: float = 4 * 2.0**-52) -> FitResult:
     """The loop of :func:`fit`: ``step()`` until a convergence test holds (λ's upper bound ``lambda_max``
-    for the ``lam_max`` test) or the budget ends; the result without the solution's description."""
+    for the ``lam_max`` test, θ's relative rounding ``rounding`` for the ``precision`` test) or the budget ends;
+    the result without the solution's description."""
     for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
@@ -168,6 +176,8 @@ def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations
                 reason = "xtol"
             elif not info.accepted and info.lam >= lambda_max:
                 reason = "lam_max"
+            elif info.accepted and info.step_norm <= rounding * info.theta_norm:
+                reason = "precision"  # (θ cannot move: the next iteration would only shrink the step further)
             else:
                 continue
             info.converged = reason

@@ -11,6 +11,7 @@ call, because mini-batch training raises the floor while the batches change (the
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,9 @@ class TrustRegionRule(LambdaRule):
         if first:
             scaled_theta = float(torch.linalg.vector_norm(d_sqrt * theta.to(d_sqrt.dtype), dtype=torch.float64))
             radius = self.factor * scaled_theta if scaled_theta > 0 else self.factor
+        if not radius > 0:  # (halved past the smallest float: no step is short enough, so none is tried)
+            self.step_norm = 0.0
+            return sys.float_info.max, 0.0
         lam = self._lmpar(system, radius, d_sqrt, lam)
         if first and self.step_norm is not None:
             radius = min(radius, self.step_norm)
@@ -151,7 +155,7 @@ class TrustRegionRule(LambdaRule):
                 self.step_norm = norm
                 return 0.0
             term = self._derivative_term(system, 0.0, delta)
-            if math.isfinite(term) and term > 0:
+            if math.isfinite(term) and radius * term > 0:
                 lower = (norm - radius) * norm * norm / (radius * term)
         g_scaled = float(torch.linalg.vector_norm(system.g.double() / d_sqrt.double().clamp_min(1e-300)))
         upper = g_scaled / radius if g_scaled > 0 else 1.0
@@ -162,6 +166,7 @@ class TrustRegionRule(LambdaRule):
         for _ in range(self.ITERATIONS):
             if lam <= 0.0:
                 lam = max(1e-300, 1e-3 * upper)
+            lam = min(lam, sys.float_info.max)  # (a subnormal radius overflows the bounds)
             scaled = self._scaled(system, lam)
             if scaled is None:  # (not positive definite at this λ: go up)
                 lower = lam
@@ -173,14 +178,14 @@ class TrustRegionRule(LambdaRule):
             if abs(excess) <= self.SIGMA * radius:
                 break
             term = self._derivative_term(system, lam, delta)
-            if not (math.isfinite(term) and term > 0):
+            if not (math.isfinite(term) and radius * term > 0):
                 break
             if excess > 0:
                 lower = max(lower, lam)
             else:
                 upper = min(upper, lam)
             lam = max(lower, lam + excess * norm * norm / (radius * term))
-        return lam
+        return min(lam, sys.float_info.max)  # (finite, so that a checkpoint holds it)
 
     def accepted(self, lam: float, nu: float, gain_ratio: float | None, bounds: LambdaBounds) -> tuple[float, float]:
         rho = gain_ratio if gain_ratio is not None else 1.0
