@@ -153,6 +153,49 @@ def test_gtol_fires_on_a_small_gradient_or_a_zero_gradient_step():
     assert _fit(_info(reason="zero_gradient", accepted=False, grad_norm_inf=0.0)).reason == "gtol"
 
 
+def test_gtol_reads_minpacks_scaled_gradient_when_the_step_reports_it():
+    assert _fit(_info(grad_norm_inf=5.0, gradient_cosine=0.9e-9), gtol=1e-9).reason == "gtol"
+    assert _fit(_info(grad_norm_inf=1e-30, gradient_cosine=1.1e-9), gtol=1e-9).reason == "max_iterations"
+
+
+def test_the_gradient_cosine_is_minpacks_gnorm():
+    """maxⱼ |gⱼ|/√(2·loss·Aⱼⱼ) of a mean-scaled system equals lmder's gnorm = maxⱼ |J_jᵀr|/(‖r‖‖J_j‖) computed from
+    J and r directly, a zero column left out."""
+    import torch
+
+    from marquardt.solve.primal import PrimalSystem
+
+    g = torch.Generator().manual_seed(2)
+    J = torch.randn(9, 4, generator=g, dtype=torch.float64) * torch.tensor([1e-3, 1.0, 1e4, 0.0], dtype=torch.float64)
+    r = torch.randn(9, generator=g, dtype=torch.float64)
+    alpha = 1 / 9
+    system = PrimalSystem(4, alpha, torch.float64, torch.device("cpu"))
+    system.add(J, r)
+    system.finalize()
+    loss = alpha * 0.5 * float(r @ r)
+    norms = J.norm(dim=0)
+    gnorm = max(float((J[:, j] @ r).abs() / (r.norm() * norms[j])) for j in range(3))
+    assert system.gradient_cosine(loss) == pytest.approx(gnorm, rel=1e-12)
+    assert system.gradient_cosine(0.0) == 0.0
+
+
+def test_gtol_does_not_depend_on_the_scale_of_the_residuals():
+    """Residuals multiplied by 1e6 stop on gtol after the same iterations (an absolute ‖g‖∞ test would not)."""
+
+    import marquardt
+    from tests.models import Exponential, exponential_data
+
+    t, y = exponential_data(30)
+    runs = []
+    for scale in (1.0, 1e6):
+        opt = marquardt.LevenbergMarquardt(Exponential(), lambda out, target, s=scale: s * (out - target),
+                                           lambda_rule="delayed", momentum=None)
+        runs.append(marquardt.fit(opt, t, y, ftol=0.0, xtol=0.0, gtol=1e-6, max_iterations=100))
+    assert [r.reason for r in runs] == ["gtol", "gtol"]
+    assert runs[0].iterations == runs[1].iterations
+    assert runs[1].history[-1].grad_norm_inf > 1e3 * runs[0].history[-1].grad_norm_inf
+
+
 def test_lam_max_fires_only_on_a_rejected_step_at_the_bound():
     assert _fit(_info(accepted=False, reason="rejected", lam=1e10), lam_max=1e10).reason == "lam_max"
     assert _fit(_info(accepted=False, reason="rejected", lam=0.9e10), lam_max=1e10).reason == "max_iterations"

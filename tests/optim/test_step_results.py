@@ -34,7 +34,8 @@ def test_a_step_at_an_exact_minimum_does_no_work_and_says_so():
         loss_before=0.0, loss_after=0.0, accepted=False, reason="zero_gradient", lam=0.25, multiplier=0.0,
         attempts=0, forward_passes=1, jacobian_passes=1, solves=0, form="primal", engine=opt.objective.engine.name,
         momentum_used=False, geodesic_used=False, grad_norm_inf=0.0, step_norm=0.0, theta_norm=0.0,
-        predicted_reduction=None, model_reduction_bound=None, step_bound=None, curvature_samples=5, cg_iterations=None,
+        predicted_reduction=None, model_reduction_bound=None, step_bound=None, gradient_cosine=None, curvature_samples=5,
+        cg_iterations=None,
         converged=None,
         notes=[])
     state = opt.state_dict()["state"][0]
@@ -54,7 +55,7 @@ def test_a_step_from_a_non_finite_loss_does_no_work_and_keeps_lambda():
         multiplier=0.0, attempts=0, forward_passes=1, jacobian_passes=1, solves=0, form="primal",
         engine=opt.objective.engine.name, momentum_used=False, geodesic_used=False, step_norm=0.0,
         theta_norm=float(torch.linalg.vector_norm(theta, dtype=torch.float64)), predicted_reduction=None,
-        model_reduction_bound=None, step_bound=None, curvature_samples=None,  # a residual callable: no batch samples to count
+        model_reduction_bound=None, step_bound=None, gradient_cosine=None, curvature_samples=None,  # a residual callable: no batch samples to count
         cg_iterations=None, converged=None,
         notes=["loss or gradient not finite at the current parameters; no step taken"])
     assert opt.state_dict()["state"][0]["lam"] == 0.5

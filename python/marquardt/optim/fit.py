@@ -112,7 +112,9 @@ def fit(
     * ``xtol``: an accepted step with ‖Δθ‖ ≤ xtol·(xtol + ‖θ‖), where the Gauss-Newton step would be that short
       too: its length is at least ‖g‖/Σⱼ Aⱼⱼ, and that must be within the same tolerance (so a step held short by a
       large λ or a small trust region does not stop the fit);
-    * ``gtol``: ‖g‖∞ ≤ gtol at the current point (a stationary point);
+    * ``gtol``: MINPACK's scaled gradient at the current point is at most gtol: maxⱼ |gⱼ|/√(2·C₀·Aⱼⱼ), for least
+      squares the largest cosine between the residual vector and a column of the Jacobian (a stationary point,
+      judged independently of the scale of θ, r or the loss); or the gradient is exactly zero;
     * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible);
     * ``precision``: an accepted step shorter than the rounding of θ, ‖Δθ‖ ≤ 4ε‖θ‖ for ε of θ's dtype (MINPACK's
       info 6-7: the tolerances ask for more than the loss's rounding errors allow; the step only shrinks from here).
@@ -158,7 +160,8 @@ def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations
                 bar.set_postfix(loss=f"{info.loss_after:.4g}", lam=f"{info.lam:.2g}")
             if info.reason == "not_finite":
                 reason = "not_finite"  # nothing will change: the loss or gradient at θ is NaN or Inf
-            elif info.grad_norm_inf <= gtol or info.reason == "zero_gradient":
+            elif info.reason == "zero_gradient" or (
+                    info.gradient_cosine if info.gradient_cosine is not None else info.grad_norm_inf) <= gtol:
                 reason = "gtol"
             elif (
                 info.accepted

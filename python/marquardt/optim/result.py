@@ -33,6 +33,9 @@ class StepResult:
     #: ‖g‖ / Σⱼ Aⱼⱼ: the Gauss-Newton step is at least this long (fit's xtol test needs it small too, so that a step
     #: held short by the damping or the trust region cannot stop a fit away from a minimum)
     step_bound: float | None = None
+    #: MINPACK's scaled gradient maxⱼ |gⱼ|/√(2·loss·Aⱼⱼ), for least squares the largest cosine between r and a column
+    #: of J (fit's gtol test; None where no system was built)
+    gradient_cosine: float | None = None
     curvature_samples: int | None = None  # batch samples (all ranks) the curvature came from; None: residual fn
     cg_iterations: int | None = None  # conjugate-gradient iterations of all solves (dual_method 'pcg'), else None
     converged: str | None = None  # set by fit(): 'ftol', 'xtol', 'gtol' or None

@@ -152,6 +152,17 @@ class System(ABC):
         bound = float(torch.linalg.vector_norm(self.g, dtype=torch.float64) / self.diagonal().double().sum())
         return bound if math.isfinite(bound) else math.inf
 
+    def gradient_cosine(self, loss: float) -> float:
+        """MINPACK's scaled gradient (lmder's gnorm): maxⱼ |gⱼ| / √(2·loss·Aⱼⱼ). For least squares (loss = α½‖r‖²,
+        A = αJᵀJ, g = αJᵀr) it is the largest cosine between r and a column of J, whatever the scale of either;
+        0 at zero loss, and columns with Aⱼⱼ = 0 do not count. fit's gtol test compares it with gtol."""
+        if not loss > 0:
+            return 0.0
+        a = self.diagonal().double()
+        cosines = self.g.double().abs() / (2.0 * loss * a).clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+        value = float(torch.where(a > 0, cosines, torch.zeros_like(cosines)).max())
+        return value if math.isfinite(value) else math.inf
+
     def statistics(self) -> dict[str, Any]:
         """Counters of the step's solves for the StepResult (e.g. CG iterations)."""
         return {}
