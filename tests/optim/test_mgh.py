@@ -24,7 +24,7 @@ def _fit(problem, options: dict, max_iterations: int = 500):
     opt = marquardt.LevenbergMarquardt(problem, lambda residuals, _targets: residuals, **options)
     with np.errstate(all="ignore"):
         return marquardt.fit(opt, torch.zeros(1, dtype=torch.float64), max_iterations=max_iterations, ftol=1e-15,
-                             xtol=1e-15, gtol=1e-20)
+                             xtol=1e-15, gtol=1e-15)
 
 
 @pytest.mark.parametrize("name,make", PROBLEMS, ids=[name for name, _ in PROBLEMS])

@@ -18,6 +18,8 @@ against each other and against
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -416,6 +418,21 @@ def _jacobian_by_dual_passes(outputs: Callable[[Any, Any], torch.Tensor], owners
     return torch.stack(columns, dim=-1), z.detach()
 
 
+def _faster_of(forward: Callable[[], Any], reverse: Callable[[], Any], margin: float) -> bool:
+    """Whether ``forward`` should be kept: False only when ``reverse`` runs ``margin`` times faster (the best of two
+    timed runs of each, after one untimed run of each)."""
+    def best(run: Callable[[], Any]) -> float:
+        run()
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return not margin * best(reverse) < best(forward)
+
+
 class FullJacobian(Engine):
     """The Jacobian of a whole chunk's outputs (no per-sample separability assumed). With ``residual_mode`` the
     outputs of ``output_fn`` are residuals (the targets only feed ``output_fn``)."""
@@ -427,6 +444,13 @@ class FullJacobian(Engine):
     #: and 0.65 ms for jacfwd, whose vmap'd forward mode runs Python fallbacks for the implicit zero tangents of
     #: the inputs and targets.
     SMALL_MAX_PARAMETERS = 8
+    #: Forward mode's cost depends on the model's code: an arithmetic operation with a Python number takes a slow
+    #: path on dual tensors (about 0.1 ms against microseconds), so a model written with many (Chebyshev
+    #: polynomials as 2·y·T − T', Meyer's θ₂/(t + θ₃)) is 2.5-4x faster by reverse mode twice. The first small
+    #: Jacobian times both (the best of two runs each) and keeps reverse mode only when it is this many times
+    #: faster: a wide margin, so that timing noise cannot flip the choice on models like the exponential above
+    #: (forward mode 2x faster) and change the last bits of their steps from run to run.
+    FORWARD_MODE_MARGIN = 2.0
 
     def __init__(self, output_fn: OutputFn, layout: ParameterLayout, residual_mode: bool = False,
                  module_outputs: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
@@ -440,6 +464,7 @@ class FullJacobian(Engine):
         self.module_outputs = module_outputs
         self._owners = parameter_owners(model, layout.params) if model is not None else None
         self.forward_mode_failed = False  # set when an operation of the model has no forward-mode derivative
+        self.forward_mode_pays: bool | None = None  # timed at the first small Jacobian (see FORWARD_MODE_MARGIN)
 
     def rows(self, x: torch.Tensor, y: Any, curvature: Curvature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         J, z = self.output_jacobian(x, y)
@@ -513,11 +538,24 @@ class FullJacobian(Engine):
     def _small_jacobian(self, outputs: Callable[[torch.Tensor, Any], torch.Tensor], x: torch.Tensor,
                         y: Any) -> tuple[torch.Tensor, torch.Tensor]:
         params = list(self.layout.params)
-        if not self.forward_mode_failed:
-            assert self._owners is not None  # (module_outputs come with the model whose parameters they swap)
-            try:
-                return _jacobian_by_dual_passes(outputs, self._owners, params, x, y)
-            except (RuntimeError, NotImplementedError):  # e.g. an operation without a forward-mode formula
-                self.forward_mode_failed = True
-        with torch.enable_grad():
-            return _jacobian_by_double_vjp(lambda: outputs(x, y), params)
+
+        def by_reverse_mode() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.enable_grad():
+                return _jacobian_by_double_vjp(lambda: outputs(x, y), params)
+
+        if self.forward_mode_failed:
+            return by_reverse_mode()
+        assert self._owners is not None  # (module_outputs come with the model whose parameters they swap)
+        owners = self._owners
+
+        def by_forward_mode() -> tuple[torch.Tensor, torch.Tensor]:
+            return _jacobian_by_dual_passes(outputs, owners, params, x, y)
+
+        try:
+            if self.forward_mode_pays is None:
+                self.forward_mode_pays = _faster_of(by_forward_mode, by_reverse_mode, self.FORWARD_MODE_MARGIN)
+            if self.forward_mode_pays:
+                return by_forward_mode()
+        except (RuntimeError, NotImplementedError):  # e.g. an operation without a forward-mode formula
+            self.forward_mode_failed = True
+        return by_reverse_mode()
