@@ -19,7 +19,6 @@ against each other and against
 from __future__ import annotations
 
 import time
-
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
