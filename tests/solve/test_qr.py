@@ -124,6 +124,9 @@ def test_auto_keeps_rows_for_small_problems_only():
         return SolverChooser(SolverSettings(solver=solver, memory_budget=2**30), layout).plan(problem).candidate.system
 
     assert planned("auto", QR_MAX_PARAMETERS) is GuardedPrimalSystem
+    many_rows = Problem(parameters=5, rows=10**8, samples=10**8, outputs_per_sample=1, dtype=torch.float64,
+                        device=CPU)  # (the rows would need GBs: the plain primal form, not block-diagonal)
+    assert SolverChooser(SolverSettings(memory_budget=2**29), layout).plan(many_rows).candidate.system is PrimalSystem
     assert planned("auto", QR_MAX_PARAMETERS + 1) is PrimalSystem
     assert planned("auto", 5, distributed=True) is PrimalSystem
     assert planned("primal", 5) is PrimalSystem

@@ -107,7 +107,9 @@ class SolverChooser:
     def primal(self, problem: Problem, precision: Precision) -> Candidate:
         system: type[System] = KroneckerPrimalSystem if self._kronecker_primal(problem) else PrimalSystem
         if system is PrimalSystem and self._guarded(problem):
-            system = GuardedPrimalSystem
+            guarded = GuardedPrimalSystem.footprint(problem, precision)
+            if guarded.system_bytes <= self.settings.memory_budget:  # (else the plain form: the rows do not fit)
+                return Candidate(GuardedPrimalSystem, guarded, dtype_size=problem.parameters)
         return Candidate(system, system.footprint(problem, precision), dtype_size=problem.parameters)
 
     def dual(self, problem: Problem, precision: Precision) -> Candidate:
