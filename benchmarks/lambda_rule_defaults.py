@@ -24,8 +24,6 @@ within 3x of the best setting's; on MNIST its test accuracy is within 0.5 points
 
 from __future__ import annotations
 
-import argparse
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import marquardt  # noqa: E402
 from benchmarks.mgh_minpack import PROBLEMS  # noqa: E402
-from benchmarks.momentum_rule import PINNS, mnist, pinn, sine  # noqa: E402
+from benchmarks.momentum_rule import PINNS, mnist, pinn, settings_comparison, sine  # noqa: E402
 
 SETTINGS = {
     "delayed": {"lambda_rule": "delayed"},
@@ -66,14 +64,7 @@ def mgh(options: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--no-mnist", action="store_true")
-    p.add_argument("--mnist-dir", default=None, help="MNIST IDX directory (default ../shared/data/mnist)")
-    p.add_argument("--check", action="store_true")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    print(f"host: {platform.processor() or platform.machine()}, torch {torch.__version__}, one thread")
+    args = settings_comparison(__doc__, argv)
     header = " ".join(f"{f'PINN w{w} {m + 2} rows':>16}" for w, m in PINNS)
     print(f"{'setting':<20} {'MGH x0':>7} {'med it':>6} {'CPU s':>6} | {'sine med it':>11} | {header}")
     rows = {}

@@ -126,8 +126,10 @@ def mnist(options: dict, directory: str | None, iterations: int = 30) -> dict:
     return {"losses": losses, "accuracy": accuracy, "seconds": clock}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def settings_comparison(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments of a side-by-side settings benchmark (--seeds, --no-mnist, --mnist-dir, --check), on one
+    thread, with the host printed."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--no-mnist", action="store_true")
     p.add_argument("--mnist-dir", default=None, help="MNIST IDX directory (default ../shared/data/mnist)")
@@ -135,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(f"host: {platform.processor() or platform.machine()}, torch {torch.__version__}, one thread")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = settings_comparison(__doc__, argv)
     rows, failures = {}, []
     classic = mgh({"momentum": None}, residual_callable=True)
     print(f"MGH through a residual callable, classic LM (momentum=None, the default for residual callables "

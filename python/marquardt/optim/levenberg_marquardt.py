@@ -195,8 +195,7 @@ class LevenbergMarquardt(Checkpointing, torch.optim.Optimizer):
         d_new = self.damping.update(state["d"].clone(), system)  # the state's d is replaced only at the end
         d = self.box.damping(d_new.to(system.dtype))
         system.set_damping(d)
-        result.model_reduction_bound, result.step_bound = system.model_reduction_bound(d), system.step_bound()
-        result.gradient_cosine = system.gradient_cosine(c0)
+        result.model_reduction_bound, result.step_bound, result.gradient_cosine = system.convergence_measures(d, c0)
         bounds, lam = LambdaBounds.for_step(self.config.lam, state["lam"], self._minibatch)
         accepted_step, lam, nu = self._attempts(system, d, batch, theta0, noise, c0, result, lam, bounds)
         result.cg_iterations = system.statistics().get("cg_iterations")

@@ -216,16 +216,18 @@ class GuardedPrimalSystem(PrimalSystem):
         estimate = float(torch.linalg.matrix_norm(U) * torch.linalg.matrix_norm(inverse)) ** 2
         return math.isfinite(estimate) and estimate <= self.CONDITION_LIMIT
 
-    def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
+    def _solves_by_qr(self, lam: float) -> bool:
+        """Whether this λ's solves go through the QR form (once it does, for the rest of the step)."""
         if self.form == "primal" and not self._cholesky_holds(lam):
             self.form = "qr"
-        if self.form == "qr":
+        return self.form == "qr"
+
+    def lm_step(self, lam: float, keep_factor: bool = False) -> tuple[torch.Tensor, bool]:
+        if self._solves_by_qr(lam):
             return self._qr.lm_step(lam, keep_factor)
         return super().lm_step(lam, keep_factor=True)
 
     def solve(self, lam: float, rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        if self.form == "primal" and not self._cholesky_holds(lam):
-            self.form = "qr"
-        if self.form == "qr":
+        if self._solves_by_qr(lam):
             return self._qr.solve(lam, rhs)
         return super().solve(lam, rhs)

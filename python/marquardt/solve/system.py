@@ -138,30 +138,28 @@ class System(ABC):
         s = step.to(self.g.dtype)
         return float(-(self.g @ s) - 0.5 * self.quadratic(s))
 
+    def convergence_measures(self, d: torch.Tensor, loss: float) -> tuple[float, float, float]:
+        """What fit's tests need besides the step, from diag A and g read once, in one device sync:
+        (:meth:`model_reduction_bound`, :meth:`step_bound`, :meth:`gradient_cosine`)."""
+        a, g = self.diagonal().double(), self.g.double()
+        measures = torch.stack([_model_reduction_bound(a, g, d), _step_bound(a, g), _gradient_cosine(a, g, loss)])
+        return tuple(value if math.isfinite(value) else math.inf for value in measures.tolist())  # type: ignore[return-value]
+
     def model_reduction_bound(self, d: torch.Tensor) -> float:
         """A lower bound on the Gauss-Newton model's largest decrease ½gᵀA⁻¹g: ‖D⁻¹g‖²/(2λ_max(D⁻¹AD⁻¹)), with the
         largest eigenvalue at most the trace Σⱼ Aⱼⱼ/dⱼ (D² = d > 0). fit's ftol test needs it small."""
-        d64 = d.double().clamp_min(torch.finfo(torch.float64).tiny)
-        trace = (self.diagonal().double() / d64).sum()
-        bound = float((self.g.double() ** 2 / d64).sum() / (2.0 * trace))  # (one device sync)
-        return bound if math.isfinite(bound) else math.inf
+        return self.convergence_measures(d, 0.0)[0]
 
     def step_bound(self) -> float:
         """A lower bound on the Gauss-Newton step's length ‖A⁻¹g‖: ‖g‖/λ_max(A) ≥ ‖g‖/Σⱼ Aⱼⱼ. fit's xtol test needs
         it small."""
-        bound = float(torch.linalg.vector_norm(self.g, dtype=torch.float64) / self.diagonal().double().sum())
-        return bound if math.isfinite(bound) else math.inf
+        return self.convergence_measures(torch.ones_like(self.g), 0.0)[1]
 
     def gradient_cosine(self, loss: float) -> float:
         """MINPACK's scaled gradient (lmder's gnorm): maxⱼ |gⱼ| / √(2·loss·Aⱼⱼ). For least squares (loss = α½‖r‖²,
         A = αJᵀJ, g = αJᵀr) it is the largest cosine between r and a column of J, whatever the scale of either;
         0 at zero loss, and columns with Aⱼⱼ = 0 do not count. fit's gtol test compares it with gtol."""
-        if not loss > 0:
-            return 0.0
-        a = self.diagonal().double()
-        cosines = self.g.double().abs() / (2.0 * loss * a).clamp_min(torch.finfo(torch.float64).tiny).sqrt()
-        value = float(torch.where(a > 0, cosines, torch.zeros_like(cosines)).max())
-        return value if math.isfinite(value) else math.inf
+        return self.convergence_measures(torch.ones_like(self.g), loss)[2]
 
     def statistics(self) -> dict[str, Any]:
         """Counters of the step's solves for the StepResult (e.g. CG iterations)."""
@@ -171,3 +169,23 @@ class System(ABC):
     @abstractmethod
     def footprint(cls, problem: Problem, precision: Precision) -> Footprint:
         """Bytes this form needs for ``problem`` (see :class:`Footprint`)."""
+
+
+def _model_reduction_bound(a: torch.Tensor, g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """‖D⁻¹g‖²/(2 Σⱼ Aⱼⱼ/dⱼ) from diag A, g and d (see System.model_reduction_bound)."""
+    d64 = d.double().clamp_min(torch.finfo(torch.float64).tiny)
+    return (g**2 / d64).sum() / (2.0 * (a / d64).sum())
+
+
+def _step_bound(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """‖g‖/Σⱼ Aⱼⱼ (see System.step_bound)."""
+    return torch.linalg.vector_norm(g) / a.sum()
+
+
+def _gradient_cosine(a: torch.Tensor, g: torch.Tensor, loss: float) -> torch.Tensor:
+    """maxⱼ |gⱼ|/√(2·loss·Aⱼⱼ) over the columns with Aⱼⱼ > 0; 0 at zero loss (see System.gradient_cosine)."""
+    if not loss > 0:
+        return g.new_zeros(())
+    cosines = g.abs() / (2.0 * loss * a).clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+    return torch.where(a > 0, cosines, torch.zeros_like(cosines)).max()
+
