@@ -15,7 +15,7 @@ LAYERS = {
     "_loader": 1, "_meta": 1,  # loads _C; the ops' fake kernels
     "ops": 2, "parallel": 2,  # typed wrappers of the native ops; torch.distributed sums
     "types": 3,
-    "solve": 4,
+    "solve": 4, "pde": 4,  # the linear solvers; differential operators on MLPs (Taylor mode)
     "policy": 5, "curvature": 5,
     "optim": 6, "baselines": 6,
     "__init__": 7,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import ops
+from . import ops, pde
 from ._loader import BUILT_WITH_TORCH, WITH_CUDA
 from .optim.fit import FitResult, fit
 from .optim.levenberg_marquardt import LevenbergMarquardt, StepResult
@@ -18,6 +18,7 @@ __all__ = [
     "Covariance",
     "CovarianceWarning",
     "ops",
+    "pde",
     "WITH_CUDA",
     "BUILT_WITH_TORCH",
     "__version__",

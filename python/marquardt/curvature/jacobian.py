@@ -558,3 +558,32 @@ class FullJacobian(Engine):
         except (RuntimeError, NotImplementedError):  # e.g. an operation without a forward-mode formula
             self.forward_mode_failed = True
         return by_reverse_mode()
+
+
+class GivenJacobian(FullJacobian):
+    """The Jacobian that a residual function computes itself: ``jacobian(batch)`` returns (r [M], J [M, n]) in
+    the layout's order, or None when it cannot for this model (physics-informed residuals on an MLP, by Taylor
+    mode: ``marquardt.pde``); the whole-batch engine otherwise."""
+
+    name = "given"
+
+    def __init__(self, jacobian: Callable[[Any], tuple[torch.Tensor, torch.Tensor] | None], output_fn: OutputFn,
+                 layout: ParameterLayout, **kwargs: Any) -> None:
+        super().__init__(output_fn, layout, residual_mode=True, **kwargs)
+        self.jacobian = jacobian
+
+    def output_jacobian(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        given = self.jacobian(x)
+        if given is None:
+            return super().output_jacobian(x, y)
+        r, J = given
+        return J.reshape(r.numel(), 1, self.layout.numel), r.reshape(-1, 1)
+
+    def row_blocks(self, x: Any, block: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        given = self.jacobian(x)
+        if given is None:
+            yield from super().row_blocks(x, block)
+            return
+        r, J = given  # (the whole J at once: it costs one pass, and its rows are what the blocks hold anyway)
+        for start in range(0, r.numel(), block):
+            yield start, J[start : start + block], r[start : start + block]

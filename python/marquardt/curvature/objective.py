@@ -27,6 +27,7 @@ from .jacobian import (
     FastPathJacobian,
     FullJacobian,
     FunctorchJacobian,
+    GivenJacobian,
     NotApplicable,
     _rows_from_output_jacobian,
 )
@@ -127,6 +128,13 @@ class Objective:
     def _make_engine(self, kind: str) -> Engine:
         if self.residual_mode or kind == "full":
             rows = (lambda x: self._batch_rows) if self.residual_function is not None else None
+            function = self.residual_function
+            given = getattr(function.fn, "jacobian", None) if function is not None else None
+            if function is not None and given is not None and kind == "auto":  # (it knows its Jacobian)
+                model = function.model
+                return GivenJacobian(lambda batch: given(model, self.layout.params, *batch),
+                                     self._functional_outputs, self.layout, module_outputs=self.outputs,
+                                     model=self.model, rows_of=rows)
             return FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_mode,
                                 module_outputs=self.outputs, model=self.model, rows_of=rows)
         if kind in ("auto", "fast"):

@@ -1,0 +1,349 @@
+"""The physics-informed benchmarks of Dangel, Müller & Zeinhofer (NeurIPS 2024) on this machine: marquardt
+against L-BFGS, Adam and an ENGD baseline, on the same points and initial weights, error against CPU time.
+
+    python benchmarks/pinn/run.py                          # the two D = 257 problems, 3 seeds, 120 CPU-s each
+    python benchmarks/pinn/run.py --problems poisson5d poisson2d_deep --seeds 1
+    python benchmarks/pinn/run.py --quick                  # a few seconds per run (the test suite's variant)
+    python benchmarks/pinn/run.py --update-results         # also rewrite RESULTS.md's PINN section
+
+Problems (benchmarks/pinn/problems.py): 2-D Poisson and 1+1-D heat with a 257-parameter tanh MLP and 900 + 120
+points, 5-D Poisson with 449 parameters and 3000 + 500 points drawn anew every step, and 2-D Poisson with a
+9,873-parameter MLP. Seeds are their model seed (1 is theirs); the points follow the weights on the same stream.
+
+Optimizers, every one on the residuals of ``marquardt.pde.PDEResiduals`` (Taylor-mode values, so the baselines'
+loss evaluations are as cheap as ours):
+
+* **marquardt**: ``LevenbergMarquardt(model, residuals=...)`` at its defaults, and ``marquardt (delayed)``, the
+  delayed λ rule without momentum, chosen on the training loss of poisson2d's seed 1 (BENCHMARKS.md);
+* **L-BFGS**: ``torch.optim.LBFGS`` with the strong Wolfe line search, their best learning rate and history size
+  (max_iter 20);
+* **Adam**: their best learning rate;
+* **ENGD**: Gauss-Newton on the same Jacobian (Taylor mode): the Gramian JᵀJ as an exponential moving average,
+  plus their damping, solved by ``torch.linalg.lstsq`` (gelsd), then their grid line search over 2⁻³⁰ … 2⁰
+  (31 step sizes, the lowest loss wins), with their best settings per problem.
+
+The clock is ``time.process_time`` (CPU seconds of this process, all its threads) and stops while the error is
+measured. The error is theirs, the root mean square of u_θ − u* over 10·N_Ω evaluation points, and the relative
+error divides it by the root mean square of u*. Logged at growing intervals; the figures and the summary are
+medians over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import marquardt  # noqa: E402
+from benchmarks.pinn import problems as P  # noqa: E402
+from benchmarks.timing import git_revision, machine_description  # noqa: E402
+from marquardt import pde  # noqa: E402
+
+#: their best runs' settings (the sweeps' best_runs metadata): L-BFGS (lr, history), Adam lr,
+#: ENGD (damping, EMA factor, Gramian initialised to the identity)
+THEIR_BEST = {
+    "poisson2d": {"lbfgs": (0.5, 150), "adam": 1.6923389183852923e-3, "engd": (1e-10, 0.3, True)},
+    "heat1d": {"lbfgs": (0.1, 125), "adam": 8.629006288964788e-4, "engd": (1e-12, 0.9, False)},
+    "poisson5d": {"lbfgs": (0.05, 125), "adam": 1.5271013750735704e-3, "engd": (1e-11, 0.6, True)},
+    "poisson2d_deep": {"lbfgs": (0.1, 200), "adam": 2.052447910724848e-4, "engd": (1e-10, 0.6, False)},
+}
+GRID = [2.0**k for k in range(-30, 1)]  # their grid line search's step sizes
+TARGET = 1e-7  # the issue's relative-error target
+
+
+def residuals_for(problem: P.Problem) -> pde.PDEResiduals:
+    """Poisson −Δu = f and u = g; heat ∂ₜu − ¼Δₓu = 0 and u = g on the boundary and at t = 0."""
+    if problem.equation == "poisson":
+        interior = -pde.laplacian(problem.dim_omega)
+    else:
+        interior = pde.derivative(0) - 0.25 * pde.laplacian(range(1, problem.in_dim))
+    return pde.PDEResiduals(interior, pde.value())
+
+
+class Optimizer:
+    """One training method on a run: ``step()`` takes one step on the run's next batch and returns its loss."""
+
+    def __init__(self, run: P.Run) -> None:
+        self.run = run
+        self.residuals = residuals_for(run.problem)
+
+    def loss(self, batch: tuple) -> torch.Tensor:
+        return 0.5 * sum(r.square().sum() for r in self.residuals(self.run.model, *batch))
+
+    def step(self) -> float:
+        raise NotImplementedError
+
+
+class Marquardt(Optimizer):
+    def __init__(self, run: P.Run, **options) -> None:
+        super().__init__(run)
+        self.opt = marquardt.LevenbergMarquardt(run.model, residuals=self.residuals, loss_scale="sum", **options)
+
+    def step(self) -> float:
+        return self.opt.step(*self.run.next_batch()).loss_after
+
+
+class LBFGS(Optimizer):
+    def __init__(self, run: P.Run) -> None:
+        super().__init__(run)
+        lr, history = THEIR_BEST[run.problem.name]["lbfgs"]
+        self.opt = torch.optim.LBFGS(run.model.parameters(), lr=lr, max_iter=20, history_size=history,
+                                     line_search_fn="strong_wolfe")
+
+    def step(self) -> float:
+        batch = self.run.next_batch()
+
+        def closure() -> torch.Tensor:
+            self.opt.zero_grad()
+            loss = self.loss(batch)
+            loss.backward()
+            return loss
+
+        return float(self.opt.step(closure))
+
+
+class Adam(Optimizer):
+    def __init__(self, run: P.Run) -> None:
+        super().__init__(run)
+        self.opt = torch.optim.Adam(run.model.parameters(), lr=THEIR_BEST[run.problem.name]["adam"])
+
+    def step(self) -> float:
+        self.opt.zero_grad()
+        loss = self.loss(self.run.next_batch())
+        loss.backward()
+        self.opt.step()
+        return float(loss)
+
+
+class ENGD(Optimizer):
+    """Energy natural gradient descent as their code runs it (optim/engd.py, approximation 'full'), on our
+    Jacobian: G ← βG + (1 − β)JᵀJ, δ = −lstsq(G + μI, Jᵀr) by gelsd, then the grid line search."""
+
+    def __init__(self, run: P.Run) -> None:
+        super().__init__(run)
+        self.damping, self.ema, identity = THEIR_BEST[run.problem.name]["engd"]
+        self.params = list(run.model.parameters())
+        n = sum(p.numel() for p in self.params)
+        self.gramian = torch.eye(n, dtype=torch.float64) if identity else torch.zeros(n, n, dtype=torch.float64)
+
+    @torch.no_grad()
+    def step(self) -> float:
+        batch = self.run.next_batch()
+        got = self.residuals.jacobian(self.run.model, self.params, *batch)
+        assert got is not None
+        r, J = got
+        self.gramian.mul_(self.ema).add_(J.T @ J, alpha=1 - self.ema)
+        damped = self.gramian + self.damping * torch.eye(len(self.gramian), dtype=self.gramian.dtype)
+        direction = -torch.linalg.lstsq(damped, (J.T @ r).unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        theta = torch.nn.utils.parameters_to_vector(self.params)
+        losses = []
+        for alpha in GRID:
+            torch.nn.utils.vector_to_parameters(theta + alpha * direction, self.params)
+            losses.append(float(self.loss(batch)))
+        best = min(range(len(GRID)), key=lambda k: losses[k])
+        loss0 = 0.5 * float(r.square().sum())
+        step = GRID[best] if losses[best] <= loss0 else 0.0  # (no decrease on the grid: stay)
+        torch.nn.utils.vector_to_parameters(theta + step * direction, self.params)
+        return min(losses[best], loss0)
+
+
+OPTIMIZERS: dict[str, Callable[[P.Run], Optimizer]] = {
+    "marquardt": Marquardt,
+    "marquardt (delayed)": lambda run: Marquardt(run, lambda_rule="delayed", momentum=None),
+    "ENGD": ENGD,
+    "L-BFGS": LBFGS,
+    "Adam": Adam,
+}
+
+
+def train(problem: P.Problem, name: str, seed: int, budget_s: float, growth: float = 1.15) -> list[dict]:
+    """The log of one run: (CPU s, wall s, steps, loss, error, relative error) at 0 and at growing CPU times
+    until the budget is spent; the clocks stop while the error is measured."""
+    run = P.make_run(problem, seed)
+    method = OPTIMIZERS[name](run)
+    rms, rel = P.errors(problem, run.model, run.x_eval)
+    log = [{"cpu_s": 0.0, "wall_s": 0.0, "steps": 0, "loss": math.nan, "error": rms, "relative_error": rel}]
+    cpu = wall = 0.0
+    steps, next_log = 0, 0.05
+    while cpu < budget_s:
+        c0, w0 = time.process_time(), time.perf_counter()
+        loss = method.step()
+        cpu += time.process_time() - c0
+        wall += time.perf_counter() - w0
+        steps += 1
+        if cpu >= next_log or cpu >= budget_s or not math.isfinite(loss):
+            rms, rel = P.errors(problem, run.model, run.x_eval)
+            log.append({"cpu_s": cpu, "wall_s": wall, "steps": steps, "loss": loss, "error": rms,
+                        "relative_error": rel})
+            next_log = max(next_log * growth, cpu)
+            if not math.isfinite(loss):
+                break
+    return log
+
+
+def error_at(log: list[dict], t: float, key: str = "relative_error") -> float:
+    """The error of the last log entry at or before CPU time t."""
+    return [e[key] for e in log if e["cpu_s"] <= t][-1]
+
+
+def time_to(log: list[dict], error: float, key: str = "relative_error") -> float | None:
+    """The CPU time of the first log entry at or below ``error`` (None if never)."""
+    return next((e["cpu_s"] for e in log if e[key] <= error), None)
+
+
+def summarise(logs: dict[str, dict[int, list[dict]]]) -> dict[str, dict]:
+    """Per optimizer, medians over the seeds: the final and best errors (theirs and relative), the CPU time to
+    the 1e-7 target, and against L-BFGS in the same run: the time to L-BFGS's best error, and L-BFGS's."""
+    out: dict[str, dict] = {}
+    lbfgs = logs.get("L-BFGS", {})
+    for name, by_seed in logs.items():
+        final = [log[-1]["relative_error"] for log in by_seed.values()]
+        best = [min(e["relative_error"] for e in log) for log in by_seed.values()]
+        best_abs = [min(e["error"] for e in log) for log in by_seed.values()]
+        reach = [time_to(log, TARGET) for log in by_seed.values()]
+        entry = {"final_relative_error": statistics.median(final), "best_relative_error": statistics.median(best),
+                 "best_error": statistics.median(best_abs), "steps": statistics.median(
+                     log[-1]["steps"] for log in by_seed.values()),
+                 "seconds_to_target": statistics.median(r for r in reach) if all(r is not None for r in reach)
+                 else None, "seeds_reaching_target": sum(r is not None for r in reach)}
+        if lbfgs:
+            ratios = []
+            for seed, log in by_seed.items():
+                if seed not in lbfgs:
+                    continue
+                target = min(e["relative_error"] for e in lbfgs[seed])
+                ours, theirs = time_to(log, target), time_to(lbfgs[seed], target)
+                if ours is not None and theirs:
+                    ratios.append(theirs / max(ours, 1e-9))
+            entry["speedup_to_lbfgs_best"] = statistics.median(ratios) if len(ratios) == len(by_seed) else None
+        out[name] = entry
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    """One panel per problem: the median relative error over the seeds against CPU seconds, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["problems"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, problem in zip(axes[0], names):
+        for name, by_seed in results["problems"][problem]["logs"].items():
+            times = sorted({e["cpu_s"] for log in by_seed.values() for e in log if e["cpu_s"] > 0})
+            median = [statistics.median(error_at(log, t) for log in by_seed.values()) for t in times]
+            ax.loglog(times, median, label=name)
+        ax.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{problem} (D = {results['problems'][problem]['parameters']})")
+        ax.set_xlabel("CPU seconds")
+        ax.set_ylabel("relative L2 error of u")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def results_section(results: dict) -> str:
+    """The RESULTS.md section: the published table beside this machine's medians."""
+    lines = [
+        "## Physics-informed networks against the published optimizers (Dangel, Müller & Zeinhofer, 2024)",
+        "",
+        f"Command: `{results['command']}` (commit {results['commit']}, {results['host']};",
+        f"{len(results['seeds'])} seed(s): {results['seeds']}; {results['date']}). Problems, optimizers and clocks:",
+        "the docstring of `benchmarks/pinn/run.py`. *Their error* is the published metric, the root mean square of",
+        "u_θ − u* over the evaluation points; the targets are on the relative error (÷ the RMS of u*). Published: one",
+        "RTX 6000, their budget; here: this CPU, CPU seconds. Figure: `benchmarks/pinn/pinn.png`.",
+        "",
+    ]
+    for problem, data in results["problems"].items():
+        spec = P.PROBLEMS[problem]
+        lines += [f"**{problem}** (D = {data['parameters']}; published budget {spec.published_budget_s:.0f} GPU-s, "
+                  f"here {data['budget_s']:.0f} CPU-s; target ≤ {TARGET:g} relative within {spec.target_s:.0f} s)", "",
+                  "| optimizer | published error | their error here (best) | relative error (final) | "
+                  "CPU s to 1e-7 relative | steps | × sooner to L-BFGS's best |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        published = {"marquardt": None, "ENGD": spec.published.get("ENGD (full)"), "L-BFGS": spec.published.get(
+            "L-BFGS"), "Adam": spec.published.get("Adam")}
+        for name, s in data["summary"].items():
+            pub = published.get(name)
+            reach = f"{s['seconds_to_target']:.1f}" if s["seconds_to_target"] is not None else \
+                f"not reached ({s['seeds_reaching_target']}/{len(results['seeds'])} seeds)"
+            speed = s.get("speedup_to_lbfgs_best")
+            lines.append(f"| {name} | {f'{pub.error:.1e}' if pub else '-'} | {s['best_error']:.2e} | "
+                         f"{s['final_relative_error']:.2e} | {reach} | {s['steps']:.0f} | "
+                         f"{f'{speed:.0f}×' if speed else '-'} |")
+        others = ", ".join(f"{k} {v.error:.1e}" for k, v in spec.published.items() if k in ("KFAC", "Hessian-free"))
+        lines += ["", f"Published, not run here: {others}.", ""]
+    return "\n".join(lines)
+
+
+def update_results_md(section: str, path: Path = ROOT / "RESULTS.md") -> None:
+    start, end = "<!-- pinn-benchmarks:start -->", "<!-- pinn-benchmarks:end -->"
+    text = path.read_text()
+    block = f"{start}\n{section}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--problems", nargs="+", choices=sorted(P.PROBLEMS), default=["poisson2d", "heat1d"])
+    p.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--budget", type=float, help="CPU seconds per run (default: the problem's target time)")
+    p.add_argument("--quick", action="store_true", help="2 CPU-s per run, seed 1 (a smoke test)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "pinn")
+    p.add_argument("--update-results", action="store_true", help="rewrite RESULTS.md's PINN section")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU seconds are one core's)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.seeds, args.budget = args.seeds[:1], args.budget or 2.0
+    results: dict = {"command": "python benchmarks/pinn/run.py " + " ".join(argv if argv is not None else
+                                                                              sys.argv[1:]),
+                     "commit": git_revision(), "host": machine_description("cpu"),
+                     "threads": torch.get_num_threads(), "torch": torch.__version__, "seeds": args.seeds,
+                     "date": time.strftime("%Y-%m-%d"), "problems": {}}
+    for problem_name in args.problems:
+        problem = P.PROBLEMS[problem_name]
+        budget = args.budget or problem.target_s
+        logs: dict[str, dict[int, list[dict]]] = {}
+        for name in args.optimizers:
+            logs[name] = {}
+            for seed in args.seeds:
+                logs[name][seed] = train(problem, name, seed, budget)
+                last = logs[name][seed][-1]
+                print(f"{problem_name:15s} {name:20s} seed {seed}: {last['steps']:6d} steps, loss {last['loss']:.2e}, "
+                      f"relative error {last['relative_error']:.2e} (best "
+                      f"{min(e['relative_error'] for e in logs[name][seed]):.2e}) in {last['cpu_s']:.1f} CPU-s",
+                      flush=True)
+        results["problems"][problem_name] = {"parameters": problem.parameters, "budget_s": budget, "logs": logs,
+                                             "summary": summarise(logs)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "_quick" if args.quick else ""
+    (args.out / f"pinn{tag}.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.out / f"pinn{tag}.png")
+    section = results_section(results)
+    (args.out / f"pinn{tag}.md").write_text(section + "\n")
+    print(section)
+    if args.update_results:
+        update_results_md(section)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""benchmarks/pinn: the problems are the PDEs they claim (the exact solutions have zero residual), their points lie
+where they should, a seed gives the same run twice, and the harness's quick variant writes its outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks.pinn import problems as P
+from benchmarks.pinn import run as R
+
+
+@pytest.mark.parametrize("name", sorted(P.PROBLEMS))
+def test_the_exact_solution_has_zero_residual(name):
+    """u* through the benchmark's residual function (autograd derivatives, not Taylor mode) gives ~0 inside."""
+    problem = P.PROBLEMS[name]
+
+    class Exact(torch.nn.Module):
+        def forward(self, x):
+            return problem.solution(x)
+
+    torch.manual_seed(0)
+    x, y = problem.interior(50)
+    xb, yb = problem.condition(40)
+    interior, boundary = P.residual_function(problem)(Exact(), x, y, xb, yb)
+    # (targets are float32 values cast to float64, as theirs: the residual is at float32's rounding)
+    scale = float(y.abs().max()) if problem.source is not None else 1.0
+    assert float(interior.abs().max()) * math.sqrt(50) < 1e-6 * max(scale, 1.0)
+    assert float(boundary.abs().max()) * math.sqrt(40) < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(P.PROBLEMS))
+def test_points_lie_in_the_domain_and_on_its_boundary(name):
+    problem = P.PROBLEMS[name]
+    run = P.make_run(problem, seed=1)
+    x, _, xb, _ = run.batch
+    assert x.shape == (problem.n_interior, problem.in_dim) and xb.shape == (problem.n_boundary, problem.in_dim)
+    assert run.x_eval.shape == (10 * problem.n_interior, problem.in_dim)
+    assert bool(((x >= 0) & (x <= 1)).all())
+    spatial = xb[:, 1:] if problem.equation == "heat" else xb
+    on_edge = ((spatial == 0) | (spatial == 1)).any(dim=1)
+    if problem.equation == "heat":  # half on the spatial boundary, half at t = 0
+        half = problem.n_boundary // 2
+        assert bool(on_edge[:half].all()) and bool((xb[half:, 0] == 0).all())
+    else:
+        assert bool(on_edge.all())
+    assert bool((x.float().double() == x).all())  # drawn in float32 as theirs
+    assert sum(p.numel() for p in run.model.parameters()) == problem.parameters
+
+
+def test_the_parameter_counts_are_the_papers():
+    assert [P.PROBLEMS[n].parameters for n in ("poisson2d", "heat1d", "poisson5d", "poisson2d_deep")] == \
+        [257, 257, 449, 9873]
+
+
+def test_a_seed_gives_the_same_run_and_another_seed_another():
+    a, b, c = (P.make_run(P.PROBLEMS["heat1d"], s) for s in (1, 1, 2))
+    assert all(torch.equal(p, q) for p, q in zip(a.batch, b.batch))
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    assert not torch.equal(a.batch[0], c.batch[0])
+
+
+def test_only_the_resampling_problem_draws_new_points_after_the_first_step():
+    fixed = P.make_run(P.PROBLEMS["poisson2d"], 1)
+    assert fixed.next_batch()[0] is fixed.next_batch()[0]
+    fresh = P.make_run(P.PROBLEMS["poisson5d"], 1)
+    first = fresh.next_batch()[0]
+    assert first is fresh.batch[0] and not torch.equal(first, fresh.next_batch()[0])
+
+
+def test_taylor_mode_residuals_equal_the_autograd_ones_of_the_benchmark():
+    for name in ("poisson2d", "heat1d"):
+        problem = P.PROBLEMS[name]
+        run = P.make_run(problem, 1)
+        theirs = P.residual_function(problem)(run.model, *run.batch)
+        ours = R.residuals_for(problem)(run.model, *run.batch)
+        for a, b in zip(theirs, ours):  # (Poisson's sign differs: −Δu − f against Δu + f)
+            assert torch.allclose(a.reshape(-1).abs(), b.reshape(-1).abs(), rtol=0, atol=1e-12)
+
+
+def test_the_quick_variant_writes_json_png_and_the_results_section(tmp_path):
+    results = R.main(["--quick", "--budget", "0.3", "--problems", "poisson2d", "--optimizers", "marquardt",
+                      "L-BFGS", "ENGD", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "pinn_quick.json").read_text())
+    assert saved["problems"]["poisson2d"]["parameters"] == 257
+    logs = results["problems"]["poisson2d"]["logs"]
+    for name in ("marquardt", "L-BFGS", "ENGD"):
+        log = logs[name][1]
+        assert log[0]["cpu_s"] == 0.0 and log[-1]["cpu_s"] >= 0.3 and log[-1]["steps"] >= 1
+    # marquardt lowers the error from the initial network's within the budget
+    assert logs["marquardt"][1][-1]["relative_error"] < logs["marquardt"][1][0]["relative_error"]
+    assert (tmp_path / "pinn_quick.png").stat().st_size > 0
+    section = (tmp_path / "pinn_quick.md").read_text()
+    assert "| marquardt |" in section and "6.2e-08" in section
+
+
+def test_the_results_section_replaces_its_own_block_only(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Results\n\nkept\n")
+    R.update_results_md("first", path)
+    R.update_results_md("second", path)
+    text = path.read_text()
+    assert "kept" in text and "second" in text and "first" not in text and text.count("pinn-benchmarks:start") == 1
