@@ -1,10 +1,11 @@
-"""The two ways of writing a PINN's residual function, side by side: torch.func (vmap(hessian(u))) against
-torch.autograd.grad(..., create_graph=True), on examples/pinn_poisson.py's 1-D Poisson problem.
+"""The three ways of writing a PINN's residual function, side by side, on examples/pinn_poisson.py's 2-D Poisson
+problem: torch.func (vmap(hessian(u))), torch.autograd.grad(..., create_graph=True), and marquardt.pde's
+PDEResiduals (Taylor mode, whose Jacobian takes one forward and one backward pass).
 
-Both take the same steps (tested in tests/examples and tests/curvature/test_residual_function.py); this
-measures what each costs per LM iteration, alternating the two styles, as the median of repeats.
+All three take the same steps (tested in tests/examples and tests/pde); this measures what each costs per LM
+iteration, alternating the styles, as the median of repeats.
 
-    python benchmarks/pinn_styles.py [--width 20] [--points 50] [--iterations 20] [--repeats 5] [--json out.json]
+    python benchmarks/pinn_styles.py [--width 20] [--points 200] [--iterations 10] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,24 +29,23 @@ import marquardt  # noqa: E402
 def seconds_per_iteration(style: str, width: int, points: int, iterations: int) -> tuple[float, float]:
     """(wall seconds per iteration, final loss) of one fixed-length run."""
     model = pinn_poisson.network(width, seed=0)
-    x = torch.linspace(0.0, 1.0, points + 2, dtype=torch.float64)[1:-1].unsqueeze(1)
-    x_boundary = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
-    opt = marquardt.LevenbergMarquardt(model, residuals=pinn_poisson.STYLES[style])
+    batch = pinn_poisson.points(points, max(4, points // 5), seed=1)
+    opt = marquardt.LevenbergMarquardt(model, residuals=pinn_poisson.STYLES[style], loss_scale="sum")
     start = time.perf_counter()
-    result = marquardt.fit(opt, x, x_boundary, max_iterations=iterations, ftol=0.0, xtol=0.0, gtol=0.0)
+    result = marquardt.fit(opt, *batch, max_iterations=iterations, ftol=0.0, xtol=0.0, gtol=0.0)
     return (time.perf_counter() - start) / result.iterations, result.loss
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=20)
-    parser.add_argument("--points", type=int, default=50)
-    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--points", type=int, default=200)
+    parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    times: dict[str, list[float]] = {"torch_func": [], "autograd": []}
+    times: dict[str, list[float]] = {style: [] for style in pinn_poisson.STYLES}
     losses: dict[str, float] = {}
     seconds_per_iteration("torch_func", args.width, args.points, 2)  # warm-up (torch.func's first compile)
     for _ in range(args.repeats):
@@ -59,12 +59,14 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__, "settings": vars(args) | {"json": None},
         "ms_per_iteration": {s: 1e3 * m for s, m in medians.items()},
         "ratio_torch_func_over_autograd": medians["torch_func"] / medians["autograd"],
+        "ratio_autograd_over_taylor": medians["autograd"] / medians["taylor"],
         "final_loss": losses,
     }
     print(f"{'style':>11} {'ms/iteration (median)':>22} {'final loss':>12}")
     for style, m in medians.items():
         print(f"{style:>11} {1e3 * m:22.2f} {losses[style]:12.4e}")
-    print(f"torch_func / autograd: {report['ratio_torch_func_over_autograd']:.2f}")
+    print(f"torch_func / autograd: {report['ratio_torch_func_over_autograd']:.2f}; autograd / taylor: "
+          f"{report['ratio_autograd_over_taylor']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

@@ -28,7 +28,8 @@ MEANING = {
     "robust": "A robust loss for least squares, scipy's definitions, with the Triggs-corrected curvature.",
     "robust_scale": "The robust loss's scale f (scipy's f_scale): residuals much larger than f count less.",
     "engine": "How the Jacobian rows are formed: 'fast' (from layer inputs and signals, Linear/Conv layers), "
-              "'functorch' (vmap of jacrev), 'full' (the whole batch at once); 'auto' picks and falls back.",
+              "'functorch' (vmap of jacrev), 'full' (the whole batch at once); 'auto' picks and falls back, and "
+              "takes the rows a residual function gives itself (marquardt.pde.PDEResiduals: Taylor mode).",
     "distributed": "Sum the curvature, gradient and losses over torch.distributed ranks ('auto': when a process "
                    "group is initialised).",
     "damping": "The damping vector d: 'max_diagonal' (the running maximum of diag A: no parameter evaporation), "

@@ -2,7 +2,8 @@
 
     python benchmarks/paper/report.py [--mnist results/mnist] [--sine results/sine] [--output RESULTS.md]
 
-Reads what ``mnist.py``, ``sine.py --seeds ...`` and ``sine_minpack.py`` wrote; an experiment that has not been run is left out.
+Reads what ``mnist.py``, ``sine.py --seeds ...``, ``sine_minpack.py`` and ``benchmarks/pinn/run.py`` wrote; an
+experiment that has not been run is left out.
 """
 
 from __future__ import annotations
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mnist", type=Path, default=Path("results/mnist"))
     p.add_argument("--sine", type=Path, default=Path("results/sine"))
+    p.add_argument("--pinn", type=Path, default=Path("results/pinn/pinn.json"))
     p.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     p.add_argument("--check", action="store_true", help="exit 1 if --output is not what this would write (no "
                    "figures are drawn)")
@@ -313,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         sine = sine_section(args.sine, plot=not args.check)
         if sine:
             out += ["## Noisy sine (Figure 1)", ""] + sine
+    if args.pinn.is_file():  # (written by benchmarks/pinn/run.py, which draws its own figure)
+        from benchmarks.pinn.run import results_section
+
+        out += [results_section(json.loads(args.pinn.read_text())), ""]
     notes = args.mnist.parent / "notes.md"  # hand-written reading of the numbers, kept beside the runs
     if notes.is_file():
         out += [notes.read_text().rstrip(), ""]

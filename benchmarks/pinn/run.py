@@ -4,7 +4,10 @@ against L-BFGS, Adam and an ENGD baseline, on the same points and initial weight
     python benchmarks/pinn/run.py                          # the two D = 257 problems, 3 seeds, 120 CPU-s each
     python benchmarks/pinn/run.py --problems poisson5d poisson2d_deep --seeds 1
     python benchmarks/pinn/run.py --quick                  # a few seconds per run (the test suite's variant)
-    python benchmarks/pinn/run.py --update-results         # also rewrite RESULTS.md's PINN section
+    python benchmarks/pinn/run.py --problems heat1d --merge  # add or replace one problem in results/pinn/pinn.json
+
+The run writes results/pinn/pinn.json, pinn.png and pinn.md; ``python benchmarks/paper/report.py`` puts the
+section into RESULTS.md.
 
 Problems (benchmarks/pinn/problems.py): 2-D Poisson and 1+1-D heat with a 257-parameter tanh MLP and 900 + 120
 points, 5-D Poisson with 449 parameters and 3000 + 500 points drawn anew every step, and 2-D Poisson with a
@@ -259,17 +262,18 @@ def results_section(results: dict) -> str:
     lines = [
         "## Physics-informed networks against the published optimizers (Dangel, Müller & Zeinhofer, 2024)",
         "",
-        f"Command: `{results['command']}` (commit {results['commit']}, {results['host']};",
-        f"{len(results['seeds'])} seed(s): {results['seeds']}; {results['date']}). Problems, optimizers and clocks:",
-        "the docstring of `benchmarks/pinn/run.py`. *Their error* is the published metric, the root mean square of",
-        "u_θ − u* over the evaluation points; the targets are on the relative error (÷ the RMS of u*). Published: one",
-        "RTX 6000, their budget; here: this CPU, CPU seconds. Figure: `benchmarks/pinn/pinn.png`.",
+        "Problems, optimizers and clocks: the docstring of `benchmarks/pinn/run.py`. *Their error* is the published",
+        "metric, the root mean square of u_θ − u* over the evaluation points; the targets are on the relative error",
+        "(÷ the RMS of u*). Published: one RTX 6000 and their budget; here: this CPU, CPU seconds of one thread, the",
+        "median over the seeds. Figure: `results/pinn/pinn.png`.",
         "",
     ]
     for problem, data in results["problems"].items():
         spec = P.PROBLEMS[problem]
         lines += [f"**{problem}** (D = {data['parameters']}; published budget {spec.published_budget_s:.0f} GPU-s, "
-                  f"here {data['budget_s']:.0f} CPU-s; target ≤ {TARGET:g} relative within {spec.target_s:.0f} s)", "",
+                  f"here {data['budget_s']:.0f} CPU-s; target ≤ {TARGET:g} relative within {spec.target_s:.0f} s). "
+                  f"Command: `{data['command']}` (commit {data['commit']}, {data['host']}, seeds {data['seeds']}, "
+                  f"{data['date']}).", "",
                   "| optimizer | published error | their error here (best) | relative error (final) | "
                   "CPU s to 1e-7 relative | steps | × sooner to L-BFGS's best |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
@@ -278,7 +282,7 @@ def results_section(results: dict) -> str:
         for name, s in data["summary"].items():
             pub = published.get(name)
             reach = f"{s['seconds_to_target']:.1f}" if s["seconds_to_target"] is not None else \
-                f"not reached ({s['seeds_reaching_target']}/{len(results['seeds'])} seeds)"
+                f"not reached ({s['seeds_reaching_target']}/{len(data['seeds'])} seeds)"
             speed = s.get("speedup_to_lbfgs_best")
             lines.append(f"| {name} | {f'{pub.error:.1e}' if pub else '-'} | {s['best_error']:.2e} | "
                          f"{s['final_relative_error']:.2e} | {reach} | {s['steps']:.0f} | "
@@ -288,17 +292,6 @@ def results_section(results: dict) -> str:
     return "\n".join(lines)
 
 
-def update_results_md(section: str, path: Path = ROOT / "RESULTS.md") -> None:
-    start, end = "<!-- pinn-benchmarks:start -->", "<!-- pinn-benchmarks:end -->"
-    text = path.read_text()
-    block = f"{start}\n{section}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--problems", nargs="+", choices=sorted(P.PROBLEMS), default=["poisson2d", "heat1d"])
@@ -306,18 +299,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--budget", type=float, help="CPU seconds per run (default: the problem's target time)")
     p.add_argument("--quick", action="store_true", help="2 CPU-s per run, seed 1 (a smoke test)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "pinn")
-    p.add_argument("--update-results", action="store_true", help="rewrite RESULTS.md's PINN section")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "pinn")
+    p.add_argument("--merge", action="store_true", help="keep the other problems of an existing pinn.json")
+    p.add_argument("--render", action="store_true", help="only redraw pinn.png and pinn.md from pinn.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU seconds are one core's)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.seeds, args.budget = args.seeds[:1], args.budget or 2.0
-    results: dict = {"command": "python benchmarks/pinn/run.py " + " ".join(argv if argv is not None else
-                                                                              sys.argv[1:]),
-                     "commit": git_revision(), "host": machine_description("cpu"),
-                     "threads": torch.get_num_threads(), "torch": torch.__version__, "seeds": args.seeds,
-                     "date": time.strftime("%Y-%m-%d"), "problems": {}}
+    tag = "_quick" if args.quick else ""
+    path = args.out / f"pinn{tag}.json"
+    results: dict = {"problems": {}}
+    if args.render:
+        results = json.loads(path.read_text())
+        args.problems = []
+    elif args.merge and path.is_file():
+        results = json.loads(path.read_text())
+        results["problems"] = {k: v for k, v in results["problems"].items() if k not in args.problems}
+    provenance = {"command": "python benchmarks/pinn/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "commit": git_revision(), "host": machine_description("cpu"), "seeds": args.seeds,
+                  "date": time.strftime("%Y-%m-%d")}
     for problem_name in args.problems:
         problem = P.PROBLEMS[problem_name]
         budget = args.budget or problem.target_s
@@ -332,16 +333,14 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{min(e['relative_error'] for e in logs[name][seed]):.2e}) in {last['cpu_s']:.1f} CPU-s",
                       flush=True)
         results["problems"][problem_name] = {"parameters": problem.parameters, "budget_s": budget, "logs": logs,
-                                             "summary": summarise(logs)}
+                                             "summary": summarise(logs), **provenance}
+    results["problems"] = {k: results["problems"][k] for k in P.PROBLEMS if k in results["problems"]}
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "_quick" if args.quick else ""
-    (args.out / f"pinn{tag}.json").write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps(results, indent=1))
     plot(results, args.out / f"pinn{tag}.png")
     section = results_section(results)
     (args.out / f"pinn{tag}.md").write_text(section + "\n")
     print(section)
-    if args.update_results:
-        update_results_md(section)
     return results
 
 

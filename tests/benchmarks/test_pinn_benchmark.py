@@ -97,10 +97,9 @@ def test_the_quick_variant_writes_json_png_and_the_results_section(tmp_path):
     assert "| marquardt |" in section and "6.2e-08" in section
 
 
-def test_the_results_section_replaces_its_own_block_only(tmp_path):
-    path = tmp_path / "RESULTS.md"
-    path.write_text("# Results\n\nkept\n")
-    R.update_results_md("first", path)
-    R.update_results_md("second", path)
-    text = path.read_text()
-    assert "kept" in text and "second" in text and "first" not in text and text.count("pinn-benchmarks:start") == 1
+def test_merge_keeps_the_other_problems(tmp_path):
+    common = ["--quick", "--budget", "0.1", "--optimizers", "marquardt", "--out", str(tmp_path)]
+    R.main([*common, "--problems", "poisson2d"])
+    merged = R.main([*common, "--problems", "heat1d", "--merge"])
+    assert list(merged["problems"]) == ["poisson2d", "heat1d"]
+    assert "**heat1d**" in (tmp_path / "pinn_quick.md").read_text()
