@@ -13,7 +13,7 @@ Settings, side by side on the same problems and starts (every other option at it
 Problems: the 36 Moré-Garbow-Hillstrom instances from x₀ through a residual callable (float64, up to 500
 iterations; solved when Σr² is within tolerance of a known minimum; 10·x₀ and 100·x₀ are in
 ``benchmarks/mgh_minpack.py``); the noisy sine with the 1-20-20-1 network (``loss="mse"``, iterations to the noise
-floor, ``benchmarks/paper/sine_ablation.py``); the 1-D Poisson PINN of ``examples/pinn_poisson.py`` (a residual
+floor, ``benchmarks/paper/sine_ablation.py``); the 1-D Poisson PINN of ``benchmarks/momentum_rule.py`` (a residual
 function; relative L2 error after 200 iterations of ``fit``, median of 3 seeds, three sizes); the paper's MNIST CNN
 (cross-entropy, batches of 600, test accuracy after 30 iterations).
 
