@@ -2,16 +2,18 @@
 points, whose Jacobian comes from Taylor mode when the model is an MLP.
 
     residuals = PDEResiduals(-laplacian(2), value())       # −Δu = f inside, u = g on the boundary
-    opt = LevenbergMarquardt(model, residuals=residuals)
+    opt = LevenbergMarquardt(model, residuals=residuals, loss_scale="sum")
     opt.step(x_inside, f, x_boundary, g)
 
 With ``scale="mean"`` (the default) each condition's residuals are divided by √(its number of points), so that
-½ Σ r² is the usual PINN loss ½ Σᵢ meanₙ (𝓑ᵢu(xₙ) − gᵢ(xₙ))², whatever the number of points of each condition.
+½ Σ r² is the usual PINN loss ½ Σᵢ meanₙ (𝓑ᵢu(xₙ) − gᵢ(xₙ))², whatever the number of points of each condition
+(``loss_scale="sum"`` makes it the optimizer's loss).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -61,7 +63,7 @@ class PDEResiduals:
             raise ValueError(f"scale: expected 'mean' or 'sum', got {scale!r}")
         self.conditions = conditions
         self.scale = scale
-        self._mlp: dict[int, TaylorMLP | None] = {}
+        self._mlp: weakref.WeakKeyDictionary[nn.Module, TaylorMLP | None] = weakref.WeakKeyDictionary()
 
     def _pairs(self, batch: tuple) -> list[tuple[Tensor, Tensor]]:
         if len(batch) != 2 * len(self.conditions):
@@ -84,13 +86,12 @@ class PDEResiduals:
 
     def taylor(self, model: nn.Module) -> TaylorMLP | None:
         """The model as Taylor mode sees it, or None when it is not an MLP Taylor mode knows."""
-        key = id(model)
-        if key not in self._mlp:
+        if model not in self._mlp:
             try:
-                self._mlp[key] = TaylorMLP(model)
+                self._mlp[model] = TaylorMLP(model)
             except NotAnMLP:
-                self._mlp[key] = None
-        return self._mlp[key]
+                self._mlp[model] = None
+        return self._mlp[model]
 
     def __call__(self, model: nn.Module, *batch: Any) -> tuple[Tensor, ...]:
         mlp = self.taylor(model)
