@@ -103,3 +103,11 @@ def test_merge_keeps_the_other_problems(tmp_path):
     merged = R.main([*common, "--problems", "heat1d", "--merge"])
     assert list(merged["problems"]) == ["poisson2d", "heat1d"]
     assert "**heat1d**" in (tmp_path / "pinn_quick.md").read_text()
+
+
+def test_step_memory_reports_the_form_and_the_added_peak(capsys):
+    from benchmarks.pinn import step_memory
+
+    assert step_memory.main(["--problem", "poisson2d", "--steps", "2", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "poisson2d (D = 257): 2 steps, forms ['primal']" in out and "engine given" in out
