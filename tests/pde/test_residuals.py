@@ -129,3 +129,21 @@ def test_a_poisson_pinn_fits_to_high_accuracy():
     with torch.no_grad():
         error = float((model(test).squeeze(1) - exact(test)).norm() / exact(test).norm())
     assert error < 1e-3
+
+
+@pytest.mark.parametrize("solver, budget", [("primal", 200_000), ("dual", 200_000)])
+def test_rows_in_blocks_under_the_memory_budget_take_the_same_steps(solver, budget):
+    """A budget that holds the system but not all of J: the given Jacobian's rows come in blocks, with weights."""
+    batch = poisson_batch(30, 12)  # 42 residuals, 105 parameters
+    weight = torch.linspace(0.5, 2.0, 42, dtype=torch.float64)
+    runs = []
+    for options in ({}, {"memory_budget": budget}):
+        model = network(width=8, seed=2)
+        opt = marquardt.LevenbergMarquardt(model, residuals=pde.PDEResiduals(-pde.laplacian(2), pde.value()),
+                                           solver=solver, lambda_rule="delayed", **options)
+        losses = [opt.step(*batch, weight=weight).loss_after for _ in range(3)]
+        runs.append((losses, torch.cat([p.detach().reshape(-1) for p in model.parameters()]), opt))
+    (whole_losses, whole, _), (block_losses, blocks, opt) = runs
+    assert 0 < opt.objective.row_block < 42 and opt.objective.engine.name == "given"
+    assert block_losses == pytest.approx(whole_losses, rel=1e-11)
+    torch.testing.assert_close(blocks, whole, rtol=1e-10, atol=1e-12)
