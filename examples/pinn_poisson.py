@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,8 +56,8 @@ def by_autograd(model: nn.Module, x: torch.Tensor, f: torch.Tensor, xb: torch.Te
     return (-laplacian - f) / math.sqrt(len(x)), (model(xb).squeeze(1) - g) / math.sqrt(len(xb))
 
 
-STYLES = {"taylor": pde.PDEResiduals(-pde.laplacian(2), pde.value()), "autograd": by_autograd,
-          "torch_func": by_torch_func}
+STYLES: dict[str, Callable[..., Any]] = {
+    "taylor": pde.PDEResiduals(-pde.laplacian(2), pde.value()), "autograd": by_autograd, "torch_func": by_torch_func}
 
 
 def network(width: int, seed: int) -> nn.Module:
