@@ -264,7 +264,7 @@ def test_an_engine_that_fails_mid_run_hands_over_to_torch_func():
 
 @pytest.mark.parametrize("outputs", ["quadratic", "mlp", "linear"])
 def test_reverse_mode_second_directional_derivative_equals_jvp_of_jvp(outputs):
-    from marquardt.curvature.objective import _second_directional_by_reverse_mode, second_directional_derivative
+    from marquardt.curvature.second_order import _second_directional_by_reverse_mode, second_directional_derivative
 
     torch.manual_seed(0)
     x = torch.randn(7, 3, dtype=torch.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from marquardt.curvature.objective import second_directional_derivative
+from marquardt.curvature.second_order import second_directional_derivative
 from marquardt.policy.geodesic import acceptable
 from marquardt.types.layout import ParameterLayout
 

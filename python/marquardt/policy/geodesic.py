@@ -5,7 +5,7 @@ With v the step of this attempt (the LMAM step when momentum is on), the second-
     a = −(A + λ diag d)⁻¹ α 𝒥ᵀ ρ_vv,   ρ_vv,ᵢ = Wᵢᵀ z_vv,ᵢ,   z_vv = Σ_{μν} v_μ v_ν ∂_μ∂_ν z,
 
 where z_vv is computed exactly by nested forward-mode AD (jvp of jvp; the objective's
-:func:`~marquardt.curvature.objective.second_directional_derivative`) and Wᵢ is the mode's output-space
+:func:`~marquardt.curvature.second_order.second_directional_derivative`) and Wᵢ is the mode's output-space
 factor (I for ``gn``, L for ``ggn``). The step becomes v + ½a if 2‖a‖/‖v‖ ≤ α_geo, else the attempt is rejected.
 """
 
