@@ -5,14 +5,26 @@ twice along the step v (jvp of jvp, or reverse mode alone where torch.func canno
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch.func import jvp
 
-if TYPE_CHECKING:
-    from .batch import Batch
-    from .objective import Objective
+from ..parallel import Communicator
+from ..types.layout import ParameterLayout
+from .batch import Batch
+from .losses import Curvature
+
+
+class Differentiable(Protocol):
+    """What the second-order residuals need of the objective (curvature/objective.py)."""
+
+    layout: ParameterLayout
+    curvature: Curvature
+    residual_mode: bool
+    comm: Communicator
+
+    def _functional_outputs(self, params: dict[str, torch.Tensor], x: Any, y: Any) -> torch.Tensor: ...
 
 
 def second_directional_derivative(
@@ -55,7 +67,7 @@ class SecondOrderResidual:
     (:meth:`rows`, k-major as the rows) or as α𝒥ᵀρ_vv = α Σ wᵢ J_zᵢᵀ Wᵢ Wᵢᵀ z_vv,ᵢ (:meth:`gradient`, one
     vector-Jacobian product per chunk)."""
 
-    def __init__(self, objective: Objective, v: torch.Tensor, theta: torch.Tensor, batch: Batch, noise: Any,
+    def __init__(self, objective: Differentiable, v: torch.Tensor, theta: torch.Tensor, batch: Batch, noise: Any,
                  dtype: torch.dtype) -> None:
         self.objective, self.v, self.theta = objective, v, theta
         self.batch, self.noise, self.dtype = batch, noise, dtype
