@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from marquardt import pde
+
 Tensor = torch.Tensor
 
 
@@ -153,39 +155,21 @@ PROBLEMS: dict[str, Problem] = {
 
 
 # --------------------------------------------------------------------------------------------- residuals
-def laplacian_autograd(u: Tensor, x: Tensor, coordinates: range) -> tuple[Tensor, Tensor]:
-    """(∇u, Σᵢ ∂²u/∂xᵢ² over ``coordinates``) by ``torch.autograd.grad(..., create_graph=True)``; x requires
-    grad and u = model(x)."""
-    (grad,) = torch.autograd.grad(u.sum(), x, create_graph=True)
-    lap = torch.zeros_like(u)
-    for i in coordinates:
-        (second,) = torch.autograd.grad(grad[:, i].sum(), x, create_graph=True)
-        lap = lap + second[:, i : i + 1]
-    return grad, lap
-
-
 def residual_function(problem: Problem) -> Callable[..., tuple[Tensor, Tensor]]:
-    """fn(model, x_interior, y_interior, x_boundary, y_boundary) -> (interior, boundary) residuals, each group
-    divided by √(its count), so that ½ Σ r² is their loss (½ mean + ½ mean)."""
+    """fn(model, x_interior, y_interior, x_boundary, y_boundary) -> (interior, boundary) residuals in their
+    form, Δu + f for Poisson and ∂ₜu − ¼Δₓu for heat (time is column 0), the derivatives by
+    ``torch.autograd.grad`` (``marquardt.pde.operator_by_autograd``); each group divided by √(its count), so that
+    ½ Σ r² is their loss (½ mean + ½ mean)."""
+    if problem.equation == "poisson":
+        interior_op = pde.laplacian(problem.dim_omega)
+    else:
+        interior_op = pde.derivative(0) - 0.25 * pde.laplacian(range(1, problem.in_dim))
 
     def residuals(model: nn.Module, x: Tensor, y: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.detach().requires_grad_(True)
-        u = model(x)
-        if problem.equation == "poisson":  # Δu + f = 0
-            _, lap = laplacian_autograd(u, x, range(problem.dim_omega))
-            interior = lap + y
-        else:  # ∂ₜu − ¼Δₓu = 0 (time is column 0)
-            grad, lap = laplacian_autograd(u, x, range(1, problem.in_dim))
-            interior = grad[:, :1] - lap / 4 - y
+        interior = pde.operator_by_autograd(model, interior_op, x) + (y if problem.source is not None else -y)
         return interior / math.sqrt(len(x)), (model(xb) - yb) / math.sqrt(len(xb))
 
     return residuals
-
-
-def loss(problem: Problem, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-    """Their training loss, differentiable in the model's parameters."""
-    interior, boundary = residual_function(problem)(model, *batch)
-    return 0.5 * (interior.square().sum() + boundary.square().sum())
 
 
 @torch.no_grad()
