@@ -105,6 +105,21 @@ def test_merge_keeps_the_other_problems(tmp_path):
     assert "**heat1d**" in (tmp_path / "pinn_quick.md").read_text()
 
 
+def test_merge_adds_an_optimizer_beside_the_logs_of_the_same_seeds_and_budget(tmp_path):
+    common = ["--quick", "--budget", "0.1", "--problems", "heat1d", "--out", str(tmp_path), "--merge"]
+    first = R.main([*common, "--optimizers", "Adam"])["problems"]["heat1d"]
+    merged = R.main([*common, "--optimizers", "marquardt"])["problems"]["heat1d"]
+    assert list(merged["logs"]) == ["marquardt", "Adam"]  # (the harness's order)
+    assert [e["cpu_s"] for e in merged["logs"]["Adam"][1]] == [e["cpu_s"] for e in first["logs"]["Adam"][1]]
+    assert [r["optimizers"] for r in merged["runs"]] == [["Adam"], ["marquardt"]]
+    assert set(merged["summary"]) == {"marquardt", "Adam"}
+    section = (tmp_path / "pinn_quick.md").read_text()
+    assert section.count("--optimizers Adam") == 1 and section.count("--optimizers marquardt") == 1
+    # another budget replaces the problem's logs instead of mixing them
+    other = R.main([*common[:2], "0.2", *common[3:], "--optimizers", "marquardt"])["problems"]["heat1d"]
+    assert list(other["logs"]) == ["marquardt"]
+
+
 def test_step_memory_reports_the_form_and_the_added_peak(capsys):
     from benchmarks.pinn import step_memory
 
