@@ -104,7 +104,12 @@ def test_covariance_with_a_robust_loss_is_curve_fits(kind):
 
     popt, pcov = optimize.curve_fit(curve, t.numpy(), y.numpy(), p0=[1.0, 0.5, 0.0], method="trf", loss=kind,
                                     f_scale=0.1, xtol=1e-15, ftol=1e-15, gtol=1e-15)
-    np.testing.assert_allclose(result.covariance().matrix.numpy(), pcov, rtol=1e-5)
+    ours = result.covariance().matrix.numpy()
+    np.testing.assert_allclose(np.diag(ours), np.diag(pcov), rtol=1e-5)
+    # the off-diagonal terms in units of the standard deviations (a covariance near 0 has no relative precision:
+    # 1.7e-5 relative on one Xeon for Huber's cov(a, c), 2e-8 of √(var a · var c))
+    scale = np.sqrt(np.outer(np.diag(pcov), np.diag(pcov)))
+    np.testing.assert_allclose(ours / scale, pcov / scale, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -72,7 +72,8 @@ def test_data_parallel_under_torchrun_matches_one_process():
 
 
 def test_custom_policy_rule_follows_its_bands_and_trains():
-    """The example's λ rule against its definition, then both trainings reach the noise floor's neighbourhood."""
+    """The example's λ rule against its definition, then both trainings reach the noise floor's neighbourhood (in 80
+    steps: the default took 40 on one host, 60 on another)."""
     from marquardt.policy.lam import LambdaBounds
 
     example = load("custom_policy")
@@ -81,9 +82,9 @@ def test_custom_policy_rule_follows_its_bands_and_trains():
     assert rule.accepted(1.0, 2.0, 0.5, bounds) == (1.0, 2.0)
     assert rule.accepted(1.0, 2.0, 0.1, bounds) == (2.0, 2.0)
     assert rule.rejected(1.0, 2.0, bounds) == (4.0, 2.0)
-    out = subprocess.run([sys.executable, str(EXAMPLES / "custom_policy.py"), "--steps", "40"], capture_output=True,
+    out = subprocess.run([sys.executable, str(EXAMPLES / "custom_policy.py"), "--steps", "80"], capture_output=True,
                          text=True, check=True).stdout
-    losses = [float(v) for v in re.findall(r"loss after 40 steps: ([0-9.]+)", out)]
+    losses = [float(v) for v in re.findall(r"loss after 80 steps: ([0-9.]+)", out)]
     assert len(losses) == 2 and all(loss < 0.01 for loss in losses)  # ½ MSE; the noise floor is 0.0017
 
 

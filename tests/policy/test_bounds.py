@@ -67,8 +67,9 @@ def test_every_iterate_is_feasible_with_momentum_line_search_and_geodesic():
 def test_the_projected_gradient_is_what_gtol_tests():
     """At a bounded solution the full gradient does not vanish, the free part does: gtol fires."""
     t, y = exponential_data(60)
+    # (gtol above the rounding floor of the free cosine, which is CPU-dependent: 6e-9 on one Xeon)
     result = marquardt.fit(LevenbergMarquardt(Exponential(1.0, 0.5, 0.6), residuals, bounds={"c": (0.6, None)}), t,
-                           y, ftol=0.0, xtol=0.0, gtol=1e-9, max_iterations=200)
+                           y, ftol=0.0, xtol=0.0, gtol=1e-7, max_iterations=200)
     assert result.reason == "gtol" and float(result.x["c"]) == 0.6
     assert abs(float(result.grad[2])) > 1e-3  # the held parameter's gradient points out of the box
 

@@ -3,8 +3,12 @@ accumulation, and a footprint that matches the formula the budget rule uses."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from marquardt.solve.block import BlockDiagonalSystem, make_blocks
 from marquardt.solve.dual import DualSystem
@@ -299,3 +303,36 @@ def test_kronecker_sizes_and_thresholds():
     fixed, per_row = kronecker_workspace(32, 32)  # only the trained weight whose Kronecker products pay
     assert footprint.system_bytes == 3000 * 3000 * precision.bytes_per_entry(3000) + fixed * 4
     assert footprint.row_width == 3000 + per_row
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 9), n=st.integers(1, 9), lam=st.sampled_from([0.0, 1e-6, 0.02, 3.0, 1e4]),
+       seed=st.integers(0, 2**16), alpha=st.sampled_from([1.0, 0.25]))
+def test_scaled_step_norm_and_slope_follow_the_formula_in_every_form(m, n, lam, seed, alpha):
+    """‖Dδ‖ and (D²δ)ᵀ(A + λD²)⁻¹(D²δ) (D² = d, δ = −(A + λD²)⁻¹g), which the trust region's λ search uses,
+    against a float64 solve of the formula; the dual form computes both in row space."""
+    g = torch.Generator().manual_seed(seed)
+    J = torch.randn(m, n, generator=g, dtype=torch.float64)
+    rho = torch.randn(m, generator=g, dtype=torch.float64)
+    d = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    H = alpha * J.T @ J + lam * torch.diag(d)
+    if torch.linalg.eigvalsh(H).min() < 1e-8 * max(float(H.abs().max()), 1.0):
+        return  # (singular: every form may refuse, which the factor tests cover)
+    delta = -torch.linalg.solve(H, alpha * J.T @ rho)
+    norm = float(torch.linalg.vector_norm(d.sqrt() * delta))
+    slope = float((d * delta) @ torch.linalg.solve(H, d * delta))
+    forms = [PrimalSystem(n, alpha, torch.float64, torch.device("cpu"))]
+    if m <= n:
+        forms.append(DualSystem(n, alpha, torch.float64, torch.device("cpu")))
+    for system in forms:
+        system.add(J, rho)
+        system.finalize()
+        system.set_damping(d)
+        got = system.scaled_step_norm(lam)
+        assert got == pytest.approx(norm, rel=1e-7, abs=1e-12), system.form
+        if system.form == "dual" and lam == 0.0:  # (no bound from a singular A, as lmpar's rank-deficient case)
+            assert math.isnan(system.scaled_step_slope(lam))
+        else:
+            assert system.scaled_step_slope(lam) == pytest.approx(slope, rel=1e-6, abs=1e-12), system.form
+        with pytest.raises(RuntimeError, match="same λ"):
+            system.scaled_step_slope(lam + 1.0)

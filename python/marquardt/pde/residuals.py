@@ -107,11 +107,27 @@ class PDEResiduals:
         mlp = self.taylor(model)
         if mlp is None:
             return None
-        residuals, blocks = [], []
-        for op, (x, g) in zip(self.conditions, self._pairs(batch)):
+        pairs = list(self._pairs(batch))
+        starts = [0]
+        for p in params:
+            starts.append(starts[-1] + p.numel())
+        r: Tensor | None = None
+        J: Tensor | None = None
+        first = 0
+        for op, (x, g) in zip(self.conditions, pairs):
             values, rows = mlp.jacobian(op, x)
+            if J is None or r is None:  # (one [M, n] buffer, each block scaled as it is written: no copies)
+                total = sum(len(xi) for xi, _ in pairs)
+                r = values.new_empty(total)
+                J = values.new_empty(total, starts[-1])
             factor = self._factor(len(x))
-            residuals.append((values - g.reshape(-1)) * factor)
-            blocks.append(torch.cat([rows[p] if p in rows else x.new_zeros(len(x), p.numel()) for p in params], 1)
-                          * factor)
-        return torch.cat(residuals), torch.cat(blocks)
+            last = first + len(x)
+            torch.mul(values - g.reshape(-1), factor, out=r[first:last])
+            for p, start, end in zip(params, starts, starts[1:]):
+                if p in rows:
+                    torch.mul(rows[p], factor, out=J[first:last, start:end])
+                else:
+                    J[first:last, start:end] = 0.0
+            first = last
+        assert r is not None and J is not None  # (PDEResiduals has at least one condition)
+        return r, J

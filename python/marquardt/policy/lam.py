@@ -117,20 +117,6 @@ class TrustRegionRule(LambdaRule):
         self.factor = factor
         self.step_norm: float | None = None  # ‖Dδ‖ of the attempt's LM step, for the radius update
 
-    @staticmethod
-    def _scaled(system: Any, lam: float) -> tuple[torch.Tensor, float] | None:
-        delta, ok = system.lm_step(lam, keep_factor=True)
-        if not ok:
-            return None
-        return delta, float(torch.linalg.vector_norm(delta * system.d.sqrt(), dtype=torch.float64))
-
-    @staticmethod
-    def _derivative_term(system: Any, lam: float, delta: torch.Tensor) -> float:
-        """(D²δ)ᵀ H⁻¹ (D²δ) at this λ (the factor of the last lm_step is reused)."""
-        d2delta = system.d * delta
-        x, ok = system.solve(lam, d2delta)
-        return float(d2delta.double() @ x.double()) if ok else math.nan
-
     def choose(self, lam: float, nu: float, system: Any, theta: torch.Tensor, first: bool) -> tuple[float, float]:
         d_sqrt = system.d.sqrt()
         radius = nu
@@ -147,37 +133,37 @@ class TrustRegionRule(LambdaRule):
 
     def _lmpar(self, system: Any, radius: float, d_sqrt: torch.Tensor, lam: float) -> float:
         """λ ≥ 0 with |‖Dδ(λ)‖ − Δ| ≤ 0.1Δ, or 0 when the Gauss-Newton step is short enough (MINPACK lmpar)."""
-        gauss_newton = self._scaled(system, 0.0)
+        gauss_newton = system.scaled_step_norm(0.0)
         lower = 0.0
         if gauss_newton is not None:
-            delta, norm = gauss_newton
+            norm = gauss_newton
             if norm <= (1.0 + self.SIGMA) * radius:
                 self.step_norm = norm
                 return 0.0
-            term = self._derivative_term(system, 0.0, delta)
+            term = system.scaled_step_slope(0.0)
             if math.isfinite(term) and radius * term > 0:
                 lower = (norm - radius) * norm * norm / (radius * term)
         g_scaled = float(torch.linalg.vector_norm(system.g.double() / d_sqrt.double().clamp_min(1e-300)))
         upper = g_scaled / radius if g_scaled > 0 else 1.0
         lam = min(max(lam, lower), upper)
         if lam == 0.0:
-            lam = g_scaled / max(gauss_newton[1], 1e-300) if gauss_newton is not None else 1e-3 * upper
+            lam = g_scaled / max(gauss_newton, 1e-300) if gauss_newton is not None else 1e-3 * upper
         self.step_norm = None
         for _ in range(self.ITERATIONS):
             if lam <= 0.0:
                 lam = max(1e-300, 1e-3 * upper)
             lam = min(lam, sys.float_info.max)  # (a subnormal radius overflows the bounds)
-            scaled = self._scaled(system, lam)
+            scaled = system.scaled_step_norm(lam)
             if scaled is None:  # (not positive definite at this λ: go up)
                 lower = lam
                 lam = max(2.0 * lam, math.sqrt(max(lam, 1e-300) * upper))
                 continue
-            delta, norm = scaled
+            norm = scaled
             self.step_norm = norm
             excess = norm - radius
             if abs(excess) <= self.SIGMA * radius:
                 break
-            term = self._derivative_term(system, lam, delta)
+            term = system.scaled_step_slope(lam)
             if not (math.isfinite(term) and radius * term > 0):
                 break
             if excess > 0:

@@ -16,6 +16,7 @@ from elsewhere (subsampled curvature builds A from part of the batch and g from 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -153,6 +154,36 @@ class DualSystem(System):
     def quadratic(self, s: torch.Tensor) -> float:
         """sᵀ A s = α ‖𝒥 s‖²."""
         return float(self.alpha * self.rows.matvec(s).double().pow(2).sum())
+
+    def scaled_step_norm(self, lam: float) -> float | None:
+        """As the base class, keeping y = (K + λ/α I)⁻¹ρ of the step δ = −D⁻²𝒥ᵀy for the slope. (The norm itself is
+        taken of the n-vector: yᵀKy in row space loses digits as κ(K) = κ(J)² grows.)"""
+        if self.K is None or self._external_gradient:
+            return super().scaled_step_norm(lam)
+        assert self.d is not None
+        self._factor = None
+        if not self._keep_factor(lam):
+            return None
+        y, ok = self._solve_gram(lam, self.rho)
+        scaled_step = self.rows.rmatvec(y) * self.d.rsqrt()  # (= −Dδ)
+        if not (ok and bool(torch.isfinite(scaled_step).all())):
+            return None
+        self._row_step = (lam, y)
+        return float(torch.linalg.vector_norm(scaled_step, dtype=torch.float64))
+
+    def scaled_step_slope(self, lam: float) -> float:
+        """In row space, without the two n-column products of the general solve: with D²δ = −𝒥ᵀy and A = α𝒥ᵀ𝒥,
+        (D²δ)ᵀ(A + λD²)⁻¹(D²δ) = α⁻¹ (Ky)ᵀ(K + λ/α I)⁻¹y (push-through identity), and Ky = ρ − (λ/α)y."""
+        if self.K is None or self._external_gradient:
+            return super().scaled_step_slope(lam)
+        at, y = self._row_step
+        if at != lam:
+            raise RuntimeError("scaled_step_slope: call scaled_step_norm at the same λ first")
+        if lam == 0.0:  # (A has rank ≤ m < n: singular, so the Gauss-Newton step gives no lower bound on λ, as
+            return math.nan  # in MINPACK's lmpar for a rank-deficient J)
+        z, ok = self._solve_gram(lam, y)
+        Ky = self.rho.double() - (lam / self.alpha) * y.double()
+        return float(Ky @ z.double()) / self.alpha if ok else math.nan
 
 
 class FactoredDualSystem(DualSystem):

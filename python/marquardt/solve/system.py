@@ -125,6 +125,29 @@ class System(ABC):
         """δ_LM = −(A + λ diag d)⁻¹ g; ``keep_factor`` keeps the factor for further solves at this λ."""
         return self.solve(lam, -self.g)
 
+    def scaled_step_norm(self, lam: float) -> float | None:
+        """‖Dδ(λ)‖ (D² = d) of the LM step δ(λ) = −(A + λ diag d)⁻¹ g, keeping the factor at λ for
+        :meth:`scaled_step_slope`; None where A + λ diag d is not positive definite. With the slope, all that
+        the trust region's search for λ (MINPACK's ``lmpar``) needs of the system."""
+        assert self.d is not None
+        delta, ok = self.lm_step(lam, keep_factor=True)
+        if not ok:
+            return None
+        self._scaled_step = (lam, delta)
+        return float(torch.linalg.vector_norm(delta * self.d.sqrt(), dtype=torch.float64))
+
+    def scaled_step_slope(self, lam: float) -> float:
+        """(D²δ)ᵀ(A + λ diag d)⁻¹(D²δ) for the δ(λ) of the last :meth:`scaled_step_norm` at this λ, which is
+        −‖Dδ‖ · d‖Dδ‖/dλ (Moré 1978, eq. 5.5); NaN where the solve fails (the dual form: also at λ = 0, where its
+        A of rank ≤ m < n is singular)."""
+        assert self.d is not None
+        at, delta = self._scaled_step
+        if at != lam:
+            raise RuntimeError("scaled_step_slope: call scaled_step_norm at the same λ first")
+        d2delta = self.d * delta
+        x, ok = self.solve(lam, d2delta)
+        return float(d2delta.double() @ x.double()) if ok else math.nan
+
     def solve_rows(self, lam: float, row_rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """x = (A + λ diag d)⁻¹ α𝒥ᵀ r for a row-space r of any dtype (only where :attr:`keeps_rows`)."""
         raise NotImplementedError(f"the {self.form} system does not keep its rows")
