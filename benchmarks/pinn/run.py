@@ -208,6 +208,13 @@ def time_to(log: list[dict], error: float, key: str = "relative_error") -> float
     return next((e["cpu_s"] for e in log if e[key] <= error), None)
 
 
+def _median_time(times: list[float | None]) -> float | None:
+    """The median over the seeds of a time that a seed may never reach (None counts as never, after every
+    time): None when the median seed did not reach it."""
+    median = statistics.median(math.inf if t is None else t for t in times)
+    return None if math.isinf(median) else median
+
+
 def summarise(logs: dict[str, dict[int, list[dict]]]) -> dict[str, dict]:
     """Per optimizer, medians over the seeds: the final and best errors (theirs and relative), the CPU time to
     the 1e-7 target, and against L-BFGS in the same run: the time to L-BFGS's best error, and L-BFGS's."""
@@ -221,8 +228,7 @@ def summarise(logs: dict[str, dict[int, list[dict]]]) -> dict[str, dict]:
         entry = {"final_relative_error": statistics.median(final), "best_relative_error": statistics.median(best),
                  "best_error": statistics.median(best_abs), "steps": statistics.median(
                      log[-1]["steps"] for log in by_seed.values()),
-                 "seconds_to_target": statistics.median(r for r in reach) if all(r is not None for r in reach)
-                 else None, "seeds_reaching_target": sum(r is not None for r in reach)}
+                 "seconds_to_target": _median_time(reach), "seeds_reaching_target": sum(r is not None for r in reach)}
         if lbfgs:
             ratios = []
             for seed, log in by_seed.items():
@@ -280,14 +286,15 @@ def results_section(results: dict) -> str:
                   f"here {data['budget_s']:.0f} CPU-s; target ≤ {TARGET:g} relative within {spec.target_s:.0f} s; "
                   f"seeds {data['seeds']}). Commands: {commands}.", "",
                   "| optimizer | published error | their error here (best) | relative error (final) | "
-                  "CPU s to 1e-7 relative | steps | × sooner to L-BFGS's best |",
+                  "median CPU s to 1e-7 relative | steps | × sooner to L-BFGS's best |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         published = {"marquardt": None, "ENGD": spec.published.get("ENGD (full)"), "L-BFGS": spec.published.get(
             "L-BFGS"), "Adam": spec.published.get("Adam")}
         for name, s in data["summary"].items():
             pub = published.get(name)
-            reach = f"{s['seconds_to_target']:.1f}" if s["seconds_to_target"] is not None else \
-                f"not reached ({s['seeds_reaching_target']}/{len(data['seeds'])} seeds)"
+            seeds = f"{s['seeds_reaching_target']}/{len(data['seeds'])} seeds"
+            reach = f"{s['seconds_to_target']:.1f} ({seeds})" if s["seconds_to_target"] is not None else \
+                f"not reached ({seeds})"
             speed = s.get("speedup_to_lbfgs_best")
             lines.append(f"| {name} | {f'{pub.error:.1e}' if pub else '-'} | {s['best_error']:.2e} | "
                          f"{s['final_relative_error']:.2e} | {reach} | {s['steps']:.0f} | "

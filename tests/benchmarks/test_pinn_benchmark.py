@@ -126,3 +126,15 @@ def test_step_memory_reports_the_form_and_the_added_peak(capsys):
     assert step_memory.main(["--problem", "poisson2d", "--steps", "2", "--check"]) == 0
     out = capsys.readouterr().out
     assert "poisson2d (D = 257): 2 steps, forms ['primal']" in out and "engine given" in out
+
+
+def test_the_time_to_the_target_is_the_median_seeds_with_never_counting_last():
+    def log(errors):
+        return [{"cpu_s": float(t), "relative_error": e, "error": e, "steps": t} for t, e in enumerate(errors)]
+
+    reaching = {1: log([1.0, 1e-8]), 2: log([1.0, 1.0, 1.0]), 3: log([1.0, 1.0, 5e-8])}
+    summary = R.summarise({"marquardt": reaching})["marquardt"]
+    assert summary["seconds_to_target"] == 2.0 and summary["seeds_reaching_target"] == 2
+    reaching[3] = log([1.0, 1.0, 1.0])
+    summary = R.summarise({"marquardt": reaching})["marquardt"]
+    assert summary["seconds_to_target"] is None and summary["seeds_reaching_target"] == 1

@@ -1,0 +1,68 @@
+"""Is the error floor of a fitted PINN the optimizer's or the training points'? The same network, seed and
+optimizer on the published point counts and on k times as many points, each to its own plateau.
+
+    python benchmarks/pinn/points_floor.py                       # poisson2d, k = 1 and 4, seed 1, 90 CPU-s each
+    python benchmarks/pinn/points_floor.py --problem heat1d --factors 1 2 4 --seeds 1 2
+
+If the relative error at the plateau falls as k grows while the training loss stays at the same level, the
+floor of the published setting comes from the points (the fitted network matches u* only where it was asked
+to), not from the optimizer. The optimizer is marquardt with the setting run.py uses for the problem's row
+(``marquardt (delayed)``: the delayed λ rule without momentum). The evaluation points are drawn as in
+problems.make_run (10·N_Ω fresh uniform points after the training points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.pinn import problems as P  # noqa: E402
+from benchmarks.pinn import run as R  # noqa: E402
+from benchmarks.timing import git_revision, machine_description  # noqa: E402
+
+
+def plateau(problem: P.Problem, seed: int, budget_s: float) -> dict:
+    """Train for ``budget_s`` CPU seconds; the final training loss and errors, and the step count."""
+    run = P.make_run(problem, seed)
+    method = R.OPTIMIZERS["marquardt (delayed)"](run)
+    cpu, steps, loss = 0.0, 0, float("nan")
+    while cpu < budget_s:
+        start = time.process_time()
+        loss = method.step()
+        cpu += time.process_time() - start
+        steps += 1
+    rms, rel = P.errors(problem, run.model, run.x_eval)
+    return {"loss": loss, "error": rms, "relative_error": rel, "steps": steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--problem", choices=[k for k, v in P.PROBLEMS.items() if not v.resample], default="poisson2d")
+    p.add_argument("--factors", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--budget", type=float, default=90.0, help="CPU seconds per run")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    base = P.PROBLEMS[args.problem]
+    print(f"{args.problem}, marquardt (delayed), {args.budget:g} CPU-s per run; commit {git_revision()}, "
+          f"{machine_description('cpu')}")
+    print(f"{'points':>12} {'seed':>5} {'steps':>7} {'training loss':>14} {'their error':>12} {'relative':>10}")
+    for k in args.factors:
+        problem = dataclasses.replace(base, n_interior=k * base.n_interior, n_boundary=k * base.n_boundary)
+        for seed in args.seeds:
+            out = plateau(problem, seed, args.budget)
+            print(f"{problem.n_interior:>6} + {problem.n_boundary:<4} {seed:>5} {out['steps']:>7} "
+                  f"{out['loss']:>14.2e} {out['error']:>12.2e} {out['relative_error']:>10.2e}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
