@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.render:
         results = json.loads(path.read_text(), object_hook=_seed_keys)
         args.problems = []
+        for data in results["problems"].values():  # (the summaries follow the logs as this code reads them)
+            data["summary"] = summarise(data["logs"])
     elif args.merge and path.is_file():
         results = json.loads(path.read_text(), object_hook=_seed_keys)
     provenance = {"optimizers": args.optimizers,
