@@ -138,3 +138,23 @@ def test_the_time_to_the_target_is_the_median_seeds_with_never_counting_last():
     reaching[3] = log([1.0, 1.0, 1.0])
     summary = R.summarise({"marquardt": reaching})["marquardt"]
     assert summary["seconds_to_target"] is None and summary["seeds_reaching_target"] == 1
+
+
+def test_setting_selection_scores_on_the_loss_before_each_step(capsys):
+    from benchmarks.pinn import select_setting
+
+    assert select_setting.main(["--problem", "heat1d", "--settings", "defaults", "no momentum", "--budget",
+                                "0.3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("heat1d, seed 1") and len(lines) == 3
+    value, steps = select_setting.score(P.PROBLEMS["heat1d"], {}, 0.3)
+    run = P.make_run(P.PROBLEMS["heat1d"], 1)
+    assert 0 < value < float(R.Marquardt(run).loss(run.batch)) and steps >= 5  # (below the initial loss)
+
+
+def test_points_floor_trains_on_multiplied_point_counts(capsys):
+    from benchmarks.pinn import points_floor
+
+    assert points_floor.main(["--factors", "1", "2", "--budget", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "   900 + 120 " in out and "  1800 + 240 " in out
