@@ -1,14 +1,17 @@
-"""Is the error floor of a fitted PINN the optimizer's or the training points'? The same network, seed and
-optimizer on the published point counts and on k times as many points, each to its own plateau.
+"""Where does the error floor of a fitted PINN come from: the optimizer, the number of training points, or the
+precision of the targets? The same network, seed and optimizer on the published point counts and on k times
+as many points, with the targets in float32 (as their scripts compute them) or float64, each to its plateau.
 
     python benchmarks/pinn/points_floor.py                       # poisson2d, k = 1 and 4, seed 1, 90 CPU-s each
+    python benchmarks/pinn/points_floor.py --factors 1 --targets float64 --seeds 1 2
     python benchmarks/pinn/points_floor.py --problem heat1d --factors 1 2 4 --seeds 1 2
 
 If the relative error at the plateau falls as k grows while the training loss stays at the same level, the
-floor of the published setting comes from the points (the fitted network matches u* only where it was asked
-to), not from the optimizer. The optimizer is marquardt with the setting run.py uses for the problem's row
-(``marquardt (delayed)``: the delayed λ rule without momentum). The evaluation points are drawn as in
-problems.make_run (10·N_Ω fresh uniform points after the training points).
+floor comes from the points (the fitted network matches u* only where it was asked to); if it falls with
+float64 targets, from the rounding of f and u* to float32; if neither, from the optimizer or the network. The
+optimizer is marquardt with the setting run.py uses for the problem's row (``marquardt (delayed)``: the
+delayed λ rule without momentum). The evaluation points are drawn as in problems.make_run (10·N_Ω fresh uniform
+points after the training points); the error is always against u* in float64.
 """
 
 from __future__ import annotations
@@ -49,14 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factors", nargs="+", type=int, default=[1, 4])
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
     p.add_argument("--budget", type=float, default=90.0, help="CPU seconds per run")
+    p.add_argument("--targets", choices=["float32", "float64"], default="float32",
+                   help="the dtype of f and u* at the (float32) points: float32 as in their scripts, or float64")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     base = P.PROBLEMS[args.problem]
-    print(f"{args.problem}, marquardt (delayed), {args.budget:g} CPU-s per run; commit {git_revision()}, "
+    print(f"{args.problem}, marquardt (delayed), targets in {args.targets}, {args.budget:g} CPU-s per run; commit "
+          f"{git_revision()}, "
           f"{machine_description('cpu')}")
     print(f"{'points':>12} {'seed':>5} {'steps':>7} {'training loss':>14} {'their error':>12} {'relative':>10}")
     for k in args.factors:
-        problem = dataclasses.replace(base, n_interior=k * base.n_interior, n_boundary=k * base.n_boundary)
+        problem = dataclasses.replace(base, n_interior=k * base.n_interior, n_boundary=k * base.n_boundary,
+                                      target_dtype=getattr(torch, args.targets))
         for seed in args.seeds:
             out = plateau(problem, seed, args.budget)
             print(f"{problem.n_interior:>6} + {problem.n_boundary:<4} {seed:>5} {out['steps']:>7} "

@@ -102,6 +102,9 @@ class Problem:
     published_budget_s: float
     target_s: float  # the issue's CPU budget on the 2-core machine
     published: dict[str, Published] = field(default_factory=dict)
+    #: the dtype the targets (f and u* at the points) are computed in: float32 in their scripts, which draw the
+    #: points and evaluate the targets in torch's default dtype and cast both to float64 afterwards
+    target_dtype: torch.dtype = torch.float32
 
     @property
     def in_dim(self) -> int:
@@ -121,16 +124,17 @@ class Problem:
         return nn.Sequential(*layers[:-1]).double()
 
     def interior(self, n: int) -> tuple[Tensor, Tensor]:
-        """Points uniform in the domain and their targets (f for Poisson, 0 for heat), float32 cast to float64."""
+        """Points uniform in the domain and their targets (f for Poisson, 0 for heat), float32 points, targets
+        in :attr:`target_dtype`, both cast to float64."""
         x = torch.rand(n, self.in_dim)
-        y = self.source(x) if self.source is not None else torch.zeros(n, 1)
+        y = self.source(x.to(self.target_dtype)) if self.source is not None else torch.zeros(n, 1)
         return x.double(), y.double()
 
     def condition(self, n: int) -> tuple[Tensor, Tensor]:
         """Boundary (and for heat, initial-condition) points and u* there, float32 cast to float64."""
         x = square_boundary(n, self.dim_omega) if self.equation == "poisson" else heat_condition_points(
             n, self.dim_omega)
-        return x.double(), self.solution(x).double()
+        return x.double(), self.solution(x.to(self.target_dtype)).double()
 
 
 PROBLEMS: dict[str, Problem] = {

@@ -158,3 +158,16 @@ def test_points_floor_trains_on_multiplied_point_counts(capsys):
     assert points_floor.main(["--factors", "1", "2", "--budget", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "   900 + 120 " in out and "  1800 + 240 " in out
+
+
+def test_float64_targets_change_only_the_rounding_of_f_and_u():
+    import dataclasses
+
+    theirs = P.make_run(P.PROBLEMS["poisson2d"], 1)
+    exact = P.make_run(dataclasses.replace(P.PROBLEMS["poisson2d"], target_dtype=torch.float64), 1)
+    for k in (0, 2):  # the same float32 points
+        assert torch.equal(theirs.batch[k], exact.batch[k])
+    for k in (1, 3):  # f and u* differ by float32 rounding, and the float64 ones are the formula's
+        assert not torch.equal(theirs.batch[k], exact.batch[k])
+        assert torch.allclose(theirs.batch[k], exact.batch[k], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(exact.batch[3], P.poisson_sin_product(exact.batch[2]), rtol=0, atol=0)
