@@ -169,5 +169,5 @@ def test_float64_targets_change_only_the_rounding_of_f_and_u():
         assert torch.equal(theirs.batch[k], exact.batch[k])
     for k in (1, 3):  # f and u* differ by float32 rounding, and the float64 ones are the formula's
         assert not torch.equal(theirs.batch[k], exact.batch[k])
-        assert torch.allclose(theirs.batch[k], exact.batch[k], rtol=1e-6, atol=1e-6)
+        assert torch.allclose(theirs.batch[k], exact.batch[k], rtol=0, atol=1e-5)
     torch.testing.assert_close(exact.batch[3], P.poisson_sin_product(exact.batch[2]), rtol=0, atol=0)
