@@ -6,7 +6,8 @@ against L-BFGS, Adam and an ENGD baseline, on the same points and initial weight
     python benchmarks/pinn/run.py --quick                  # a few seconds per run (the test suite's variant)
     python benchmarks/pinn/run.py --problems heat1d --merge  # add or replace one problem in results/pinn/pinn.json
 
-The run writes results/pinn/pinn.json, pinn.png and pinn.md; ``python benchmarks/paper/report.py`` puts the
+The run writes results/pinn/pinn.json, pinn.png and pinn.md (while it runs, the logs of the finished runs are in
+pinn.partial.json, removed at the end); ``python benchmarks/paper/report.py`` puts the
 section into RESULTS.md.
 
 Problems (benchmarks/pinn/problems.py): 2-D Poisson and 1+1-D heat with a 257-parameter tanh MLP and 900 + 120
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     provenance = {"optimizers": args.optimizers,
                   "command": "python benchmarks/pinn/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "commit": git_revision(), "host": machine_description("cpu"), "date": time.strftime("%Y-%m-%d")}
+    partial = args.out / f"pinn{tag}.partial.json"
     for problem_name in args.problems:
         problem = P.PROBLEMS[problem_name]
         budget = args.budget or problem.target_s
@@ -360,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict:
                       f"relative error {last['relative_error']:.2e} (best "
                       f"{min(e['relative_error'] for e in logs[name][seed]):.2e}) in {last['cpu_s']:.1f} CPU-s",
                       flush=True)
+                args.out.mkdir(parents=True, exist_ok=True)  # (what is done so far survives an interrupted run)
+                partial.write_text(json.dumps({problem_name: logs}, indent=1))
         logs = {k: logs[k] for k in OPTIMIZERS if k in logs}
         results["problems"][problem_name] = {"parameters": problem.parameters, "budget_s": budget,
                                              "seeds": args.seeds, "runs": runs, "logs": logs,
@@ -367,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["problems"] = {k: results["problems"][k] for k in P.PROBLEMS if k in results["problems"]}
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
+    partial.unlink(missing_ok=True)
     plot(results, args.out / f"pinn{tag}.png")
     section = results_section(results)
     (args.out / f"pinn{tag}.md").write_text(section + "\n")
