@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -335,11 +336,12 @@ def main(argv: list[str] | None = None) -> dict:
         results = json.loads(path.read_text(), object_hook=_seed_keys)
         args.problems = []
         for data in results["problems"].values():  # (the summaries follow the logs as this code reads them)
+            data["logs"] = {k: data["logs"][k] for k in OPTIMIZERS if k in data["logs"]}
             data["summary"] = summarise(data["logs"])
     elif args.merge and path.is_file():
         results = json.loads(path.read_text(), object_hook=_seed_keys)
     provenance = {"optimizers": args.optimizers,
-                  "command": "python benchmarks/pinn/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "command": "python benchmarks/pinn/run.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                   "commit": git_revision(), "host": machine_description("cpu"), "date": time.strftime("%Y-%m-%d")}
     partial = args.out / f"pinn{tag}.partial.json"
     for problem_name in args.problems:
