@@ -12,6 +12,7 @@ With ``scale="mean"`` (the default) each condition's residuals are divided by âˆ
 
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from typing import Any
@@ -108,9 +109,7 @@ class PDEResiduals:
         if mlp is None:
             return None
         pairs = list(self._pairs(batch))
-        starts = [0]
-        for p in params:
-            starts.append(starts[-1] + p.numel())
+        starts = [0, *itertools.accumulate(p.numel() for p in params)]  # each parameter's first column
         r: Tensor | None = None
         J: Tensor | None = None
         first = 0
