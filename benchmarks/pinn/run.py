@@ -5,6 +5,7 @@ against L-BFGS, Adam and an ENGD baseline, on the same points and initial weight
     python benchmarks/pinn/run.py --problems poisson5d poisson2d_deep --seeds 1
     python benchmarks/pinn/run.py --quick                  # a few seconds per run (the test suite's variant)
     python benchmarks/pinn/run.py --problems heat1d --merge  # add or replace one problem in results/pinn/pinn.json
+    python benchmarks/pinn/run.py --render --include /tmp/b/pinn.json  # add the optimizers of a run made beside it
 
 The run writes results/pinn/pinn.json, pinn.png and pinn.md (while it runs, the logs of the finished runs are in
 pinn.partial.json, removed at the end); ``python benchmarks/paper/report.py`` puts the
@@ -309,6 +310,24 @@ def results_section(results: dict) -> str:
     return "\n".join(lines)
 
 
+def include(results: dict, other: dict, source: Path) -> None:
+    """Adds (or replaces) each of ``other``'s optimizers in ``results``, problem by problem, with their runs'
+    provenance; a problem must have the same seeds and budget in both."""
+    for problem, data in other["problems"].items():
+        kept = results["problems"].get(problem)
+        if kept is None:
+            results["problems"][problem] = data
+            continue
+        if kept["seeds"] != data["seeds"] or kept["budget_s"] != data["budget_s"]:
+            raise SystemExit(f"--include {source}: {problem} has seeds {data['seeds']} and budget {data['budget_s']} "
+                             f"there, seeds {kept['seeds']} and budget {kept['budget_s']} here")
+        names = set(data["logs"])
+        kept["logs"] = {k: v for k, v in kept["logs"].items() if k not in names} | data["logs"]
+        runs = [dict(r, optimizers=[o for o in r["optimizers"] if o not in names]) for r in kept["runs"]]
+        kept["runs"] = [r for r in runs if r["optimizers"]] + [
+            dict(r, optimizers=[o for o in r["optimizers"] if o in names]) for r in data["runs"]]
+
+
 def _seed_keys(obj: dict) -> dict:
     """JSON turns the logs' integer seeds into strings; this turns them back."""
     return {int(k) if k.isdigit() else k: v for k, v in obj.items()}
@@ -324,6 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "pinn")
     p.add_argument("--merge", action="store_true", help="keep the other problems of an existing pinn.json")
     p.add_argument("--render", action="store_true", help="only redraw pinn.png and pinn.md from pinn.json")
+    p.add_argument("--include", nargs="+", type=Path, default=[],
+                   help="with --render: first add the optimizers of these pinn.json files to the same problems (runs "
+                        "with the same seeds and budget, made side by side with another --out)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU seconds are one core's)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -332,8 +354,12 @@ def main(argv: list[str] | None = None) -> dict:
     tag = "_quick" if args.quick else ""
     path = args.out / f"pinn{tag}.json"
     results: dict = {"problems": {}}
+    if args.include and not args.render:
+        p.error("--include: only with --render")
     if args.render:
         results = json.loads(path.read_text(), object_hook=_seed_keys)
+        for other in args.include:
+            include(results, json.loads(other.read_text(), object_hook=_seed_keys), other)
         args.problems = []
         for data in results["problems"].values():  # (the summaries follow the logs as this code reads them)
             data["logs"] = {k: data["logs"][k] for k in OPTIMIZERS if k in data["logs"]}

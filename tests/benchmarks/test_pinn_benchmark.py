@@ -120,6 +120,27 @@ def test_merge_adds_an_optimizer_beside_the_logs_of_the_same_seeds_and_budget(tm
     assert list(other["logs"]) == ["marquardt"]
 
 
+def test_render_includes_the_optimizers_of_a_run_made_beside_it(tmp_path):
+    common = ["--quick", "--budget", "0.1", "--problems", "heat1d"]
+    R.main([*common, "--optimizers", "marquardt", "--out", str(tmp_path / "a")])
+    beside = R.main([*common, "--optimizers", "Adam", "--out", str(tmp_path / "b")])["problems"]["heat1d"]
+    rendered = R.main(["--quick", "--render", "--out", str(tmp_path / "a"), "--include",
+                       str(tmp_path / "b" / "pinn_quick.json")])["problems"]["heat1d"]
+    assert list(rendered["logs"]) == ["marquardt", "Adam"]
+    assert [(e["cpu_s"], e["relative_error"]) for e in rendered["logs"]["Adam"][1]] == [
+        (e["cpu_s"], e["relative_error"]) for e in beside["logs"]["Adam"][1]]  # (a loss of NaN at step 0)
+    assert [r["optimizers"] for r in rendered["runs"]] == [["marquardt"], ["Adam"]]
+    assert set(rendered["summary"]) == {"marquardt", "Adam"}
+    section = (tmp_path / "a" / "pinn_quick.md").read_text()
+    assert section.count("--optimizers marquardt") == 1 and section.count("--optimizers Adam") == 1
+    R.main([*common[:2], "0.2", *common[3:], "--optimizers", "Adam", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="budget"):  # (another budget cannot sit beside these logs)
+        R.main(["--quick", "--render", "--out", str(tmp_path / "a"), "--include",
+                str(tmp_path / "c" / "pinn_quick.json")])
+    with pytest.raises(SystemExit):
+        R.main([*common, "--out", str(tmp_path / "a"), "--include", str(tmp_path / "b" / "pinn_quick.json")])
+
+
 def test_step_memory_reports_the_form_and_the_added_peak(capsys):
     from benchmarks.pinn import step_memory
 

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .levenberg_marquardt import LevenbergMarquardt
+from .polish import polish_applies, run_polish
 from .result import StepResult
 from .solution import Covariance, LeastSquaresAt, cost_and_gradient, covariance, entry_names, residual_vector
 
@@ -36,7 +37,8 @@ class FitResult:
     summed over the samples, ½ Σ rₖ² for least squares. ``fun`` holds the residuals r (least squares only, in
     the order of the batch's entries), ``grad`` ∇cost (Jᵀr for least squares) over θ's entries in the order of
     ``names``, ``jac`` the Jacobian of r (with ``fit(..., return_jacobian=True)``), ``nfev``/``njev`` the
-    forward and Jacobian passes of the iterations, ``status`` scipy's code (:data:`STATUS`)."""
+    forward and Jacobian passes of the iterations (and of the polish), ``status`` scipy's code (:data:`STATUS`),
+    ``polish_steps`` the Gauss-Newton steps kept after convergence (``fit(..., polish=...)``)."""
 
     converged: bool
     reason: str  # 'ftol', 'xtol', 'gtol', 'lam_max', 'precision', 'max_iterations', 'not_finite' (loss or g at θ)
@@ -51,6 +53,7 @@ class FitResult:
     nfev: int = 0
     njev: int = 0
     names: list[str] = field(default_factory=list)
+    polish_steps: int = 0
     _least_squares: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
     _comm: Any = field(default=None, repr=False)
 
@@ -96,11 +99,19 @@ def fit(
     progress: bool = False,
     return_jacobian: bool = False,
     weight: torch.Tensor | None = None,
+    polish: bool | str = "auto",
 ) -> FitResult:
     """Run ``optimizer.step(*batch)`` (``fit(opt, inputs, targets)``, or the arguments of a residual function)
     until a convergence test holds or the budget ends.
 
     ``weight``: per-sample weights wᵢ ≥ 0 (shape [N]), each sample's loss counted wᵢ times.
+
+    ``polish``: after a convergence test holds, up to ten undamped Gauss-Newton steps (minimum-norm, by the SVD
+    of J), each kept only while ‖Jᵀr‖∞ falls and the cost stays within its rounding (optim/polish.py). The
+    tests stop once the loss stops changing in its last digits, which can leave the gradient well above its
+    rounding level; the polish takes it lower. ``'auto'`` polishes plain least squares without bounds in one
+    process with at most 64 parameters; ``True`` asks for it at any size (an error where it does not apply);
+    ``False`` never. The convergence ``reason`` stays the test that stopped the iterations.
 
     Tests, after each iteration (as in MINPACK's lmder):
 
@@ -129,12 +140,36 @@ def fit(
     if return_jacobian and not optimizer.curvature.least_squares:
         raise ValueError("return_jacobian: only a least-squares fit (loss 'mse', a residual callable or residual "
                          "function) has a Jacobian of residuals")
+    polishing = _polish_choice(polish, optimizer)
     rounding = 4 * torch.finfo(optimizer.layout.params[0].dtype).eps  # (four ulps of θ's dtype)
     result = iterate(lambda: optimizer.step(*batch, weight=weight), optimizer.config.lam.maximum,
                      max_iterations=max_iterations, ftol=ftol, xtol=xtol, gtol=gtol, progress=progress,
                      rounding=rounding)
+    evaluations = 0
+    if polishing and result.converged:
+        polished = run_polish(optimizer, batch, weight, max_steps=POLISH_STEPS)
+        result.polish_steps, evaluations = polished.steps, polished.evaluations
+        result.loss *= polished.cost_ratio  # (the loss is the cost times a fixed scale)
     _describe_solution(result, optimizer, batch, return_jacobian, weight)
+    result.nfev, result.njev = result.nfev + evaluations, result.njev + evaluations
     return result
+
+
+#: the most Gauss-Newton steps ``fit`` keeps after convergence
+POLISH_STEPS = 10
+
+
+def _polish_choice(polish: Any, optimizer: LevenbergMarquardt) -> bool:
+    """Whether to polish: the argument checked before anything runs."""
+    if polish == "auto" and isinstance(polish, str):
+        return polish_applies(optimizer)
+    if not isinstance(polish, bool):
+        raise ValueError(f"polish: expected True, False or 'auto', got {polish!r}")
+    if polish and not polish_applies(optimizer, any_size=True):
+        raise ValueError("polish=True: the Gauss-Newton polish needs a plain least-squares objective (loss 'mse', "
+                         "a residual callable or residual function; not a robust loss or cross-entropy), no bounds "
+                         "and a single process")
+    return polish
 
 
 def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations: int = 200, ftol: float = 1e-10,
