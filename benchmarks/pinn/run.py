@@ -321,11 +321,15 @@ def include(results: dict, other: dict, source: Path) -> None:
         if kept["seeds"] != data["seeds"] or kept["budget_s"] != data["budget_s"]:
             raise SystemExit(f"--include {source}: {problem} has seeds {data['seeds']} and budget {data['budget_s']} "
                              f"there, seeds {kept['seeds']} and budget {kept['budget_s']} here")
-        names = set(data["logs"])
-        kept["logs"] = {k: v for k, v in kept["logs"].items() if k not in names} | data["logs"]
-        runs = [dict(r, optimizers=[o for o in r["optimizers"] if o not in names]) for r in kept["runs"]]
-        kept["runs"] = [r for r in runs if r["optimizers"]] + [
-            dict(r, optimizers=[o for o in r["optimizers"] if o in names]) for r in data["runs"]]
+        kept["logs"] = {k: v for k, v in kept["logs"].items() if k not in data["logs"]} | data["logs"]
+        kept["runs"] = _runs_of(kept["runs"], set(kept["logs"]) - set(data["logs"])) + _runs_of(
+            data["runs"], set(data["logs"]))
+
+
+def _runs_of(runs: list[dict], names: set[str]) -> list[dict]:
+    """The runs' provenance, each narrowed to the optimizers in ``names`` (runs left with none dropped)."""
+    narrowed = [dict(r, optimizers=[o for o in r["optimizers"] if o in names]) for r in runs]
+    return [r for r in narrowed if r["optimizers"]]
 
 
 def _seed_keys(obj: dict) -> dict:
@@ -379,8 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         if kept and kept["seeds"] == args.seeds and kept["budget_s"] == budget:
             # the same seeds and budget: the other optimizers' logs stay beside the new ones
             logs = {k: v for k, v in kept["logs"].items() if k not in args.optimizers}
-            runs = [dict(r, optimizers=[o for o in r["optimizers"] if o in logs]) for r in kept["runs"]] + runs
-            runs = [r for r in runs if r["optimizers"]]
+            runs = _runs_of(kept["runs"], set(logs)) + runs
         for name in args.optimizers:
             logs[name] = {}
             for seed in args.seeds:

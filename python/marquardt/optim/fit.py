@@ -161,7 +161,7 @@ POLISH_STEPS = 10
 
 def _polish_choice(polish: Any, optimizer: LevenbergMarquardt) -> bool:
     """Whether to polish: the argument checked before anything runs."""
-    if polish == "auto" and isinstance(polish, str):
+    if isinstance(polish, str) and polish == "auto":
         return polish_applies(optimizer)
     if not isinstance(polish, bool):
         raise ValueError(f"polish: expected True, False or 'auto', got {polish!r}")

@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-from ..policy.bounds import Unbounded
 from .levenberg_marquardt import LevenbergMarquardt
 from .solution import LeastSquaresAt
 
@@ -52,7 +51,7 @@ def polish_applies(optimizer: LevenbergMarquardt, any_size: bool = False) -> boo
     """Whether ``fit(..., polish='auto')`` polishes this optimizer's solution (see the module docstring);
     ``any_size``: whatever the number of parameters (``polish=True``)."""
     curvature = optimizer.curvature
-    return (curvature.least_squares and curvature.identity_weights and type(optimizer.box) is Unbounded
+    return (curvature.least_squares and curvature.identity_weights and not optimizer.box.bounded
             and not optimizer.objective.comm.active
             and (any_size or optimizer.layout.numel <= POLISH_MAX_PARAMETERS))
 

@@ -29,6 +29,8 @@ HELD_DAMPING = 1e12
 class Unbounded:
     """No bounds: every method passes its argument through."""
 
+    bounded = False  # (steps that ignore the bounds, such as fit's polish, need to know)
+
     def hold_active(self, system: Any, theta: torch.Tensor) -> None:
         return None
 
@@ -44,6 +46,8 @@ class Unbounded:
 
 class Box(Unbounded):
     """Flat lower and upper bounds [n] (±inf where unbounded); see the module docstring."""
+
+    bounded = True
 
     def __init__(self, lower: torch.Tensor, upper: torch.Tensor) -> None:
         self.lower, self.upper = lower, upper
