@@ -38,7 +38,7 @@ class FitResult:
     the order of the batch's entries), ``grad`` ∇cost (Jᵀr for least squares) over θ's entries in the order of
     ``names``, ``jac`` the Jacobian of r (with ``fit(..., return_jacobian=True)``), ``nfev``/``njev`` the
     forward and Jacobian passes of the iterations (and of the polish), ``status`` scipy's code (:data:`STATUS`),
-    ``polish_steps`` the Gauss-Newton steps kept after convergence (``fit(..., polish=...)``)."""
+    ``polish_steps`` the Gauss-Newton (or Newton) steps kept after convergence (``fit(..., polish=...)``)."""
 
     converged: bool
     reason: str  # 'ftol', 'xtol', 'gtol', 'lam_max', 'precision', 'max_iterations', 'not_finite' (loss or g at θ)
@@ -107,7 +107,8 @@ def fit(
     ``weight``: per-sample weights wᵢ ≥ 0 (shape [N]), each sample's loss counted wᵢ times.
 
     ``polish``: after a convergence test holds, up to ten undamped Gauss-Newton steps (minimum-norm, by the SVD
-    of J), each kept only while ‖Jᵀr‖∞ falls and the cost stays within its rounding (optim/polish.py). The
+    of J), each kept only while ‖Jᵀr‖∞ falls and the cost stays within its rounding; where the Gauss-Newton step
+    fails and there are at most 16 parameters, Newton steps with a finite-difference Hessian (optim/polish.py). The
     tests stop once the loss stops changing in its last digits, which can leave the gradient well above its
     rounding level; the polish takes it lower. ``'auto'`` polishes plain least squares without bounds in one
     process with at most 64 parameters; ``True`` asks for it at any size (an error where it does not apply);

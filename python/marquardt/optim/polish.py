@@ -13,16 +13,42 @@ orders of magnitude above what float arithmetic allows. Each polish step is the 
 which never forms JᵀJ (so its accuracy follows κ(J), not κ(J)²). A step is kept while both
 
 * the gradient falls: ‖Jᵀr‖∞ at θ + δ is below its value at θ (this is what the polish is for), and
-* the cost does not rise by more than its rounding, C(θ + δ) ≤ C(θ) + ε (64 C(θ) + 4 |r|ᵀ|J||θ|), with ε of
-  θ's dtype. The second term bounds how much the cost moves when each θⱼ moves by its own rounding,
-  Σᵢ |rᵢ| Σⱼ |Jᵢⱼ| ε|θⱼ|: a residual computed as the small difference of large terms carries that much
-  rounding, far more than the cost's last digits. Below the bound the cost cannot tell the two points
-  apart; above it, the step is not a Gauss-Newton improvement.
+* the cost does not rise by more than its rounding,
 
-The first step that fails either test ends the polish and is not taken, so the cost of the polished point
-exceeds the cost where the fit stopped by its rounding at most. Where the Gauss-Newton iteration does not
-converge (a large residual, whose second derivatives JᵀJ leaves out) or J is singular at the solution, the
-first step fails the tests and the point stays where the fit stopped.
+  .. math::
+
+      C(\theta + \delta) \le C(\theta) + \varepsilon\,(64\,C(\theta) + 4\,|r|^\top |J|\,|\theta|)
+      + 4\,|r|^\top \nu,
+
+  with ε of θ's dtype. The second term bounds how much the cost moves when each θⱼ moves by its own rounding,
+  Σᵢ |rᵢ| Σⱼ |Jᵢⱼ| ε|θⱼ|. The third is the rounding of the residuals' own arithmetic, measured once where
+  the fit stopped: ν is the larger, residual by residual, of |r(θ + p) − r(θ) − J p| for two probes p of
+  16 ulps of each θⱼ, one with all signs positive and one with alternating signs (so small a step leaves the
+  second-order term far below the rounding, so what is left is rounding). One sample of the rounding can
+  fall well below its typical size, hence two probes and the factor 4. A residual
+  computed as the small difference of large terms carries far more rounding than the cost's last digits;
+  below the bound the cost cannot tell the two points apart, and above it, the step is not an improvement.
+
+Where the Gauss-Newton step fails either test, the polish tries Newton steps instead, for problems of at
+most :data:`NEWTON_MAX_PARAMETERS` parameters. Gauss-Newton leaves out the residuals' second derivatives
+Σᵢ rᵢ ∇²rᵢ, which matter where the residual stays large at the minimiser (Penalty I) or J is singular there
+(Freudenstein-Roth, Jennrich-Sampson); its step then raises the gradient. The Newton step
+
+.. math::
+
+    \delta = -H^{+} g,\qquad g = J^\top r,\qquad
+    H_{:,j} = \frac{g(\theta + h_j e_j) - g(\theta - h_j e_j)}{2 h_j},\quad h_j = 6\cdot 10^{-6}\max(|\theta_j|, 1),
+
+uses the whole Hessian, by central differences of the exact gradient (2n extra residual-and-Jacobian
+evaluations; h ≈ ε^{1/3}, the step that balances the difference's truncation error against its rounding for
+ε = 2⁻⁵²). H⁺ inverts H on its eigenvalues above ε·n·max|μ| only: near a minimiser H is positive
+semi-definite, and a direction of negative or unresolved curvature is left alone rather than followed
+toward a saddle. Newton steps pass the same two tests. Once the Gauss-Newton step fails, the remaining steps
+are Newton steps.
+
+The first step that fails the tests ends the polish and is not taken, so the cost of the polished point exceeds
+the cost where the fit stopped by its rounding at most. Where neither step improves the point (a saddle, a
+maximum nearby, or rounding that hides any improvement), the point stays where the fit stopped.
 
 It applies where it is cheap and well defined: a plain least-squares objective (loss ``'mse'``, a residual
 callable or a residual function; not a robust loss, whose step is a reweighted one), no bounds, one process,
@@ -31,6 +57,7 @@ and at most :data:`POLISH_MAX_PARAMETERS` parameters (the SVD of an [m, n] Jacob
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +72,15 @@ POLISH_MAX_PARAMETERS = 64
 COST_ROUNDING_ULPS = 64
 #: the safety factor on the cost's first-order sensitivity to rounding θ
 THETA_ROUNDING_FACTOR = 4
+#: the probe that measures the residuals' rounding: this many ulps of each θⱼ
+NOISE_PROBE_ULPS = 16
+#: the factor on the measured rounding of the residuals (it enters the cost at both points, and a sample of
+#: it can fall well below its typical size)
+RESIDUAL_NOISE_FACTOR = 4
+#: the most parameters for which the polish tries Newton steps (each costs 2n residual-and-Jacobian evaluations)
+NEWTON_MAX_PARAMETERS = 16
+#: the central difference's relative step, about ε^{1/3} for float64
+NEWTON_DIFFERENCE_STEP = 6e-6
 
 
 def polish_applies(optimizer: LevenbergMarquardt, any_size: bool = False) -> bool:
@@ -65,6 +101,59 @@ def _gauss_newton_step(J: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return -(Vh.mT @ (inverse * (U.mT @ r)))
 
 
+def _newton_step(gradient_at: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,
+                 g: torch.Tensor) -> torch.Tensor:
+    """−H⁺g with H the central-difference Jacobian of the gradient (symmetrised), inverted on its eigenvalues
+    above ε·n·max|μ| (see the module docstring)."""
+    n = theta.numel()
+    columns = []
+    for j in range(n):
+        h = NEWTON_DIFFERENCE_STEP * max(abs(float(theta[j])), 1.0)
+        offset = torch.zeros_like(theta)
+        offset[j] = h
+        columns.append((gradient_at(theta + offset) - gradient_at(theta - offset)) / (2.0 * h))
+    H = torch.stack(columns, dim=1)
+    mu, V = torch.linalg.eigh(0.5 * (H + H.mT))
+    cut = torch.finfo(theta.dtype).eps * n * float(mu.abs().max())
+    inverse = torch.where(mu > cut, 1.0 / torch.where(mu > cut, mu, 1.0), 0.0)
+    return -(V @ (inverse * (V.mT @ g)))
+
+
+@dataclass
+class _Point:
+    """θ with its residuals, Jacobian, cost ½‖r‖² and ‖Jᵀr‖∞."""
+
+    theta: torch.Tensor
+    r: torch.Tensor
+    J: torch.Tensor
+
+    @property
+    def cost(self) -> float:
+        return 0.5 * float(self.r @ self.r)
+
+    @property
+    def gradient(self) -> torch.Tensor:
+        return self.J.mT @ self.r
+
+    def improved_by(self, trial: _Point, residual_noise: torch.Tensor) -> bool:
+        """Both tests of the module docstring: the gradient falls, the cost rises by its rounding at most."""
+        eps = torch.finfo(self.theta.dtype).eps
+        absolute_r = self.r.abs()
+        rounding = (eps * (COST_ROUNDING_ULPS * self.cost
+                           + THETA_ROUNDING_FACTOR * float(absolute_r @ (self.J.abs() @ self.theta.abs())))
+                    + RESIDUAL_NOISE_FACTOR * float(absolute_r @ residual_noise))
+        return (float(trial.gradient.abs().max()) < float(self.gradient.abs().max())
+                and trial.cost <= self.cost + rounding)
+
+
+def _noise_probes(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 ulps of each θⱼ, with all signs positive and with signs alternating (deterministic probes: no random
+    generator is touched)."""
+    ulps = NOISE_PROBE_ULPS * torch.finfo(theta.dtype).eps * theta.abs()
+    signs = 1.0 - 2.0 * (torch.arange(theta.numel(), device=theta.device) % 2).to(theta.dtype)
+    return ulps, ulps * signs
+
+
 @dataclass
 class Polished:
     """What :func:`run_polish` did: the steps kept, the residual-and-Jacobian evaluations it made, and the cost
@@ -76,28 +165,34 @@ class Polished:
 
 
 def run_polish(optimizer: LevenbergMarquardt, batch: tuple, weight: Any, max_steps: int) -> Polished:
-    """Up to ``max_steps`` kept Gauss-Newton steps from the current θ, the last kept point left in the model."""
+    """Up to ``max_steps`` kept Gauss-Newton (then Newton) steps from the current θ, the last kept point left in
+    the model."""
     layout = optimizer.layout
-    theta = layout.get_flat()
-    r, J = LeastSquaresAt(optimizer, batch, theta, weight)()
-    cost, grad = 0.5 * float(r @ r), float((J.mT @ r).abs().max())
-    first_cost, kept, evaluations = cost, 0, 1
-    eps = torch.finfo(theta.dtype).eps
-    for _ in range(max_steps):
-        if grad == 0.0:
-            break
-        rounding = eps * (COST_ROUNDING_ULPS * cost
-                          + THETA_ROUNDING_FACTOR * float(r.abs() @ (J.abs() @ theta.abs())))
-        trial = theta + _gauss_newton_step(J, r)
-        if not bool(torch.isfinite(trial).all()):
-            break
-        r_trial, J_trial = LeastSquaresAt(optimizer, batch, trial, weight)()
+    evaluations = 0
+
+    def at(theta: torch.Tensor) -> _Point:
+        nonlocal evaluations
         evaluations += 1
-        cost_trial = 0.5 * float(r_trial @ r_trial)
-        grad_trial = float((J_trial.mT @ r_trial).abs().max())
-        if not (grad_trial < grad and cost_trial <= cost + rounding):
+        return _Point(theta, *LeastSquaresAt(optimizer, batch, theta, weight)())
+
+    point = first = at(layout.get_flat())
+    residual_noise = torch.stack([(at(point.theta + probe).r - point.r - point.J @ probe).abs()
+                                  for probe in _noise_probes(point.theta)]).amax(dim=0)
+    newton_allowed = layout.numel <= NEWTON_MAX_PARAMETERS
+    newton, kept = False, 0
+    while kept < max_steps and bool((point.gradient != 0).any()):
+        if newton:
+            step = _newton_step(lambda theta: at(theta).gradient, point.theta, point.gradient)
+        else:
+            step = _gauss_newton_step(point.J, point.r)
+        trial_theta = point.theta + step
+        trial = at(trial_theta) if bool(torch.isfinite(trial_theta).all()) else None
+        if trial is not None and point.improved_by(trial, residual_noise):
+            point, kept = trial, kept + 1
+        elif newton or not newton_allowed:
             break  # (this step is not kept: the polish ends here)
-        theta, r, J, cost, grad, kept = trial, r_trial, J_trial, cost_trial, grad_trial, kept + 1
+        else:
+            newton = True  # (Gauss-Newton failed here: Newton steps from now on)
     if kept:
-        layout.set_flat(theta)
-    return Polished(kept, evaluations, cost / first_cost if kept else 1.0)
+        layout.set_flat(point.theta)
+    return Polished(kept, evaluations, point.cost / first.cost if kept else 1.0)
