@@ -103,6 +103,23 @@ def test_the_guarded_system_stays_cholesky_while_the_factor_is_accurate():
     assert guarded.form == "primal"
 
 
+def test_the_guarded_verdict_is_estimated_once_per_factor_and_follows_the_damping(monkeypatch):
+    """The trust region solves twice at each λ: the condition estimate runs once per factor. A new damping
+    vector at the same λ is a new matrix, judged again: κ(J) = 1e7 with d = 1 at λ = 1 is well conditioned;
+    with d = 1e-20 it is κ(JᵀJ) = 1e14 again, and the system turns to QR."""
+    J, rho = ill_conditioned(20, 5, 1e7)
+    guarded = filled(GuardedPrimalSystem, J, rho)
+    estimates = []
+    norm = torch.linalg.matrix_norm
+    monkeypatch.setattr(torch.linalg, "matrix_norm", lambda *a, **k: estimates.append(1) or norm(*a, **k))
+    guarded.scaled_step_norm(1.0)
+    guarded.scaled_step_slope(1.0)
+    assert guarded.form == "primal" and len(estimates) == 2  # (‖U‖_F and ‖U⁻¹‖_F, once)
+    guarded.set_damping(torch.full((5,), 1e-20, dtype=torch.float64))
+    guarded.lm_step(1.0)
+    assert guarded.form == "qr"
+
+
 @pytest.mark.parametrize("condition", [1e7, 1e10])
 def test_the_guarded_system_turns_to_qr_past_the_condition_limit(condition):
     """κ(J) = 1e7 is κ(JᵀJ) = 1e14, past the 1e12 limit: the step is the QR system's from then on."""

@@ -181,6 +181,7 @@ class GuardedPrimalSystem(PrimalSystem):
         super().__init__(n, alpha, dtype, device, accumulate_dtype)
         self._qr = QRSystem(n, alpha, dtype, device)
         self.form = "primal"
+        self._verdict: tuple[torch.Tensor | None, bool] = (None, False)  # (the factor judged, whether it holds)
 
     @classmethod
     def footprint(cls, problem: Problem, precision: Precision) -> Footprint:
@@ -204,7 +205,10 @@ class GuardedPrimalSystem(PrimalSystem):
         self._qr.set_damping(d)
 
     def _cholesky_holds(self, lam: float) -> bool:
-        """Factors A + λD² (kept for this λ) and says whether its accuracy is acceptable; False turns to QR."""
+        """Factors A + λD² (kept for this λ) and says whether its accuracy is acceptable; False turns to QR. The
+        verdict is kept with the factor it judged: the trust region's search solves twice at each λ."""
+        if self._factor is not None and self._factor[0] == lam and self._verdict[0] is self._factor[1]:
+            return self._verdict[1]
         if self._factor is None or self._factor[0] != lam:
             assert self.d is not None
             U, info = ops.damped_cholesky_factor(self.A, self.d, lam)
@@ -214,7 +218,9 @@ class GuardedPrimalSystem(PrimalSystem):
         U = self._factor[1]
         inverse = torch.linalg.solve_triangular(U, torch.eye(U.shape[0], dtype=U.dtype, device=U.device), upper=True)
         estimate = float(torch.linalg.matrix_norm(U) * torch.linalg.matrix_norm(inverse)) ** 2
-        return math.isfinite(estimate) and estimate <= self.CONDITION_LIMIT
+        holds = math.isfinite(estimate) and estimate <= self.CONDITION_LIMIT
+        self._verdict = (U, holds)
+        return holds
 
     def _solves_by_qr(self, lam: float) -> bool:
         """Whether this λ's solves go through the QR form (once it does, for the rest of the step)."""
