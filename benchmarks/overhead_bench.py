@@ -2,8 +2,8 @@
 
 The problem: y(t) = a·exp(−b·t) + c, 3 parameters, 100 points, float64. ``marquardt.fit`` runs 10 iterations
 (ftol = xtol = gtol = 0, so it never stops early; no polish, which runs only after a fit converges); the figure is
-its wall time divided by 10. scipy fits the
-same data from the same start to its own tolerances. One thread, interleaved rounds, medians.
+its wall time divided by 10. scipy fits the same data from the same start to its own tolerances. One thread,
+interleaved rounds, medians.
 
     python benchmarks/overhead_bench.py [--repeats 100] [--check]
 
