@@ -133,7 +133,7 @@ class Adam(Optimizer):
         loss = self.loss(self.run.next_batch())
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 class ENGD(Optimizer):

@@ -93,7 +93,7 @@ class HelicalValley(Problem):
     x0, f_star = [-1.0, 0.0, 0.0], (0.0,)
 
     def residuals(self, x):
-        theta = torch.atan(x[1] / x[0]) / (2 * math.pi) + (0.5 if float(x[0]) < 0 else 0.0)
+        theta = torch.atan(x[1] / x[0]) / (2 * math.pi) + (0.5 if float(x[0].detach()) < 0 else 0.0)
         return torch.stack([10 * (x[2] - 10 * theta), 10 * (torch.sqrt(x[0] ** 2 + x[1] ** 2) - 1), x[2]])
 
 
