@@ -181,6 +181,23 @@ def test_points_floor_trains_on_multiplied_point_counts(capsys):
     assert "   900 + 120 " in out and "  1800 + 240 " in out
 
 
+def test_points_floor_reports_the_best_error_and_when_it_reached_the_target():
+    """plateau() with another marquardt row: the lowest error is at most the final one, and the time to 1e-7 is
+    within the budget when set (a generous target checks the crossing is recorded)."""
+    from benchmarks.pinn import points_floor
+
+    out = points_floor.plateau(P.PROBLEMS["poisson2d"], 1, 0.5, optimizer="marquardt")
+    assert out["best_relative_error"] <= out["relative_error"] and out["steps"] >= 1
+    assert out["seconds_to_target"] is None or 0 < out["seconds_to_target"] <= 0.5 + 1.0
+    original = points_floor.TARGET_ERROR
+    try:
+        points_floor.TARGET_ERROR = 10.0  # (every error is below this: reached after the first step)
+        reached = points_floor.plateau(P.PROBLEMS["poisson2d"], 1, 0.2, optimizer="marquardt")["seconds_to_target"]
+    finally:
+        points_floor.TARGET_ERROR = original
+    assert reached is not None and reached > 0
+
+
 def test_float64_targets_change_only_the_rounding_of_f_and_u():
     import dataclasses
 
