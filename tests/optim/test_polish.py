@@ -95,7 +95,8 @@ def test_the_result_describes_the_polished_point():
     assert after.loss == pytest.approx(after.cost / r.numel(), rel=1e-12)  # (a residual callable's loss: the mean)
     torch.testing.assert_close(after.x["x"], problem.x.detach())
     extra = after.nfev - before.nfev
-    assert extra == after.njev - before.njev and extra >= after.polish_steps + 1
+    assert extra == after.njev - before.njev + 2  # (the two rounding probes evaluate r alone)
+    assert after.njev - before.njev >= after.polish_steps + 1
 
 
 def test_newton_steps_take_over_where_gauss_newton_raises_the_gradient(monkeypatch):
@@ -328,3 +329,22 @@ def test_a_network_fit_on_inputs_and_targets_is_polished_too():
     assert float(after.grad.abs().max()) <= float(before.grad.abs().max())
     assert after.polish_steps == 0 or float(after.grad.abs().max()) < float(before.grad.abs().max())
     assert after.cost <= before.cost * (1 + 1e-12)
+
+
+def test_a_gradient_at_its_rounding_level_ends_the_polish_before_any_trial():
+    """Osborne 2, polished until a polish keeps no step: there ‖Jᵀr‖∞ is within maxⱼ Σᵢ |Jᵢⱼ|(ε|rᵢ| + νᵢ), and the
+    polish evaluates r and J where it stands and r at the two probes, tries no step and leaves the point."""
+    problem = Osborne2(Osborne2.x0)
+    assert _fit(problem, "auto").polish_steps >= 1
+    for _ in range(3):
+        polished_x = problem.x.detach().clone()
+        again = run_polish(marquardt.LevenbergMarquardt(problem, lambda r, _t: r), (NO_INPUT,), None, max_steps=10)
+        if again.steps == 0:
+            break
+    assert (again.steps, again.evaluations, again.jacobian_evaluations) == (0, 3, 1)
+    assert torch.equal(problem.x.detach(), polished_x)
+    theta = problem.x.detach().clone()
+    J = torch.func.jacrev(problem.residuals)(theta)
+    r = problem.residuals(theta).detach()
+    level = J.abs().T @ (torch.finfo(theta.dtype).eps * r.abs() + _residual_rounding(problem))
+    assert _gradient(problem) <= float(level.max())

@@ -122,6 +122,7 @@ class Objective:
         self._last_batch = SameBatch()  # the batch checked last, to skip rescanning it when passed again
         self._checked_against: tuple | None = None  # the model's (device, dtype) when it was checked
         self._checked_ranks = False
+        self._least_squares_engine: FullJacobian | None = None  # r and J of the whole batch (fit's solution)
         #: what must agree across torch.distributed ranks besides the parameters (the optimizer's settings)
         self.setup: dict[str, Any] = {}
 
@@ -565,11 +566,13 @@ class Objective:
         if not self.curvature.least_squares:
             raise ValueError(f"residuals and their Jacobian: only a least-squares objective has them (loss 'mse', "
                              f"a residual callable or function), not this one (curvature {self.curvature.name!r})")
-        # (the whole batch's rows: a residual function's batch has no leading size to count them by)
-        engine = FullJacobian(self._functional_outputs, self.layout,
-                              rows_of=(lambda x: self._batch_rows) if self.residual_function is not None else None)
+        if self._least_squares_engine is None:  # (built once: a small model's engine times its two modes once)
+            # (the whole batch's rows: a residual function's batch has no leading size to count them by)
+            self._least_squares_engine = FullJacobian(
+                self._functional_outputs, self.layout, module_outputs=self.outputs, model=self.model,
+                rows_of=(lambda x: self._batch_rows) if self.residual_function is not None else None)
         noise.replay()
-        J, z = engine.output_jacobian(inputs, targets)
+        J, z = self._least_squares_engine.output_jacobian(inputs, targets)
         r = self.curvature.residuals(z, None if self.residual_mode else targets)  # [S, c]
         J = J.reshape(*r.shape, self.layout.numel)
         row_scale = self.curvature.jacobian_scale(z, None if self.residual_mode else targets)

@@ -146,13 +146,14 @@ def fit(
     result = iterate(lambda: optimizer.step(*batch, weight=weight), optimizer.config.lam.maximum,
                      max_iterations=max_iterations, ftol=ftol, xtol=xtol, gtol=gtol, progress=progress,
                      rounding=rounding)
-    evaluations = 0
+    evaluations = jacobian_evaluations = 0
     if polishing and result.converged:
         polished = run_polish(optimizer, batch, weight, max_steps=POLISH_STEPS)
         result.polish_steps, evaluations = polished.steps, polished.evaluations
+        jacobian_evaluations = polished.jacobian_evaluations
         result.loss *= polished.cost_ratio  # (the loss is the cost times a fixed scale)
     _describe_solution(result, optimizer, batch, return_jacobian, weight)
-    result.nfev, result.njev = result.nfev + evaluations, result.njev + evaluations
+    result.nfev, result.njev = result.nfev + evaluations, result.njev + jacobian_evaluations
     return result
 
 

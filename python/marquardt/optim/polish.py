@@ -46,7 +46,10 @@ semi-definite, and a direction of negative or unresolved curvature is left alone
 toward a saddle. Newton steps pass the same two tests. Once the Gauss-Newton step fails, the remaining steps
 are Newton steps.
 
-The first step that fails the tests ends the polish and is not taken, so the cost of the polished point exceeds
+The polish ends before any trial once the gradient is at its rounding level, ‖Jᵀr‖∞ ≤ maxⱼ Σᵢ |Jᵢⱼ| (ε|rᵢ| + νᵢ):
+no step can lower a gradient that cannot be told from zero, so none is evaluated (with the probes, which need
+r alone, a polish that finds the point already there costs one evaluation of J and three of r). The first step
+that fails the tests ends the polish and is not taken, so the cost of the polished point exceeds
 the cost where the fit stopped by its rounding at most. Where neither step improves the point (a saddle, a
 maximum nearby, or rounding that hides any improvement), the point stays where the fit stopped.
 
@@ -64,7 +67,7 @@ from typing import Any
 import torch
 
 from .levenberg_marquardt import LevenbergMarquardt
-from .solution import LeastSquaresAt
+from .solution import LeastSquaresAt, residuals_at_theta
 
 #: the most parameters for which :func:`~marquardt.fit` polishes by default (``polish='auto'``)
 POLISH_MAX_PARAMETERS = 64
@@ -135,6 +138,12 @@ class _Point:
     def gradient(self) -> torch.Tensor:
         return self.J.mT @ self.r
 
+    def gradient_at_rounding(self, residual_noise: torch.Tensor) -> bool:
+        """‖Jᵀr‖∞ ≤ maxⱼ Σᵢ |Jᵢⱼ| (ε|rᵢ| + νᵢ): the gradient cannot be told from zero, and no step can lower it."""
+        eps = torch.finfo(self.theta.dtype).eps
+        level = self.J.abs().mT @ (eps * self.r.abs() + residual_noise)
+        return float(self.gradient.abs().max()) <= float(level.max())
+
     def improved_by(self, trial: _Point, residual_noise: torch.Tensor) -> bool:
         """Both tests of the module docstring: the gradient falls, the cost rises by its rounding at most."""
         eps = torch.finfo(self.theta.dtype).eps
@@ -156,11 +165,13 @@ def _noise_probes(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class Polished:
-    """What :func:`run_polish` did: the steps kept, the residual-and-Jacobian evaluations it made, and the cost
-    after over the cost before (1.0 when no step was kept)."""
+    """What :func:`run_polish` did: the steps kept, the evaluations of the residuals it made (``evaluations``; the
+    two rounding probes need r alone) and of their Jacobian (``jacobian_evaluations``), and the cost after over
+    the cost before (1.0 when no step was kept)."""
 
     steps: int
     evaluations: int
+    jacobian_evaluations: int
     cost_ratio: float
 
 
@@ -168,19 +179,24 @@ def run_polish(optimizer: LevenbergMarquardt, batch: tuple, weight: Any, max_ste
     """Up to ``max_steps`` kept Gauss-Newton (then Newton) steps from the current θ, the last kept point left in
     the model."""
     layout = optimizer.layout
-    evaluations = 0
+    evaluations = jacobians = 0
 
     def at(theta: torch.Tensor) -> _Point:
-        nonlocal evaluations
-        evaluations += 1
+        nonlocal evaluations, jacobians
+        evaluations, jacobians = evaluations + 1, jacobians + 1
         return _Point(theta, *LeastSquaresAt(optimizer, batch, theta, weight)())
 
+    def residuals_at(theta: torch.Tensor) -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        return residuals_at_theta(optimizer, batch, theta, weight)
+
     point = first = at(layout.get_flat())
-    residual_noise = torch.stack([(at(point.theta + probe).r - point.r - point.J @ probe).abs()
+    residual_noise = torch.stack([(residuals_at(point.theta + probe) - point.r - point.J @ probe).abs()
                                   for probe in _noise_probes(point.theta)]).amax(dim=0)
     newton_allowed = layout.numel <= NEWTON_MAX_PARAMETERS
     newton, kept = False, 0
-    while kept < max_steps and bool((point.gradient != 0).any()):
+    while kept < max_steps and not point.gradient_at_rounding(residual_noise):
         if newton:
             step = _newton_step(lambda theta: at(theta).gradient, point.theta, point.gradient)
         else:
@@ -195,4 +211,4 @@ def run_polish(optimizer: LevenbergMarquardt, batch: tuple, weight: Any, max_ste
             newton = True  # (Gauss-Newton failed here: Newton steps from now on)
     if kept:
         layout.set_flat(point.theta)
-    return Polished(kept, evaluations, point.cost / first.cost if kept else 1.0)
+    return Polished(kept, evaluations, jacobians, point.cost / first.cost if kept else 1.0)

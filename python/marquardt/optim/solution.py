@@ -114,6 +114,12 @@ def residual_vector(optimizer: LevenbergMarquardt, batch: tuple, weight: Any = N
     return r.reshape(-1).detach()
 
 
+def residuals_at_theta(optimizer: LevenbergMarquardt, batch: tuple, theta: torch.Tensor,
+                       weight: Any = None) -> torch.Tensor:
+    """:func:`residual_vector` at θ (written into the model and put back, the generator replayed)."""
+    return _at(optimizer, theta, lambda: residual_vector(optimizer, batch, weight))
+
+
 def cost_and_gradient(optimizer: LevenbergMarquardt, batch: tuple, weight: Any = None) -> tuple[float, torch.Tensor]:
     """(cost, ∇cost) at the current θ: cost = Σᵢ wᵢ ℓᵢ, the loss summed rather than averaged (½ Σ rₖ² for least
     squares, scipy's ``cost``), and its gradient (Jᵀr for least squares), over all ranks."""
