@@ -304,10 +304,18 @@ def results_section(results: dict) -> str:
             speed = s.get("speedup_to_lbfgs_best")
             lines.append(f"| {name} | {f'{pub.error:.1e}' if pub else '-'} | {s['best_error']:.2e} | "
                          f"{s['final_relative_error']:.2e} | {reach} | {s['steps']:.0f} | "
-                         f"{f'{speed:.0f}×' if speed else '-'} |")
+                         f"{_times(speed)} |")
         others = ", ".join(f"{k} {v.error:.1e}" for k, v in spec.published.items() if k in ("KFAC", "Hessian-free"))
         lines += ["", f"Published, not run here: {others}.", ""]
     return "\n".join(lines)
+
+
+def _times(speed: float | None) -> str:
+    """A speed-up for the table: whole numbers from 10 up, two digits below (an optimizer slower than L-BFGS to
+    L-BFGS's best shows its fraction, not 0×), '-' when it never got there."""
+    if not speed:
+        return "-"
+    return f"{speed:.0f}×" if speed >= 10 else f"{speed:.2g}×"
 
 
 def include(results: dict, other: dict, source: Path) -> None:

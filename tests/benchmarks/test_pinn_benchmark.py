@@ -209,3 +209,8 @@ def test_float64_targets_change_only_the_rounding_of_f_and_u():
         assert not torch.equal(theirs.batch[k], exact.batch[k])
         assert torch.allclose(theirs.batch[k], exact.batch[k], rtol=0, atol=1e-5)
     torch.testing.assert_close(exact.batch[3], P.poisson_sin_product(exact.batch[2]), rtol=0, atol=0)
+
+
+def test_the_speed_up_column_shows_a_slower_optimizers_fraction():
+    """An optimizer that reaches L-BFGS's best more slowly than L-BFGS shows 0.07×, not 0×; '-' if never."""
+    assert [R._times(v) for v in (None, 0.0, 0.0712, 2.46, 12.4)] == ["-", "-", "0.071×", "2.5×", "12×"]
