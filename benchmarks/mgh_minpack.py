@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import marquardt  # noqa: E402
+from marquardt.optim.polish import gradient_rounding_level, residual_rounding  # noqa: E402
 from tests.optim.mgh import Meyer, all_problems, minpack, more_problems  # noqa: E402
 
 PROBLEMS = all_problems() + [("Meyer", lambda: Meyer(Meyer.x0))] + more_problems()
@@ -115,16 +116,14 @@ def gradient_rounding(label: str, x: np.ndarray) -> float:
     """The rounding level of ‖Jᵀr‖∞ at x: maxⱼ Σᵢ |Jᵢⱼ| (ε|rᵢ| + νᵢ), where ν is the residuals' measured rounding,
     the larger entry by entry of |r(x + p) − r(x) − J p| for two probes p of 16 ulps of each xⱼ (all signs
     positive, and alternating): what is left of so small a change is rounding. A gradient below this level
-    cannot be told from zero."""
+    cannot be told from zero. The same measure as the one ``fit``'s polish stops on (marquardt/optim/polish.py),
+    here with autograd's J."""
     problem = dict(PROBLEMS)[label]()
     theta = torch.tensor(x, dtype=torch.float64)
     J = torch.func.jacrev(problem.residuals)(theta)
     r = problem.residuals(theta).detach()
-    eps = torch.finfo(theta.dtype).eps
-    ulps = 16 * eps * theta.abs()
-    signs = torch.tensor([(-1.0) ** j for j in range(theta.numel())], dtype=theta.dtype)
-    nu = torch.maximum(*[(problem.residuals(theta + q).detach() - r - J @ q).abs() for q in (ulps, ulps * signs)])
-    return float((J.abs().T @ (eps * r.abs() + nu)).max())
+    nu = residual_rounding(lambda t: problem.residuals(t).detach(), theta, r, J)
+    return gradient_rounding_level(r, J, nu)
 
 
 def agreement(row: dict, reference: dict) -> dict:

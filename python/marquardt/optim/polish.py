@@ -62,6 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -134,15 +135,14 @@ class _Point:
     def cost(self) -> float:
         return 0.5 * float(self.r @ self.r)
 
-    @property
-    def gradient(self) -> torch.Tensor:
+    @cached_property
+    def gradient(self) -> torch.Tensor:  # (asked for by every test of a step: computed once)
         return self.J.mT @ self.r
 
     def gradient_at_rounding(self, residual_noise: torch.Tensor) -> bool:
-        """‖Jᵀr‖∞ ≤ maxⱼ Σᵢ |Jᵢⱼ| (ε|rᵢ| + νᵢ): the gradient cannot be told from zero, and no step can lower it."""
-        eps = torch.finfo(self.theta.dtype).eps
-        level = self.J.abs().mT @ (eps * self.r.abs() + residual_noise)
-        return float(self.gradient.abs().max()) <= float(level.max())
+        """‖Jᵀr‖∞ at or below :func:`gradient_rounding_level`: no step can lower a gradient that cannot be told
+        from zero."""
+        return float(self.gradient.abs().max()) <= gradient_rounding_level(self.r, self.J, residual_noise)
 
     def improved_by(self, trial: _Point, residual_noise: torch.Tensor) -> bool:
         """Both tests of the module docstring: the gradient falls, the cost rises by its rounding at most."""
@@ -161,6 +161,20 @@ def _noise_probes(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ulps = NOISE_PROBE_ULPS * torch.finfo(theta.dtype).eps * theta.abs()
     signs = 1.0 - 2.0 * (torch.arange(theta.numel(), device=theta.device) % 2).to(theta.dtype)
     return ulps, ulps * signs
+
+
+def residual_rounding(residuals_at: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, r: torch.Tensor,
+                      J: torch.Tensor) -> torch.Tensor:
+    """ν, the residuals' rounding at θ (r and J there): the larger, entry by entry, of |r(θ + p) − r(θ) − J p| for
+    the two 16-ulp probes p (see the module docstring)."""
+    return torch.stack([(residuals_at(theta + probe) - r - J @ probe).abs()
+                        for probe in _noise_probes(theta)]).amax(dim=0)
+
+
+def gradient_rounding_level(r: torch.Tensor, J: torch.Tensor, residual_noise: torch.Tensor) -> float:
+    """maxⱼ Σᵢ |Jᵢⱼ| (ε|rᵢ| + νᵢ): how far ‖Jᵀr‖∞ moves with the rounding of the product and of the residuals."""
+    eps = torch.finfo(r.dtype).eps
+    return float((J.abs().mT @ (eps * r.abs() + residual_noise)).max())
 
 
 @dataclass
@@ -192,8 +206,7 @@ def run_polish(optimizer: LevenbergMarquardt, batch: tuple, weight: Any, max_ste
         return residuals_at_theta(optimizer, batch, theta, weight)
 
     point = first = at(layout.get_flat())
-    residual_noise = torch.stack([(residuals_at(point.theta + probe) - point.r - point.J @ probe).abs()
-                                  for probe in _noise_probes(point.theta)]).amax(dim=0)
+    residual_noise = residual_rounding(residuals_at, point.theta, point.r, point.J)
     newton_allowed = layout.numel <= NEWTON_MAX_PARAMETERS
     newton, kept = False, 0
     while kept < max_steps and not point.gradient_at_rounding(residual_noise):
