@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
+import marquardt
 from marquardt import LevenbergMarquardt
 from marquardt.curvature.jacobian import FullJacobian, _jacobian_by_double_vjp
 from marquardt.curvature.losses import GaussNewtonMSE
@@ -99,6 +100,23 @@ def test_the_small_jacobian_takes_reverse_mode_where_forward_mode_is_slow_and_bo
                                                        model.x.detach())
     torch.testing.assert_close(forward, reference, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(reverse, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_a_fit_times_the_small_jacobians_modes_once(monkeypatch):
+    """``fit``'s solution and polish differentiate the whole batch with an engine of their own; it takes the mode
+    that the step's engine timed, so the race of forward against reverse mode runs once per fit, not twice."""
+    import marquardt.curvature.jacobian as jacobian
+
+    races = []
+    timed = jacobian._faster_of
+    monkeypatch.setattr(jacobian, "_faster_of", lambda *args: races.append(args) or timed(*args))
+    t, y = exponential_data(50)
+    opt = LevenbergMarquardt(Exponential(), residuals)
+    result = marquardt.fit(opt, t, y)
+    assert result.polish_steps >= 1 and len(races) == 1
+    objective = opt.objective
+    assert objective._least_squares_engine.modes is objective.engine.modes
+    assert objective.engine.forward_mode_pays is not None
 
 
 def test_a_batch_changed_in_place_is_checked_again():

@@ -16,7 +16,7 @@ import marquardt
 from marquardt.optim import polish as polish_module
 from marquardt.optim.polish import POLISH_MAX_PARAMETERS, polish_applies, run_polish
 
-from .mgh import FreudensteinRoth, Gaussian, Osborne2, PenaltyI, Trigonometric, minpack
+from .mgh import FreudensteinRoth, Gaussian, HelicalValley, Osborne2, PenaltyI, Trigonometric, minpack
 
 TOLERANCES = {"max_iterations": 3000, "ftol": 1e-15, "xtol": 1e-15, "gtol": 1e-15}
 NO_INPUT = torch.zeros(1, dtype=torch.float64)
@@ -348,3 +348,22 @@ def test_a_gradient_at_its_rounding_level_ends_the_polish_before_any_trial():
     r = problem.residuals(theta).detach()
     level = J.abs().T @ (torch.finfo(theta.dtype).eps * r.abs() + _residual_rounding(problem))
     assert _gradient(problem) <= float(level.max())
+
+
+def test_a_zero_residual_is_polished_with_the_rounding_of_each_point_it_reaches(monkeypatch):
+    """The helical valley from 100·x₀ ends its fit at Σr² ≈ 6e-85. Each Gauss-Newton step then cuts the cost by
+    orders of magnitude, and the residuals' rounding with it: measured again at each such point, ν lets the polish
+    go on to a gradient below 1e-150. With ν kept from where the fit stopped (the ratio mutated to 0), the
+    rounding-level stop ends it after one step, at ‖Jᵀr‖∞ above 1e-60."""
+    def polished(ratio: float) -> tuple[float, int]:
+        monkeypatch.setattr(polish_module, "REMEASURE_COST_RATIO", ratio)
+        problem = HelicalValley(HelicalValley.x0)
+        with torch.no_grad():
+            problem.x.mul_(100)
+        result = _fit(problem, "auto")
+        return _gradient(problem), result.polish_steps
+
+    gradient, steps = polished(0.5)
+    stale_gradient, stale_steps = polished(0.0)
+    assert gradient < 1e-150 and steps > stale_steps
+    assert stale_gradient > 1e-60

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from marquardt.policy.line_search import LINE_SEARCHES, Backtracking, GridSearch, grid
+from marquardt.policy.line_search import LINE_SEARCHES, PLATEAU_PROBE, Backtracking, GridSearch, grid, on_plateau
 
 
 def test_grids():
@@ -151,3 +153,47 @@ def test_registered_grids_build_their_own_grid(kind, always):
 
     built = LINE_SEARCHES.build(kind, Settings())
     assert type(built) is GridSearch and built.candidates == grid(kind) and built.apply_always is always
+
+
+def _flat_below(c0: float, start: float, end: float, level: float):
+    """A loss along the line that falls from c0 as s grows, is exactly ``level`` on [start, end] (a stretch where
+    the model has underflowed) and rises above c0 beyond it."""
+    def loss(s: float) -> float:
+        if s < start:
+            return c0 - (c0 - level) * s / start * 0.5
+        return level if s <= end else c0 + s
+    return loss
+
+
+def test_a_decrease_found_on_a_flat_stretch_is_not_taken():
+    """Backtracking from 1 first finds a decrease at 1/16, inside a stretch where the loss is exactly constant:
+    the search would take it (its definition), ``take`` refuses it."""
+    loss = _flat_below(10.0, 0.03, 0.1, 3.0)
+    s_star, value, _ = Backtracking().search(loss, c0=10.0)
+    assert (s_star, value) == (0.0625, 3.0)
+    assert on_plateau(loss, s_star, value, 10.0)
+    assert Backtracking().take(loss, c0=10.0, known={}) is None
+    # the same decrease where the loss still changes around it is taken, at the cost of one probe
+    sloped = lambda s: 3.0 + (s - 0.0625) if s <= 0.1 else 10.0 + s  # noqa: E731
+    calls: dict[float, float] = {}
+    assert Backtracking().take(sloped, c0=10.0, known=calls) == (0.0625, 3.0)
+    assert 0.0625 * (1 + PLATEAU_PROBE) in calls and 0.0625 * (1 - PLATEAU_PROBE) not in calls
+
+
+@given(curvature=st.floats(1e-6, 1e6), s_min=st.floats(1e-6, 10.0), floor=st.floats(0.0, 1e6))
+def test_a_smooth_line_minimum_is_never_a_plateau(curvature, s_min, floor):
+    """At the exact minimiser s₀ of a quadratic a(s − s₀)² + b, where the first-order change vanishes: either the
+    decrease from s = 0 is too small for the probes to tell (nothing is probed), or they see the second-order
+    change."""
+    loss = lambda s: curvature * (s - s_min) ** 2 + floor  # noqa: E731
+    assert not on_plateau(loss, s_min, loss(s_min), loss(0.0))
+
+
+def test_a_decrease_of_a_few_ulps_is_taken_without_probes():
+    """At a fit's noise floor the loss falls by ulps: a flat loss around such a point proves nothing, so it is
+    taken as before, and no probe is evaluated."""
+    c0 = 6.10739654068331e-05
+    lower = c0 - 2 * math.ulp(c0)
+    calls: dict[float, float] = {}
+    assert Backtracking().take(lambda s: lower if s <= 0.5 else c0, c0=c0, known=calls) == (0.5, lower)
+    assert sorted(calls) == [0.5, 1.0]  # (the search: 1, 0.5, then doubling back to 1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -432,6 +433,17 @@ def _faster_of(forward: Callable[[], Any], reverse: Callable[[], Any], margin: f
     return not margin * best(reverse) < best(forward)
 
 
+@dataclass
+class SmallJacobianModes:
+    """Which mode computes a small model's Jacobian (:meth:`FullJacobian._small_jacobian`): whether forward mode
+    pays (None until timed) and whether it failed. Engines that differentiate the same model's outputs share one,
+    so the two modes are timed once per model, not once per engine (``fit``'s solution and polish differentiate
+    the whole batch with an engine of their own)."""
+
+    forward_pays: bool | None = None
+    forward_failed: bool = False
+
+
 class FullJacobian(Engine):
     """The Jacobian of a whole chunk's outputs (no per-sample separability assumed). With ``residual_mode`` the
     outputs of ``output_fn`` are residuals (the targets only feed ``output_fn``)."""
@@ -453,7 +465,8 @@ class FullJacobian(Engine):
 
     def __init__(self, output_fn: OutputFn, layout: ParameterLayout, residual_mode: bool = False,
                  module_outputs: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
-                 model: nn.Module | None = None, rows_of: Callable[[Any], int] | None = None) -> None:
+                 model: nn.Module | None = None, rows_of: Callable[[Any], int] | None = None,
+                 modes: SmallJacobianModes | None = None) -> None:
         self.output_fn = output_fn
         # the number of output rows of a chunk before it is evaluated (its leading size unless told otherwise)
         self.rows_of = rows_of or structure.samples
@@ -462,8 +475,17 @@ class FullJacobian(Engine):
         # the outputs at the model's own parameters (no functional_call: they are θ whenever rows are asked for)
         self.module_outputs = module_outputs
         self._owners = parameter_owners(model, layout.params) if model is not None else None
-        self.forward_mode_failed = False  # set when an operation of the model has no forward-mode derivative
-        self.forward_mode_pays: bool | None = None  # timed at the first small Jacobian (see FORWARD_MODE_MARGIN)
+        self.modes = modes if modes is not None else SmallJacobianModes()
+
+    @property
+    def forward_mode_failed(self) -> bool:
+        """Set when an operation of the model has no forward-mode derivative."""
+        return self.modes.forward_failed
+
+    @property
+    def forward_mode_pays(self) -> bool | None:
+        """Timed at the first small Jacobian (see FORWARD_MODE_MARGIN); None before."""
+        return self.modes.forward_pays
 
     def rows(self, x: torch.Tensor, y: Any, curvature: Curvature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         J, z = self.output_jacobian(x, y)
@@ -551,12 +573,12 @@ class FullJacobian(Engine):
             return _jacobian_by_dual_passes(outputs, owners, params, x, y)
 
         try:
-            if self.forward_mode_pays is None:
-                self.forward_mode_pays = _faster_of(by_forward_mode, by_reverse_mode, self.FORWARD_MODE_MARGIN)
-            if self.forward_mode_pays:
+            if self.modes.forward_pays is None:
+                self.modes.forward_pays = _faster_of(by_forward_mode, by_reverse_mode, self.FORWARD_MODE_MARGIN)
+            if self.modes.forward_pays:
                 return by_forward_mode()
         except (RuntimeError, NotImplementedError):  # e.g. an operation without a forward-mode formula
-            self.forward_mode_failed = True
+            self.modes.forward_failed = True
         return by_reverse_mode()
 
 

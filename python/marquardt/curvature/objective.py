@@ -29,6 +29,7 @@ from .jacobian import (
     FunctorchJacobian,
     GivenJacobian,
     NotApplicable,
+    SmallJacobianModes,
     _rows_from_output_jacobian,
 )
 from .losses import Curvature
@@ -109,6 +110,8 @@ class Objective:
         self.residual_mode = residual_fn is not None or self.residual_function is not None
         self.comm = comm
         self.engine_choice = engine
+        #: a small model's Jacobian mode, timed once for every engine that differentiates its outputs
+        self._small_jacobian_modes = SmallJacobianModes()
         self.engine = self._make_engine(engine)
         self.whole_batch = self.residual_mode  # chunks of the whole batch (residuals, train-mode BatchNorm)
         self._batch_rows = 0  # M of the batch in use, for a residual function (its batch has no leading size)
@@ -136,9 +139,10 @@ class Objective:
                 model = function.model
                 return GivenJacobian(lambda batch: given(model, self.layout.params, *batch),
                                      self._functional_outputs, self.layout, module_outputs=self.outputs,
-                                     model=self.model, rows_of=rows)
+                                     model=self.model, rows_of=rows, modes=self._small_jacobian_modes)
             return FullJacobian(self._functional_outputs, self.layout, residual_mode=self.residual_mode,
-                                module_outputs=self.outputs, model=self.model, rows_of=rows)
+                                module_outputs=self.outputs, model=self.model, rows_of=rows,
+                                modes=self._small_jacobian_modes)
         if kind in ("auto", "fast"):
             try:
                 return FastPathJacobian(self.model, self.layout)
@@ -570,7 +574,8 @@ class Objective:
             # (the whole batch's rows: a residual function's batch has no leading size to count them by)
             self._least_squares_engine = FullJacobian(
                 self._functional_outputs, self.layout, module_outputs=self.outputs, model=self.model,
-                rows_of=(lambda x: self._batch_rows) if self.residual_function is not None else None)
+                rows_of=(lambda x: self._batch_rows) if self.residual_function is not None else None,
+                modes=self._small_jacobian_modes)
         noise.replay()
         J, z = self._least_squares_engine.output_jacobian(inputs, targets)
         r = self.curvature.residuals(z, None if self.residual_mode else targets)  # [S, c]

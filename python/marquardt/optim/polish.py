@@ -21,8 +21,9 @@ which never forms JᵀJ (so its accuracy follows κ(J), not κ(J)²). A step is 
       + 4\,|r|^\top \nu,
 
   with ε of θ's dtype. The second term bounds how much the cost moves when each θⱼ moves by its own rounding,
-  Σᵢ |rᵢ| Σⱼ |Jᵢⱼ| ε|θⱼ|. The third is the rounding of the residuals' own arithmetic, measured once where
-  the fit stopped: ν is the larger, residual by residual, of |r(θ + p) − r(θ) − J p| for two probes p of
+  Σᵢ |rᵢ| Σⱼ |Jᵢⱼ| ε|θⱼ|. The third is the rounding of the residuals' own arithmetic, measured where the
+  fit stopped, and again after a kept step that leaves less than half the cost (a zero residual's rounding
+  shrinks with it): ν is the larger, residual by residual, of |r(θ + p) − r(θ) − J p| for two probes p of
   16 ulps of each θⱼ, one with all signs positive and one with alternating signs (so small a step leaves the
   second-order term far below the rounding, so what is left is rounding). One sample of the rounding can
   fall well below its typical size, hence two probes and the factor 4. A residual
@@ -81,6 +82,10 @@ NOISE_PROBE_ULPS = 16
 #: the factor on the measured rounding of the residuals (it enters the cost at both points, and a sample of
 #: it can fall well below its typical size)
 RESIDUAL_NOISE_FACTOR = 4
+#: a kept step that leaves less than this fraction of the cost measures ν again at its point (a zero residual
+#: shrinking by orders of magnitude takes its rounding down with it; near a nonzero minimum the cost hardly moves,
+#: and ν stays the one measured where the fit stopped)
+REMEASURE_COST_RATIO = 0.5
 #: the most parameters for which the polish tries Newton steps (each costs 2n residual-and-Jacobian evaluations)
 NEWTON_MAX_PARAMETERS = 16
 #: the central difference's relative step, about ε^{1/3} for float64
@@ -217,6 +222,8 @@ def run_polish(optimizer: LevenbergMarquardt, batch: tuple, weight: Any, max_ste
         trial_theta = point.theta + step
         trial = at(trial_theta) if bool(torch.isfinite(trial_theta).all()) else None
         if trial is not None and point.improved_by(trial, residual_noise):
+            if trial.cost < REMEASURE_COST_RATIO * point.cost:  # (the residuals shrank: so did their rounding)
+                residual_noise = residual_rounding(residuals_at, trial.theta, trial.r, trial.J)
             point, kept = trial, kept + 1
         elif newton or not newton_allowed:
             break  # (this step is not kept: the polish ends here)

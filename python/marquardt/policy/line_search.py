@@ -2,6 +2,12 @@
 
 When a trial is rejected, a line search along the attempt's step δ looks for a multiplier s with
 f(θ + sδ) < C₀ (or takes the best one whatever it is, with ``apply_always``, as the authors' code does).
+
+A decrease found on a plateau is not taken: where f is exactly constant around s (f(θ + s(1 ± 2⁻²⁰)δ) = f(θ + sδ)
+to the last bit) although it fell from f(θ) by far more than its rounding, the model has most likely underflowed
+there (an exponential of a large negative argument is 0, so the Jacobian and the gradient are exactly 0 and no
+step can leave). The trial then counts as rejected, and the λ rule shrinks the step as it would without a line
+search.
 """
 
 from __future__ import annotations
@@ -66,9 +72,35 @@ class LineSearch(ABC):
             return known[s]
 
         s_star, c_star, _ = self.search(memo, c0)
-        if math.isfinite(c_star) and (c_star < c0 or self.apply_always):
+        if not math.isfinite(c_star):
+            return None
+        if self.apply_always:
+            return s_star, c_star
+        if c_star < c0 and not on_plateau(memo, s_star, c_star, c0):
             return s_star, c_star
         return None
+
+
+#: the relative change of the multiplier at which :func:`on_plateau` looks for a change of the loss
+PLATEAU_PROBE = 2.0**-20
+#: how many ulps of the loss a smooth loss must change by at the probes for an unchanged loss to mean a plateau
+PLATEAU_ULPS = 16
+
+
+def on_plateau(loss_at: Callable[[float], float], s: float, value: float, c0: float) -> bool:
+    """Whether f(θ + sδ) = ``value`` is a flat stretch that floating point made (an underflowed model), not a
+    point from which the fit can go on: f is exactly ``value`` at s(1 ± PLATEAU_PROBE) although a smooth f
+    could not be.
+
+    A smooth f that fell by Δ = f(θ) − f(θ + sδ) between 0 and s changes between s and s(1 ± p) by about Δ·p at
+    a point where it still falls, and by Δ·p² where s is its minimiser along the line (the quadratic through
+    both points). Only where Δ·p² exceeds PLATEAU_ULPS ulps of the loss does an unchanged loss at both probes
+    rule out a smooth f; below that (a fit at its noise floor, where decreases are a few ulps) nothing is
+    probed. The second probe is evaluated only when the first finds the loss unchanged, so a genuine point
+    costs one evaluation."""
+    if (c0 - value) * PLATEAU_PROBE**2 <= PLATEAU_ULPS * math.ulp(value):
+        return False
+    return all(loss_at(s * (1.0 + side * PLATEAU_PROBE)) == value for side in (1.0, -1.0))
 
 
 class Backtracking(LineSearch):
