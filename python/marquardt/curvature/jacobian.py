@@ -418,19 +418,21 @@ def _jacobian_by_dual_passes(outputs: Callable[[Any, Any], torch.Tensor], owners
     return torch.stack(columns, dim=-1), z.detach()
 
 
-def _faster_of(forward: Callable[[], Any], reverse: Callable[[], Any], margin: float) -> bool:
-    """Whether ``forward`` should be kept: False only when ``reverse`` runs ``margin`` times faster (the best of two
-    timed runs of each, after one untimed run of each)."""
-    def best(run: Callable[[], Any]) -> float:
+def _faster_of(forward: Callable[[], Any], reverse: Callable[[], Any], margin: float) -> tuple[bool, Any]:
+    """Whether ``forward`` should be kept (False only when ``reverse`` runs ``margin`` times faster; the best of two
+    timed runs of each, after one untimed run of each), and what the kept one returned on its last run."""
+    def best(run: Callable[[], Any]) -> tuple[float, Any]:
         run()
         times = []
         for _ in range(2):
             start = time.perf_counter()
-            run()
+            value = run()
             times.append(time.perf_counter() - start)
-        return min(times)
+        return min(times), value
 
-    return not margin * best(reverse) < best(forward)
+    (reverse_time, by_reverse), (forward_time, by_forward) = best(reverse), best(forward)
+    keep_forward = not margin * reverse_time < forward_time
+    return keep_forward, by_forward if keep_forward else by_reverse
 
 
 @dataclass
@@ -573,8 +575,10 @@ class FullJacobian(Engine):
             return _jacobian_by_dual_passes(outputs, owners, params, x, y)
 
         try:
-            if self.modes.forward_pays is None:
-                self.modes.forward_pays = _faster_of(by_forward_mode, by_reverse_mode, self.FORWARD_MODE_MARGIN)
+            if self.modes.forward_pays is None:  # (the race's last run of the kept mode is this Jacobian)
+                self.modes.forward_pays, jacobian = _faster_of(by_forward_mode, by_reverse_mode,
+                                                               self.FORWARD_MODE_MARGIN)
+                return jacobian
             if self.modes.forward_pays:
                 return by_forward_mode()
         except (RuntimeError, NotImplementedError):  # e.g. an operation without a forward-mode formula
