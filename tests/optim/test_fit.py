@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -151,7 +152,17 @@ def test_precision_fires_on_an_accepted_step_below_the_rounding_of_theta():
 def test_gtol_fires_on_a_small_gradient_or_a_zero_gradient_step():
     assert _fit(_info(grad_norm_inf=0.9e-9), gtol=1e-9).reason == "gtol"
     assert _fit(_info(grad_norm_inf=1.1e-9), gtol=1e-9).reason == "max_iterations"
-    assert _fit(_info(reason="zero_gradient", accepted=False, grad_norm_inf=0.0)).reason == "gtol"
+    with pytest.warns(RuntimeWarning, match="gradient is exactly 0 but the loss is"):
+        assert _fit(_info(reason="zero_gradient", accepted=False, grad_norm_inf=0.0)).reason == "gtol"
+
+
+def test_a_zero_gradient_at_a_zero_loss_stops_without_a_warning():
+    """An exact fit (loss 0) is the minimum: gtol, and nothing to warn about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = _fit(_info(reason="zero_gradient", accepted=False, grad_norm_inf=0.0, loss_before=0.0,
+                            loss_after=0.0))
+    assert result.reason == "gtol"
 
 
 def test_gtol_reads_minpacks_scaled_gradient_when_the_step_reports_it():
@@ -227,7 +238,8 @@ def test_every_threshold_is_inclusive():
 
 
 def test_a_zero_gradient_step_stops_whatever_the_gradient_norm_says():
-    assert _fit(_info(reason="zero_gradient", accepted=False, grad_norm_inf=1.0)).reason == "gtol"
+    with pytest.warns(RuntimeWarning, match="gradient is exactly 0"):
+        assert _fit(_info(reason="zero_gradient", accepted=False, grad_norm_inf=1.0)).reason == "gtol"
 
 
 def test_defaults_run_200_iterations_without_a_bar(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,7 +127,9 @@ def fit(
       large λ or a small trust region does not stop the fit);
     * ``gtol``: MINPACK's scaled gradient at the current point is at most gtol: maxⱼ |gⱼ|/√(2·C₀·Aⱼⱼ), for least
       squares the largest cosine between the residual vector and a column of the Jacobian (a stationary point,
-      judged independently of the scale of θ, r or the loss); or the gradient is exactly zero;
+      judged independently of the scale of θ, r or the loss); or the gradient is exactly zero (with a
+      ``RuntimeWarning`` where the loss is not 0: such a stop is more often a flat region, an underflowed or
+      saturated model, than a minimum);
     * ``lam_max``: λ reached its upper bound without an accepted step (no further progress possible);
     * ``precision``: an accepted step shorter than the rounding of θ, ‖Δθ‖ ≤ 4ε‖θ‖ for ε of θ's dtype (MINPACK's
       info 6-7: the tolerances ask for more than the loss's rounding errors allow; the step only shrinks from here).
@@ -200,6 +203,8 @@ def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations
             elif info.reason == "zero_gradient" or (
                     info.gradient_cosine if info.gradient_cosine is not None else info.grad_norm_inf) <= gtol:
                 reason = "gtol"
+                if info.reason == "zero_gradient" and info.loss_before > 0:
+                    _warn_flat_stop(info.loss_before)
             elif (
                 info.accepted
                 and info.predicted_reduction is not None
@@ -227,6 +232,15 @@ def iterate(step: Callable[[], StepResult], lambda_max: float, *, max_iterations
             bar.close()
     last = history[-1]
     return FitResult(reason not in ("max_iterations", "not_finite"), reason, len(history), last.loss_after, history)
+
+
+def _warn_flat_stop(loss: float) -> None:
+    """A gradient of exactly 0 where the loss is not 0: a stationary point, but rarely a minimum that was found.
+    More often the model does not move with its parameters there (an exponential that underflowed to 0, saturated
+    or dead units, a symmetric start), and MINPACK's gtol test passes all the same."""
+    warnings.warn(f"fit: stopped on gtol where the gradient is exactly 0 but the loss is {loss:.6g}: a flat region "
+                  "(an underflowed or saturated model, dead units, a symmetric start) rather than a minimum, most "
+                  "likely; try another start", RuntimeWarning, stacklevel=4)
 
 
 def _describe_solution(result: FitResult, optimizer: LevenbergMarquardt, batch: tuple, return_jacobian: bool,

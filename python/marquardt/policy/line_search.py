@@ -63,8 +63,9 @@ class LineSearch(ABC):
     def take(self, loss_at: Callable[[float], float], c0: float,
              known: dict[float, float]) -> tuple[float, float] | None:
         """(s*, f(θ + s*δ)) when the search finds a multiplier to take (a decrease not found on a plateau,
-        :func:`on_plateau`; or any finite loss with ``apply_always``), else None. ``known``: losses already evaluated by multiplier (the failed trial point,
-        where backtracking starts and may double back), reused instead of evaluated again."""
+        :func:`on_plateau`; or any finite loss with ``apply_always``), else None. ``known``: losses already
+        evaluated by multiplier (the failed trial point, where backtracking starts and may double back), reused
+        instead of evaluated again."""
 
         def memo(s: float) -> float:
             if s not in known:
