@@ -262,7 +262,8 @@ def plot(results: dict, path: Path) -> None:
         for name, by_seed in results["problems"][problem]["logs"].items():
             times = sorted({e["cpu_s"] for log in by_seed.values() for e in log if e["cpu_s"] > 0})
             median = [statistics.median(error_at(log, t) for log in by_seed.values()) for t in times]
-            ax.loglog(times, median, label=name)
+            # (one colour per optimizer in every panel, whichever optimizers a panel has)
+            ax.loglog(times, median, label=name, color=f"C{list(OPTIMIZERS).index(name) % 10}")
         ax.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{problem} (D = {results['problems'][problem]['parameters']})")
         ax.set_xlabel("CPU seconds")
