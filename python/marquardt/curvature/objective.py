@@ -570,7 +570,7 @@ class Objective:
         if not self.curvature.least_squares:
             raise ValueError(f"residuals and their Jacobian: only a least-squares objective has them (loss 'mse', "
                              f"a residual callable or function), not this one (curvature {self.curvature.name!r})")
-        if self._least_squares_engine is None:  # (built once: a small model's engine times its two modes once)
+        if self._least_squares_engine is None:  # (built once; a small model's Jacobian mode is the step engine's)
             # (the whole batch's rows: a residual function's batch has no leading size to count them by)
             self._least_squares_engine = FullJacobian(
                 self._functional_outputs, self.layout, module_outputs=self.outputs, model=self.model,
