@@ -16,7 +16,16 @@ import marquardt
 from marquardt.optim import polish as polish_module
 from marquardt.optim.polish import POLISH_MAX_PARAMETERS, polish_applies, run_polish
 
-from .mgh import FreudensteinRoth, Gaussian, HelicalValley, Osborne2, PenaltyI, Trigonometric, minpack
+from .mgh import (
+    BrownAlmostLinear,
+    FreudensteinRoth,
+    Gaussian,
+    HelicalValley,
+    Osborne2,
+    PenaltyI,
+    Trigonometric,
+    minpack,
+)
 
 TOLERANCES = {"max_iterations": 3000, "ftol": 1e-15, "xtol": 1e-15, "gtol": 1e-15}
 NO_INPUT = torch.zeros(1, dtype=torch.float64)
@@ -351,19 +360,51 @@ def test_a_gradient_at_its_rounding_level_ends_the_polish_before_any_trial():
 
 
 def test_a_zero_residual_is_polished_with_the_rounding_of_each_point_it_reaches(monkeypatch):
-    """The helical valley from 100·x₀ ends its fit at Σr² ≈ 6e-85. Each Gauss-Newton step then cuts the cost by
-    orders of magnitude, and the residuals' rounding with it: measured again at each such point, ν lets the polish
-    go on to a gradient below 1e-150. With ν kept from where the fit stopped (the ratio mutated to 0), the
-    rounding-level stop ends it after one step, at ‖Jᵀr‖∞ above 1e-60."""
-    def polished(ratio: float) -> tuple[float, int]:
+    """The helical valley from 100·x₀ ends its fit at Σr² ≈ 6e-85. Each Gauss-Newton step then cuts ‖r‖ by about
+    ε, and the residuals' rounding with it: measured again at each such point (compared as norms: Σr² underflows
+    to 0 from the 8th step on), ν lets the polish go on until r is exactly 0, as MINPACK ends. Such steps do not
+    count against the ten of ``max_steps``, so it takes more than ten. With ν kept from where the fit stopped (the
+    ratio mutated to 0), the rounding-level stop ends it after one step, at ‖Jᵀr‖∞ above 1e-60; with every step
+    counted (the mutation SHRINKING_MAX_STEPS = 10), it stops short of 0."""
+    def polished(ratio: float = 0.5, most: int = polish_module.SHRINKING_MAX_STEPS) -> tuple[float, int]:
         monkeypatch.setattr(polish_module, "REMEASURE_COST_RATIO", ratio)
+        monkeypatch.setattr(polish_module, "SHRINKING_MAX_STEPS", most)
         problem = HelicalValley(HelicalValley.x0)
         with torch.no_grad():
             problem.x.mul_(100)
         result = _fit(problem, "auto")
         return _gradient(problem), result.polish_steps
 
-    gradient, steps = polished(0.5)
-    stale_gradient, stale_steps = polished(0.0)
-    assert gradient < 1e-150 and steps > stale_steps
-    assert stale_gradient > 1e-60
+    gradient, steps = polished()
+    stale_gradient, stale_steps = polished(ratio=0.0)
+    capped_gradient, capped_steps = polished(most=10)
+    minpack_gradient, _ = _minpack_gradient(HelicalValley, [100.0 * v for v in HelicalValley.x0])
+    assert gradient == 0.0 <= minpack_gradient and steps > 10
+    assert stale_gradient > 1e-60 and stale_steps < steps
+    assert capped_gradient > 0.0 and capped_steps == 10
+
+
+def test_a_gradient_at_its_rounding_level_is_polished_on_where_the_model_removes_the_residual(monkeypatch):
+    """Brown's almost-linear function from 100·x₀ stops a few ulps from its zero at (1, …, 1), with ‖Jᵀr‖∞ below its
+    rounding level. The Gauss-Newton model there predicts a zero residual, and its step lands exactly on the
+    zero (r = 0, as MINPACK ends). With the model's prediction mutated away, the rounding-level stop keeps the
+    point, its gradient above MINPACK's."""
+    start = [100.0 * v for v in BrownAlmostLinear.x0]
+    problem, unpredicted = BrownAlmostLinear(start), BrownAlmostLinear(start)
+    assert _fit(problem, "auto").polish_steps >= 1
+    assert float((problem.residuals(problem.x) ** 2).sum()) == 0.0 and _gradient(problem) == 0.0
+    monkeypatch.setattr(polish_module._Point, "model_halves_the_cost", lambda self, step: False)
+    assert _fit(unpredicted, "auto").polish_steps == 0
+    minpack_gradient, _ = _minpack_gradient(BrownAlmostLinear, start)
+    assert _gradient(unpredicted) > minpack_gradient
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=1.0, max_value=10.0), min_size=1, max_size=8),
+       st.integers(min_value=-300, max_value=300))
+def test_the_residual_norm_does_not_underflow(mantissas, exponent):
+    """The polish compares ‖r‖ where Σr² underflows (below about 1e-154 per entry): its norm equals math.hypot's,
+    which scales, on vectors from 1e-300 to 1e301."""
+    values = [m * 10.0 ** exponent for m in mantissas]
+    assert polish_module._scaled_norm(torch.tensor(values, dtype=torch.float64)) == pytest.approx(
+        math.hypot(*values), rel=1e-13, abs=0.0)

@@ -108,7 +108,8 @@ def fit(
     ``weight``: per-sample weights wᵢ ≥ 0 (shape [N]), each sample's loss counted wᵢ times.
 
     ``polish``: after a convergence test holds, up to ten undamped Gauss-Newton steps (minimum-norm, by the SVD
-    of J), each kept only while ‖Jᵀr‖∞ falls and the cost stays within its rounding; where the Gauss-Newton step
+    of J; a zero residual converging may take up to 64), each kept only while ‖Jᵀr‖∞ falls and the cost stays
+    within its rounding; where the Gauss-Newton step
     fails and there are at most 16 parameters, Newton steps with a finite-difference Hessian (optim/polish.py). The
     tests stop once the loss stops changing in its last digits, which can leave the gradient well above its
     rounding level; the polish takes it lower. ``'auto'`` polishes plain least squares without bounds in one

@@ -49,7 +49,13 @@ are Newton steps.
 
 The polish ends before any trial once the gradient is at its rounding level, ‖Jᵀr‖∞ ≤ maxⱼ Σᵢ |Jᵢⱼ| (ε|rᵢ| + νᵢ):
 no step can lower a gradient that cannot be told from zero, so none is evaluated (with the probes, which need
-r alone, a polish that finds the point already there costs one evaluation of J and three of r). The first step
+r alone, a polish that finds the point already there costs one evaluation of J and three of r). The exception
+is a residual near a zero: where the Gauss-Newton model predicts ½‖r + Jδ‖² below :data:`REMEASURE_COST_RATIO`
+of the cost, the rounding shrinks with the residual, so the level is no floor and the step is tried. These
+comparisons of costs use ‖r‖ scaled by max|rᵢ| (Σrᵢ² underflows to 0 while the rᵢ are still far above the
+smallest float). Kept steps that leave less than that fraction of the cost do not count against
+``max_steps`` (a zero residual converging linearly, each step real progress), only against
+:data:`SHRINKING_MAX_STEPS`. The first step
 that fails the tests ends the polish and is not taken, so the cost of the polished point exceeds
 the cost where the fit stopped by its rounding at most. Where neither step improves the point (a saddle, a
 maximum nearby, or rounding that hides any improvement), the point stays where the fit stopped.
@@ -86,6 +92,9 @@ RESIDUAL_NOISE_FACTOR = 4
 #: shrinking by orders of magnitude takes its rounding down with it; near a nonzero minimum the cost hardly moves,
 #: and ν stays the one measured where the fit stopped)
 REMEASURE_COST_RATIO = 0.5
+#: the most steps kept in all: a step that leaves less than REMEASURE_COST_RATIO of the cost (a zero residual
+#: converging, each step real progress) does not count against ``max_steps``, only against this
+SHRINKING_MAX_STEPS = 64
 #: the most parameters for which the polish tries Newton steps (each costs 2n residual-and-Jacobian evaluations)
 NEWTON_MAX_PARAMETERS = 16
 #: the central difference's relative step, about ε^{1/3} for float64
@@ -144,10 +153,20 @@ class _Point:
     def gradient(self) -> torch.Tensor:  # (asked for by every test of a step: computed once)
         return self.J.mT @ self.r
 
+    @cached_property
+    def residual_norm(self) -> float:
+        """‖r‖₂, scaled by max|rᵢ| first: the cost ½‖r‖² of a zero residual underflows to 0 long before r does."""
+        return _scaled_norm(self.r)
+
     def gradient_at_rounding(self, residual_noise: torch.Tensor) -> bool:
         """‖Jᵀr‖∞ at or below :func:`gradient_rounding_level`: no step can lower a gradient that cannot be told
         from zero."""
         return float(self.gradient.abs().max()) <= gradient_rounding_level(self.r, self.J, residual_noise)
+
+    def model_halves_the_cost(self, step: torch.Tensor) -> bool:
+        """Whether the Gauss-Newton model ½‖r + J δ‖² of the cost after ``step`` is below REMEASURE_COST_RATIO of
+        the cost: near a zero residual it is, so a gradient at its rounding level can still fall."""
+        return _halves_the_cost(self.r, self.r + self.J @ step)
 
     def improved_by(self, trial: _Point, residual_noise: torch.Tensor) -> bool:
         """Both tests of the module docstring: the gradient falls, the cost rises by its rounding at most."""
@@ -158,6 +177,17 @@ class _Point:
                     + RESIDUAL_NOISE_FACTOR * float(absolute_r @ residual_noise))
         return (float(trial.gradient.abs().max()) < float(self.gradient.abs().max())
                 and trial.cost <= self.cost + rounding)
+
+
+def _scaled_norm(v: torch.Tensor) -> float:
+    """‖v‖₂ without underflow (torch's norm squares the entries, so |vᵢ| below 1e-154 count as 0)."""
+    largest = float(v.abs().max()) if v.numel() else 0.0
+    return largest * float(torch.linalg.vector_norm(v / largest)) if largest > 0.0 else 0.0
+
+
+def _halves_the_cost(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """‖after‖² < REMEASURE_COST_RATIO ‖before‖², compared as norms (their squares may underflow)."""
+    return _scaled_norm(after) < REMEASURE_COST_RATIO ** 0.5 * _scaled_norm(before)
 
 
 def _noise_probes(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,17 +243,23 @@ def run_polish(optimizer: LevenbergMarquardt, batch: tuple, weight: Any, max_ste
     point = first = at(layout.get_flat())
     residual_noise = residual_rounding(residuals_at, point.theta, point.r, point.J)
     newton_allowed = layout.numel <= NEWTON_MAX_PARAMETERS
-    newton, kept = False, 0
-    while kept < max_steps and not point.gradient_at_rounding(residual_noise):
+    newton, kept, shrinking = False, 0, 0
+    while kept - shrinking < max_steps and kept < SHRINKING_MAX_STEPS:
+        at_rounding = point.gradient_at_rounding(residual_noise)
         if newton:
+            if at_rounding:
+                break
             step = _newton_step(lambda theta: at(theta).gradient, point.theta, point.gradient)
         else:
             step = _gauss_newton_step(point.J, point.r)
+            if at_rounding and not point.model_halves_the_cost(step):
+                break  # (only a zero residual's rounding shrinks with a step: its model predicts that)
         trial_theta = point.theta + step
         trial = at(trial_theta) if bool(torch.isfinite(trial_theta).all()) else None
         if trial is not None and point.improved_by(trial, residual_noise):
-            if trial.cost < REMEASURE_COST_RATIO * point.cost:  # (the residuals shrank: so did their rounding)
+            if _halves_the_cost(point.r, trial.r):  # (the residuals shrank: so did their rounding)
                 residual_noise = residual_rounding(residuals_at, trial.theta, trial.r, trial.J)
+                shrinking += 1
             point, kept = trial, kept + 1
         elif newton or not newton_allowed:
             break  # (this step is not kept: the polish ends here)
@@ -231,4 +267,5 @@ def run_polish(optimizer: LevenbergMarquardt, batch: tuple, weight: Any, max_ste
             newton = True  # (Gauss-Newton failed here: Newton steps from now on)
     if kept:
         layout.set_flat(point.theta)
-    return Polished(kept, evaluations, jacobians, point.cost / first.cost if kept else 1.0)
+    # (the ratio of norms: either cost may have underflowed to 0; a kept step means r ≠ 0 where it started)
+    return Polished(kept, evaluations, jacobians, (point.residual_norm / first.residual_norm) ** 2 if kept else 1.0)
