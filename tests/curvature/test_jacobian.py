@@ -311,6 +311,53 @@ def test_double_vjp_gives_zero_columns_for_unused_parameters_and_constant_output
     assert torch.equal(J, torch.zeros(5, 2, dtype=torch.float64)) and torch.equal(z, 2.0 * x)
 
 
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_the_batched_second_pass_gives_the_columns_of_the_loop_and_of_jacrev(scale):
+    """The n backward passes of reverse mode twice, run as one vmap'd pass, give bit for bit the columns that the
+    loop over parameters gives, on every Moré-Garbow-Hillstrom problem (code full of Python numbers, products,
+    exponentials, trigonometry), and jacrev's to rounding."""
+    from tests.optim.mgh import all_problems, more_problems
+
+    for name, make in all_problems() + more_problems():
+        problem = make()
+        with torch.no_grad():
+            problem.x.mul_(scale)
+        params = list(problem.parameters())
+        with torch.enable_grad():
+            batched, z = _jacobian_by_double_vjp(lambda: problem.residuals(problem.x), params)
+            looped, z_looped = _jacobian_by_double_vjp(lambda: problem.residuals(problem.x), params, batched=False)
+        assert torch.equal(batched, looped) and torch.equal(z, z_looped), name
+        reference = jacrev(problem.residuals)(problem.x.detach())
+        torch.testing.assert_close(batched, reference, rtol=1e-12, atol=1e-12 * float(reference.abs().max()))
+
+
+def test_a_model_whose_backward_cannot_be_batched_gets_the_loop(monkeypatch):
+    """Where the batched second pass raises (an operation whose backward has no batching rule), the engine
+    remembers it and runs the loop over parameters from then on: one failed attempt, the same Jacobian."""
+    import marquardt
+    from tests.models import Exponential, exponential_data, residuals
+
+    t, y = exponential_data(30)
+    healthy = marquardt.LevenbergMarquardt(Exponential(), residuals).objective.engine
+    expected, _ = healthy.output_jacobian(t, y)
+    attempts = []
+    grad = torch.autograd.grad
+
+    def refusing(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            attempts.append(1)
+            raise RuntimeError("no batching rule")
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", refusing)
+    engine = marquardt.LevenbergMarquardt(Exponential(), residuals).objective.engine
+    engine.modes.forward_failed = True  # (reverse mode only)
+    for _ in range(3):
+        J, _ = engine.output_jacobian(t, y)
+        torch.testing.assert_close(J, expected, rtol=1e-13, atol=1e-13)
+    assert engine.modes.batched_reverse_failed and len(attempts) == 1
+
+
 def test_the_reverse_jacobian_differentiates_one_forward_pass_with_random_draws():
     """Train-mode RReLU draws random slopes, which torch.func's transforms refuse: the batched backward pass
     through one forward pass (so one draw of the slopes) gives J, equal to one backward pass per output."""
