@@ -461,8 +461,8 @@ class FullJacobian(Engine):
     #: Up to this many parameters the Jacobian comes from one forward-mode pass per parameter on the model
     #: itself (_jacobian_by_dual_passes), or, where forward mode fails, from reverse mode twice. Measured on one
     #: thread for the 3-parameter exponential over 100 points: 0.14 ms, against 0.27 ms for reverse mode twice
-    #: with a backward pass per parameter (0.19 ms with them batched, on a Xeon) and 0.65 ms for jacfwd, whose vmap'd forward mode runs Python fallbacks for the implicit zero tangents of
-    #: the inputs and targets.
+    #: with a backward pass per parameter (0.19 ms with them batched, on a Xeon) and 0.65 ms for jacfwd, whose
+    #: vmap'd forward mode runs Python fallbacks for the implicit zero tangents of the inputs and targets.
     SMALL_MAX_PARAMETERS = 8
     #: Forward mode's cost depends on the model's code: an arithmetic operation with a Python number takes a slow
     #: path on dual tensors (about 0.1 ms against microseconds), so a model written with many (Chebyshev
