@@ -109,12 +109,12 @@ def fit(
 
     ``polish``: after a convergence test holds, up to ten undamped Gauss-Newton steps (minimum-norm, by the SVD
     of J; a zero residual converging may take up to 64), each kept only while ‖Jᵀr‖∞ falls and the cost stays
-    within its rounding; where the Gauss-Newton step
-    fails and there are at most 16 parameters, Newton steps with a finite-difference Hessian (optim/polish.py). The
-    tests stop once the loss stops changing in its last digits, which can leave the gradient well above its
-    rounding level; the polish takes it lower. ``'auto'`` polishes plain least squares without bounds in one
-    process with at most 64 parameters; ``True`` asks for it at any size (an error where it does not apply);
-    ``False`` never. The convergence ``reason`` stays the test that stopped the iterations.
+    within its rounding; where the Gauss-Newton step fails and there are at most 16 parameters, Newton steps with
+    a finite-difference Hessian (optim/polish.py). The tests stop once the loss stops changing in its last digits,
+    which can leave the gradient well above its rounding level; the polish takes it lower. ``'auto'`` polishes
+    plain least squares without bounds in one process with at most 64 parameters; ``True`` asks for it at any
+    size (an error where it does not apply); ``False`` never. The convergence ``reason`` stays the test that
+    stopped the iterations.
 
     Tests, after each iteration (as in MINPACK's lmder):
 
