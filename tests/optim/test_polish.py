@@ -385,18 +385,18 @@ def test_a_zero_residual_is_polished_with_the_rounding_of_each_point_it_reaches(
 
 
 def test_a_gradient_at_its_rounding_level_is_polished_on_where_the_model_removes_the_residual(monkeypatch):
-    """Brown's almost-linear function from 100·x₀ stops a few ulps from its zero at (1, …, 1), with ‖Jᵀr‖∞ below its
+    """Brown's almost-linear function from x₀ stops a few ulps from its zero at (1, …, 1), with ‖Jᵀr‖∞ below its
     rounding level. The Gauss-Newton model there predicts a zero residual, and its step lands exactly on the
-    zero (r = 0, as MINPACK ends). With the model's prediction mutated away, the rounding-level stop keeps the
-    point, its gradient above MINPACK's."""
-    start = [100.0 * v for v in BrownAlmostLinear.x0]
-    problem, unpredicted = BrownAlmostLinear(start), BrownAlmostLinear(start)
+    zero (r = 0, below MINPACK's Σr² of about 2e-29 from the same start). With the model's prediction mutated
+    away, the rounding-level stop keeps the point, its gradient not 0."""
+    problem, unpredicted = BrownAlmostLinear(BrownAlmostLinear.x0), BrownAlmostLinear(BrownAlmostLinear.x0)
     assert _fit(problem, "auto").polish_steps >= 1
     assert float((problem.residuals(problem.x) ** 2).sum()) == 0.0 and _gradient(problem) == 0.0
     monkeypatch.setattr(polish_module._Point, "model_halves_the_cost", lambda self, step: False)
     assert _fit(unpredicted, "auto").polish_steps == 0
-    minpack_gradient, _ = _minpack_gradient(BrownAlmostLinear, start)
-    assert _gradient(unpredicted) > minpack_gradient
+    assert _gradient(unpredicted) > 0.0
+    minpack_gradient, _ = _minpack_gradient(BrownAlmostLinear, BrownAlmostLinear.x0)
+    assert minpack_gradient > 0.0  # (so the polish takes this start from above MINPACK's gradient to below it)
 
 
 @settings(max_examples=200, deadline=None)

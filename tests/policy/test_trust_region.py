@@ -114,6 +114,60 @@ def test_the_hard_starts_reach_minpacks_minimiser(make, scale, canonical):
     assert math.isfinite(result.loss)
 
 
+class _SingularBelow:
+    """A system whose solves fail below λ = ``edge`` (A + λD² singular to working precision there, as for a
+    rank-deficient J and a tiny λ), counting the λ the search asks about."""
+
+    def __init__(self, system: PrimalSystem, edge: float) -> None:
+        self.system, self.edge, self.asked = system, edge, []
+        self.g, self.d = system.g, system.d
+
+    def scaled_step_norm(self, lam: float) -> float | None:
+        self.asked.append(lam)
+        return None if lam < self.edge else self.system.scaled_step_norm(lam)
+
+    def scaled_step_slope(self, lam: float) -> float:
+        return self.system.scaled_step_slope(lam)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 6), edge_exponent=st.floats(-30.0, 2.0),
+       beyond=st.floats(1.2, 1e6), previous=st.floats(-3.0, 3.0))
+def test_a_radius_past_the_edge_of_solvable_steps_gets_the_longest_step_that_solves(seed, n, edge_exponent, beyond,
+                                                                                     previous):
+    """The radius asks for a step longer than any λ whose solve succeeds: the search returns a λ at or above the
+    edge (its step is solved, and ``step_norm`` is its length), within a factor 2 of the edge where it found it,
+    instead of stepping back and forth across the edge and returning a λ that fails (which cost a rejected attempt
+    and a second search in every such iteration of Bard from 10·x₀)."""
+    system = _system(seed, n + 3, n, 1.0)
+    edge = 10.0 ** edge_exponent * float(system.d.max())
+    radius = beyond * _scaled_norm(system, edge)
+    guarded = _SingularBelow(system, edge)
+    rule = TrustRegionRule()
+    lam = rule._lmpar(guarded, radius, system.d.sqrt(), edge * 10.0 ** previous)
+    if all(asked < edge for asked in guarded.asked):  # (the budget of solves ended below the edge: nothing solved)
+        assert rule.step_norm is None and len(guarded.asked) == TrustRegionRule.ITERATIONS + 1
+        return
+    assert lam >= edge
+    assert rule.step_norm == pytest.approx(_scaled_norm(system, lam), rel=1e-9)
+    for i, asked in enumerate(guarded.asked):  # a short step solved within a factor 2 of a failure ends the search
+        failed_before = [earlier for earlier in guarded.asked[:i] if earlier < edge]
+        if asked >= edge and failed_before and asked <= 2.0 * max(failed_before):
+            if _scaled_norm(system, asked) < 0.9 * radius:
+                assert i == len(guarded.asked) - 1 and lam == asked
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_a_search_out_of_iterations_returns_the_last_lambda_it_solved(monkeypatch, iterations):
+    """As MINPACK's lmpar: when the iterations run out, λ is the last one evaluated, so that ``step_norm`` (which
+    the radius update reads) is the length of the step that will be taken."""
+    monkeypatch.setattr(TrustRegionRule, "ITERATIONS", iterations)
+    system = _system(7, 9, 4, 3.0)
+    rule = TrustRegionRule()
+    lam = rule._lmpar(system, 1e-4 * _scaled_norm(system, 0.0), system.d.sqrt(), 1e-12)
+    assert lam > 0.0 and rule.step_norm == pytest.approx(_scaled_norm(system, lam), rel=1e-12)
+
+
 @pytest.mark.parametrize("radius", [0.0, 5e-324])
 def test_a_radius_halved_to_nothing_asks_for_no_step_and_never_divides_by_zero(radius):
     """Δ = 0 (halved past the smallest float) or a subnormal Δ: a finite λ at which no step is tried or the step is

@@ -102,7 +102,10 @@ class TrustRegionRule(LambdaRule):
     - Δ₀ = factor·‖Dθ₀‖ (factor itself when that is 0), then no longer than the first step.
     - λ: 0 when the Gauss-Newton step satisfies ‖Dδ‖ ≤ 1.1Δ; otherwise the safeguarded Newton iteration on
       1/‖Dδ(λ)‖ − 1/Δ until |‖Dδ‖ − Δ| ≤ 0.1Δ (at most 10 solves), with ‖Dδ‖'s derivative −(D²δ)ᵀH⁻¹(D²δ)/‖Dδ‖
-      from the same Cholesky factor, H = A + λD², and the bounds [l, u] of Moré's §5.
+      from the same Cholesky factor, H = A + λD², and the bounds [l, u] of Moré's §5. Where the solve fails below
+      some λ (H singular to working precision), the search stays above the largest failed λ, and takes the
+      first λ solved within a factor 2 of it once the radius lies past that edge (its step is the longest there
+      is). Out of iterations, λ is the last one solved, as in ``lmpar``.
     - After a trial with gain ratio ρ: ρ ≤ 0.25 or rejected: Δ ← ½·min(Δ, 10‖Dδ‖); ρ ≥ 0.75 or λ = 0:
       Δ ← 2‖Dδ‖; otherwise Δ stays.
     """
@@ -149,17 +152,20 @@ class TrustRegionRule(LambdaRule):
         if lam == 0.0:
             lam = g_scaled / max(gauss_newton, 1e-300) if gauss_newton is not None else 1e-3 * upper
         self.step_norm = None
+        failed = 0.0  # the largest λ whose solve failed (A + λD² singular to working precision)
+        solved: tuple[float, float] | None = None  # the last λ whose solve succeeded, and its ‖Dδ‖
         for _ in range(self.ITERATIONS):
             if lam <= 0.0:
                 lam = max(1e-300, 1e-3 * upper)
             lam = min(lam, sys.float_info.max)  # (a subnormal radius overflows the bounds)
             scaled = system.scaled_step_norm(lam)
             if scaled is None:  # (not positive definite at this λ: go up)
-                lower = lam
+                lower = failed = lam
                 lam = max(2.0 * lam, math.sqrt(max(lam, 1e-300) * upper))
                 continue
             norm = scaled
             self.step_norm = norm
+            solved = (lam, norm)
             excess = norm - radius
             if abs(excess) <= self.SIGMA * radius:
                 break
@@ -171,6 +177,14 @@ class TrustRegionRule(LambdaRule):
             else:
                 upper = min(upper, lam)
             lam = max(lower, lam + excess * norm * norm / (radius * term))
+            if lam < 2.0 * failed:  # (the radius lies at or past the edge where solves fail: near it, from above)
+                if solved[0] <= 2.0 * failed:  # (within a factor 2 of the edge: the last solved λ's step is taken)
+                    lam = solved[0]
+                    break
+                lam = math.sqrt(failed * solved[0])
+        else:  # (out of iterations: the last λ solved, as MINPACK's lmpar, so that step_norm is its step's)
+            if solved is not None:
+                lam, self.step_norm = solved
         return min(lam, sys.float_info.max)  # (finite, so that a checkpoint holds it)
 
     def accepted(self, lam: float, nu: float, gain_ratio: float | None, bounds: LambdaBounds) -> tuple[float, float]:
