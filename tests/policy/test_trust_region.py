@@ -157,15 +157,20 @@ def test_a_radius_past_the_edge_of_solvable_steps_gets_the_longest_step_that_sol
                 assert i == len(guarded.asked) - 1 and lam == asked
 
 
-@pytest.mark.parametrize("iterations", [1, 2, 3])
-def test_a_search_out_of_iterations_returns_the_last_lambda_it_solved(monkeypatch, iterations):
-    """As MINPACK's lmpar: when the iterations run out, λ is the last one evaluated, so that ``step_norm`` (which
-    the radius update reads) is the length of the step that will be taken."""
-    monkeypatch.setattr(TrustRegionRule, "ITERATIONS", iterations)
-    system = _system(7, 9, 4, 3.0)
+@pytest.mark.parametrize("seed", range(5))
+def test_a_search_out_of_iterations_after_a_failed_solve_returns_the_last_lambda_it_solved(monkeypatch, seed):
+    """Two solves: the first, at 4× the edge, is short of the radius; the Newton step from it lands below the edge,
+    where the second solve fails. The search returns the λ it solved (with its ``step_norm``), not the next guess
+    after the failure, whose solve nobody has tried."""
+    monkeypatch.setattr(TrustRegionRule, "ITERATIONS", 2)
+    system = _system(seed, 7, 3, 1.0)
+    radius = 0.99 * _scaled_norm(system, 0.0)
+    edge = float(torch.linalg.vector_norm(system.g / system.d.sqrt())) / radius / 8.0  # (4× the edge < λ's bound)
+    guarded = _SingularBelow(system, edge)
     rule = TrustRegionRule()
-    lam = rule._lmpar(system, 1e-4 * _scaled_norm(system, 0.0), system.d.sqrt(), 1e-12)
-    assert lam > 0.0 and rule.step_norm == pytest.approx(_scaled_norm(system, lam), rel=1e-12)
+    lam = rule._lmpar(guarded, radius, system.d.sqrt(), 4.0 * edge)
+    assert guarded.asked[1] == 4.0 * edge and guarded.asked[2] < edge  # (λ = 0, the solve, the failure)
+    assert lam == 4.0 * edge and rule.step_norm == pytest.approx(_scaled_norm(system, lam), rel=1e-12)
 
 
 @pytest.mark.parametrize("radius", [0.0, 5e-324])

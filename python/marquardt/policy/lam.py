@@ -105,7 +105,7 @@ class TrustRegionRule(LambdaRule):
       from the same Cholesky factor, H = A + λD², and the bounds [l, u] of Moré's §5. Where the solve fails below
       some λ (H singular to working precision), the search stays above the largest failed λ, and takes the
       first λ solved within a factor 2 of it once the radius lies past that edge (its step is the longest there
-      is). Out of iterations, λ is the last one solved, as in ``lmpar``.
+      is). Out of iterations right after a failed solve, λ is the last one solved.
     - After a trial with gain ratio ρ: ρ ≤ 0.25 or rejected: Δ ← ½·min(Δ, 10‖Dδ‖); ρ ≥ 0.75 or λ = 0:
       Δ ← 2‖Dδ‖; otherwise Δ stays.
     """
@@ -182,8 +182,8 @@ class TrustRegionRule(LambdaRule):
                     lam = solved[0]
                     break
                 lam = math.sqrt(failed * solved[0])
-        else:  # (out of iterations: the last λ solved, as MINPACK's lmpar, so that step_norm is its step's)
-            if solved is not None:
+        else:  # (out of iterations right after a failed solve: the last λ solved, whose step is known to exist)
+            if solved is not None and lam > failed and scaled is None:
                 lam, self.step_norm = solved
         return min(lam, sys.float_info.max)  # (finite, so that a checkpoint holds it)
 
