@@ -166,7 +166,7 @@ class _Point:
     def model_halves_the_cost(self, step: torch.Tensor) -> bool:
         """Whether the Gauss-Newton model ½‖r + J δ‖² of the cost after ``step`` is below REMEASURE_COST_RATIO of
         the cost: near a zero residual it is, so a gradient at its rounding level can still fall."""
-        return _halves_the_cost(self.r, self.r + self.J @ step)
+        return _halves_the_cost(self.residual_norm, _scaled_norm(self.r + self.J @ step))
 
     def improved_by(self, trial: _Point, residual_noise: torch.Tensor) -> bool:
         """Both tests of the module docstring: the gradient falls, the cost rises by its rounding at most."""
@@ -185,9 +185,10 @@ def _scaled_norm(v: torch.Tensor) -> float:
     return largest * float(torch.linalg.vector_norm(v / largest)) if largest > 0.0 else 0.0
 
 
-def _halves_the_cost(before: torch.Tensor, after: torch.Tensor) -> bool:
-    """‖after‖² < REMEASURE_COST_RATIO ‖before‖², compared as norms (their squares may underflow)."""
-    return _scaled_norm(after) < REMEASURE_COST_RATIO ** 0.5 * _scaled_norm(before)
+def _halves_the_cost(before: float, after: float) -> bool:
+    """after² < REMEASURE_COST_RATIO · before² for residual norms, compared as norms (their squares may
+    underflow)."""
+    return after < REMEASURE_COST_RATIO ** 0.5 * before
 
 
 def _noise_probes(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,7 +258,7 @@ def run_polish(optimizer: LevenbergMarquardt, batch: tuple, weight: Any, max_ste
         trial_theta = point.theta + step
         trial = at(trial_theta) if bool(torch.isfinite(trial_theta).all()) else None
         if trial is not None and point.improved_by(trial, residual_noise):
-            if _halves_the_cost(point.r, trial.r):  # (the residuals shrank: so did their rounding)
+            if _halves_the_cost(point.residual_norm, trial.residual_norm):  # (r shrank: so did its rounding)
                 residual_noise = residual_rounding(residuals_at, trial.theta, trial.r, trial.J)
                 shrinking += 1
             point, kept = trial, kept + 1

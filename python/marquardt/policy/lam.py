@@ -183,7 +183,7 @@ class TrustRegionRule(LambdaRule):
                     break
                 lam = math.sqrt(failed * solved[0])
         else:  # (out of iterations right after a failed solve: the last λ solved, whose step is known to exist)
-            if solved is not None and lam > failed and scaled is None:
+            if scaled is None and solved is not None:
                 lam, self.step_norm = solved
         return min(lam, sys.float_info.max)  # (finite, so that a checkpoint holds it)
 
